@@ -1,0 +1,173 @@
+//! Access and refresh tokens: HS256 JWTs carrying simplejwt's claims
+//! (`token_type`, `user_id`, `exp`, `iat`, `jti`).
+//!
+//! Only HS256 is accepted, so `alg: none` and algorithm-confusion tokens fail, and
+//! the `token_type` claim keeps a refresh token from ever working as an access token
+//! and the other way round.
+
+use std::time::Duration;
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use events::event::UserId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub token_type: TokenKind,
+    pub user_id: UserId,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is invalid or expired")]
+    Invalid,
+    #[error("token is a {0:?} token")]
+    WrongKind(TokenKind),
+    #[error("cannot sign a token: {0}")]
+    Sign(jsonwebtoken::errors::Error),
+}
+
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeys").finish_non_exhaustive()
+    }
+}
+
+impl JwtKeys {
+    pub fn new(secret: &str, access_ttl: Duration, refresh_ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "iat"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            access_ttl,
+            refresh_ttl,
+        }
+    }
+
+    pub fn issue(&self, user_id: UserId, kind: TokenKind) -> Result<String, TokenError> {
+        let now = chrono::Utc::now().timestamp();
+        let ttl = match kind {
+            TokenKind::Access => self.access_ttl,
+            TokenKind::Refresh => self.refresh_ttl,
+        };
+        let claims = Claims {
+            token_type: kind,
+            user_id,
+            iat: now,
+            exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            jti: Uuid::new_v4().simple().to_string(),
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Sign)
+    }
+
+    /// A fresh access and refresh token.
+    pub fn pair(&self, user_id: UserId) -> Result<(String, String), TokenError> {
+        Ok((
+            self.issue(user_id, TokenKind::Access)?,
+            self.issue(user_id, TokenKind::Refresh)?,
+        ))
+    }
+
+    pub fn verify(&self, token: &str, expected: TokenKind) -> Result<Claims, TokenError> {
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| TokenError::Invalid)?
+            .claims;
+        if claims.token_type != expected {
+            return Err(TokenError::WrongKind(claims.token_type));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(
+            "test-secret",
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn a_real_token_round_trips_and_kinds_do_not_mix() {
+        let keys = keys();
+        let (access, refresh) = keys.pair(42).unwrap();
+        assert_eq!(keys.verify(&access, TokenKind::Access).unwrap().user_id, 42);
+        assert_eq!(
+            keys.verify(&refresh, TokenKind::Refresh).unwrap().user_id,
+            42
+        );
+        assert!(matches!(
+            keys.verify(&refresh, TokenKind::Access),
+            Err(TokenError::WrongKind(TokenKind::Refresh))
+        ));
+        assert!(keys.verify(&access, TokenKind::Refresh).is_err());
+    }
+
+    #[test]
+    fn tampered_foreign_and_unsigned_tokens_fail() {
+        let keys = keys();
+        let access = keys.issue(1, TokenKind::Access).unwrap();
+        let mut parts: Vec<String> = access.split('.').map(str::to_string).collect();
+        // Re-sign nothing: swap the payload for one naming another user.
+        let other = keys.issue(2, TokenKind::Access).unwrap();
+        parts[1] = other.split('.').nth(1).unwrap().to_string();
+        assert!(keys.verify(&parts.join("."), TokenKind::Access).is_err());
+
+        let foreign = JwtKeys::new("other", Duration::from_secs(60), Duration::from_secs(60))
+            .issue(1, TokenKind::Access)
+            .unwrap();
+        assert!(keys.verify(&foreign, TokenKind::Access).is_err());
+
+        use base64_like::encode_segment;
+        let none = format!(
+            "{}.{}.",
+            encode_segment(r#"{"alg":"none","typ":"JWT"}"#),
+            access.split('.').nth(1).unwrap()
+        );
+        assert!(keys.verify(&none, TokenKind::Access).is_err());
+    }
+
+    /// Minimal unpadded base64url, to forge a header in the test above.
+    mod base64_like {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        pub fn encode_segment(text: &str) -> String {
+            let bytes = text.as_bytes();
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | *b as u32)
+                    << (8 * (3 - chunk.len()));
+                for i in 0..=chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Posting a message to a bot: the `chat-<user>-<bot>` stream.
+
+use uuid::Uuid;
+
+use events::event::{stream, BotId, DomainEvent, EventMetadata, UserId, UserMessagePosted};
+use events::projections::BotsProjection;
+use events::store::{AppendError, EventStore, ExpectedVersion, RecordedEvent};
+
+use super::{required, DomainError};
+
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+
+/// A message a user may send: not blank, not longer than the configured limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageInput(String);
+
+impl MessageInput {
+    pub fn parse(input: Option<String>, max_chars: usize) -> Result<Self, DomainError> {
+        let input = required(input, "input")?;
+        if input.trim().is_empty() {
+            return Err(DomainError::Invalid("input must not be empty".into()));
+        }
+        if input.chars().count() > max_chars {
+            return Err(DomainError::TooLong(format!(
+                "input is longer than the limit of {max_chars} characters"
+            )));
+        }
+        Ok(Self(input))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostMessage {
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    pub input: MessageInput,
+    pub client_msg_id: Option<String>,
+}
+
+impl PostMessage {
+    pub fn parse(
+        user_id: UserId,
+        bot_id: Option<i64>,
+        input: Option<String>,
+        client_msg_id: Option<String>,
+        max_input_chars: usize,
+    ) -> Result<Self, DomainError> {
+        let bot_id = required(bot_id, "chatbot_id")?;
+        let input = MessageInput::parse(input, max_input_chars)?;
+        let client_msg_id = client_msg_id
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty());
+        if client_msg_id
+            .as_ref()
+            .is_some_and(|id| id.chars().count() > MAX_CLIENT_MSG_ID_CHARS)
+        {
+            return Err(DomainError::Invalid(format!(
+                "client_msg_id must be at most {MAX_CLIENT_MSG_ID_CHARS} characters"
+            )));
+        }
+        Ok(Self {
+            user_id,
+            bot_id,
+            input,
+            client_msg_id,
+        })
+    }
+}
+
+/// The outcome of posting.
+#[derive(Debug, Clone)]
+pub enum Posted {
+    /// Recorded now; these events still need publishing.
+    New {
+        message_id: Uuid,
+        events: Vec<RecordedEvent>,
+    },
+    /// The client retried a message (same `client_msg_id`) recorded earlier.
+    Existing { message_id: Uuid },
+}
+
+impl Posted {
+    pub fn message_id(&self) -> Uuid {
+        match self {
+            Posted::New { message_id, .. } | Posted::Existing { message_id } => *message_id,
+        }
+    }
+}
+
+pub async fn post_message(
+    store: &EventStore,
+    command: PostMessage,
+    metadata: EventMetadata,
+) -> Result<Posted, DomainError> {
+    if BotsProjection::find_owned(store.pool(), command.user_id, command.bot_id)
+        .await?
+        .is_none()
+    {
+        return Err(DomainError::BotNotFound);
+    }
+    let message_id = Uuid::now_v7();
+    let event = DomainEvent::UserMessagePosted(UserMessagePosted {
+        message_id,
+        user_id: command.user_id,
+        bot_id: command.bot_id,
+        content: command.input.0,
+        client_msg_id: command.client_msg_id,
+    });
+    match store
+        .append_to_stream(
+            &stream::chat(command.user_id, command.bot_id),
+            ExpectedVersion::Any,
+            &[event.to_new_event(metadata)?],
+        )
+        .await
+    {
+        Ok(events) => Ok(Posted::New { message_id, events }),
+        Err(AppendError::Duplicate(key)) => {
+            let existing = store
+                .find_by_idempotency_key(&key)
+                .await?
+                .ok_or(DomainError::Append(AppendError::Duplicate(key)))?;
+            match DomainEvent::decode(&existing) {
+                Ok(DomainEvent::UserMessagePosted(m)) => Ok(Posted::Existing {
+                    message_id: m.message_id,
+                }),
+                _ => Err(DomainError::Invalid(
+                    "client_msg_id is already used by another event".into(),
+                )),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_is_checked_once_at_the_edge() {
+        assert!(matches!(
+            MessageInput::parse(None, 10),
+            Err(DomainError::Invalid(_))
+        ));
+        assert!(matches!(
+            MessageInput::parse(Some(" \n".into()), 10),
+            Err(DomainError::Invalid(_))
+        ));
+        assert!(matches!(
+            MessageInput::parse(Some("x".repeat(11)), 10),
+            Err(DomainError::TooLong(_))
+        ));
+        // The limit counts characters, not bytes.
+        assert!(MessageInput::parse(Some("你".repeat(10)), 10).is_ok());
+    }
+}

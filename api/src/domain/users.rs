@@ -1,0 +1,201 @@
+//! Users: plain rows (never events, so password hashes stay out of the immutable log),
+//! validated the way the original's Django serializer did.
+
+use std::collections::BTreeMap;
+
+use sqlx::MySqlPool;
+
+use events::event::UserId;
+
+pub const MAX_USERNAME_CHARS: usize = 150;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+pub const MAX_EMAIL_CHARS: usize = 254;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub email: String,
+    pub password_hash: String,
+}
+
+/// Field errors keyed by field name, as DRF reports them.
+pub type FieldErrors = BTreeMap<&'static str, Vec<String>>;
+
+/// Django's username rule: letters, digits and `@ . + - _`.
+pub fn check_username(value: Option<&str>, required: bool, errors: &mut FieldErrors) {
+    match value.map(str::trim) {
+        None if required => add(errors, "username", "This field is required."),
+        None => {}
+        Some("") => add(errors, "username", "This field may not be blank."),
+        Some(name) if name.chars().count() > MAX_USERNAME_CHARS => add(
+            errors,
+            "username",
+            &format!("Ensure this field has no more than {MAX_USERNAME_CHARS} characters."),
+        ),
+        Some(name)
+            if !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || "@.+-_".contains(c)) =>
+        {
+            add(
+                errors,
+                "username",
+                "Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.",
+            )
+        }
+        Some(_) => {}
+    }
+}
+
+pub fn check_password(value: Option<&str>, required: bool, errors: &mut FieldErrors) {
+    match value {
+        None if required => add(errors, "password", "This field is required."),
+        None => {}
+        Some(p) if p.trim().is_empty() => add(errors, "password", "This field may not be blank."),
+        Some(p) if p.chars().count() > MAX_PASSWORD_CHARS => add(
+            errors,
+            "password",
+            &format!("Ensure this field has no more than {MAX_PASSWORD_CHARS} characters."),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// Optional; `""` means "no email".
+pub fn check_email(value: Option<&str>, errors: &mut FieldErrors) {
+    let Some(email) = value.map(str::trim).filter(|e| !e.is_empty()) else {
+        return;
+    };
+    let valid = email.chars().count() <= MAX_EMAIL_CHARS
+        && !email.contains(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if !valid {
+        add(errors, "email", "Enter a valid email address.");
+    }
+}
+
+fn add(errors: &mut FieldErrors, field: &'static str, message: &str) {
+    errors.entry(field).or_default().push(message.to_string());
+}
+
+pub const USERNAME_TAKEN: &str = "A user with that username already exists.";
+
+pub async fn username_taken(
+    pool: &MySqlPool,
+    username: &str,
+    except: Option<UserId>,
+) -> Result<bool, sqlx::Error> {
+    let id: Option<UserId> = sqlx::query_scalar("SELECT id FROM users WHERE username = ?")
+        .bind(username)
+        .fetch_optional(pool)
+        .await?;
+    Ok(id.is_some_and(|id| Some(id) != except))
+}
+
+/// Inserts the user; `Ok(None)` when the username was taken in a race.
+pub async fn insert(
+    pool: &MySqlPool,
+    username: &str,
+    email: &str,
+    password_hash: &str,
+) -> Result<Option<UserId>, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO users (username, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(username)
+    .bind(email)
+    .bind(password_hash)
+    .bind(events::store::now_micros())
+    .execute(pool)
+    .await;
+    match result {
+        Ok(done) => Ok(Some(done.last_insert_id() as UserId)),
+        Err(e) if is_duplicate(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn is_duplicate(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|db| db.number() == 1062)
+}
+
+/// Finds a user by username, or else by email (the login form takes either).
+pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User>, sqlx::Error> {
+    let by_name: Option<User> =
+        sqlx::query_as("SELECT id, username, email, password_hash FROM users WHERE username = ?")
+            .bind(login)
+            .fetch_optional(pool)
+            .await?;
+    if by_name.is_some() || !login.contains('@') {
+        return Ok(by_name);
+    }
+    sqlx::query_as(
+        "SELECT id, username, email, password_hash FROM users WHERE email = ? ORDER BY id LIMIT 1",
+    )
+    .bind(login)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn find(pool: &MySqlPool, id: UserId) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as("SELECT id, username, email, password_hash FROM users WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Applies the given changes; `Ok(false)` when the new username was taken in a race.
+pub async fn update(
+    pool: &MySqlPool,
+    id: UserId,
+    username: Option<&str>,
+    email: Option<&str>,
+    password_hash: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE users SET username = COALESCE(?, username), email = COALESCE(?, email), \
+         password_hash = COALESCE(?, password_hash) WHERE id = ?",
+    )
+    .bind(username)
+    .bind(email)
+    .bind(password_hash)
+    .bind(id)
+    .execute(pool)
+    .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_duplicate(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_checked_like_django() {
+        let mut errors = FieldErrors::new();
+        check_username(Some("ok.name+1@x"), true, &mut errors);
+        check_password(Some("pw"), true, &mut errors);
+        check_email(Some(""), &mut errors);
+        check_email(Some("a@b.co"), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+
+        check_username(None, true, &mut errors);
+        check_username(Some("has space"), true, &mut errors);
+        check_password(Some(" "), true, &mut errors);
+        check_email(Some("nope"), &mut errors);
+        assert_eq!(errors["username"].len(), 2);
+        assert_eq!(errors["password"], vec!["This field may not be blank."]);
+        assert_eq!(errors["email"], vec!["Enter a valid email address."]);
+    }
+}

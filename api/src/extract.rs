@@ -1,0 +1,294 @@
+//! Extractors for the contract's quirks, so that handlers only see typed values.
+//!
+//! - [`Payload`]: a POST/PATCH body as JSON or `application/x-www-form-urlencoded`
+//!   (the app sends both; a form-labelled body holding a JSON object is JSON).
+//! - [`BotPayload`]: the same, failing the bot module's way (`code: -1`).
+//! - [`Params`]: the query string, failing with a 400 envelope.
+//! - [`lenient`]: integers that arrive as numbers or numeric strings.
+//! - [`normalize_path`]: merges `//` and drops the trailing slash before routing.
+//! - [`CorrelationId`]: the request id, carried into events and the broker.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// A request body, accepted as JSON or as a form.
+#[derive(Debug)]
+pub struct Payload<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Payload<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        let value = parse_body(&content_type, &bytes)?;
+        serde_json::from_value(value)
+            .map(Payload)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid request body: {e}")))
+    }
+}
+
+/// [`Payload`] for the bot module, whose failures are `HTTP 200, code -1`.
+#[derive(Debug)]
+pub struct BotPayload<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for BotPayload<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Payload::from_request(req, state)
+            .await
+            .map(|Payload(body)| BotPayload(body))
+            .map_err(ApiError::into_bot_module)
+    }
+}
+
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge("The request body is too large.".into())
+    } else {
+        ApiError::BadRequest(format!("Cannot read the request body: {rejection}"))
+    }
+}
+
+/// Turns a body into a JSON object, whichever way it was sent.
+pub fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::BadRequest("The request body is not valid UTF-8.".into()))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    let is_json = media_type == "application/json" || media_type.ends_with("+json");
+    let is_form = media_type == "application/x-www-form-urlencoded";
+    let untyped = media_type.is_empty() || media_type == "text/plain";
+    if is_json || ((is_form || untyped) && trimmed.starts_with('{')) {
+        return match serde_json::from_str::<Value>(trimmed) {
+            Ok(Value::Object(object)) => Ok(Value::Object(object)),
+            Ok(_) => Err(ApiError::BadRequest(
+                "The request body must be a JSON object.".into(),
+            )),
+            Err(e) => Err(ApiError::BadRequest(format!("Malformed JSON body: {e}"))),
+        };
+    }
+    if is_form || untyped {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(trimmed)
+            .map_err(|e| ApiError::BadRequest(format!("Malformed form body: {e}")))?;
+        return Ok(Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        ));
+    }
+    Err(ApiError::UnsupportedMediaType(format!(
+        "Send the body as application/json or application/x-www-form-urlencoded, not {media_type}."
+    )))
+}
+
+/// The query string, typed.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| Params(params))
+            .map_err(|e| {
+                ApiError::BadRequest(format!("Invalid query parameters: {}", e.body_text()))
+            })
+    }
+}
+
+/// Integers as the app sends them: `7`, `"7"` or `" 7 "`.
+pub mod lenient {
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    struct IntVisitor;
+
+    impl<'de> Visitor<'de> for IntVisitor {
+        type Value = Option<i64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer, as a number or a string")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom("integer out of range"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                Ok(Some(v as i64))
+            } else {
+                Err(E::custom(format!("expected an integer, got {v}")))
+            }
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            let v = v.trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.parse()
+                .map(Some)
+                .map_err(|_| E::custom(format!("expected an integer, got {v:?}")))
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(IntVisitor)
+        }
+    }
+
+    /// For `#[serde(default, deserialize_with = "lenient::int")]` on `Option<i64>`.
+    pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        d.deserialize_any(IntVisitor)
+    }
+}
+
+/// Merges repeated slashes and drops a trailing one, so `//users/register/` and
+/// `/chat/list` reach the same routes as their canonical forms.
+pub fn normalize_path<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let path = req.uri().path();
+    if !path.contains("//") && (path == "/" || !path.ends_with('/')) {
+        return req;
+    }
+    let mut normalized = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    if normalized.is_empty() {
+        normalized.push('/');
+    }
+    if let Some(query) = req.uri().query() {
+        normalized.push('?');
+        normalized.push_str(query);
+    }
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(path_and_query) = normalized.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+    req
+}
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The request's id (set by the request-id layer), used as the correlation id of
+/// the events it records.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(CorrelationId(
+            parts
+                .headers
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_become_strings_and_json_in_a_form_is_json() {
+        let form = parse_body(
+            "application/x-www-form-urlencoded",
+            b"user_id=7&input=a%26b+%E4%BD%A0",
+        )
+        .unwrap();
+        assert_eq!(form["user_id"], "7");
+        assert_eq!(form["input"], "a&b 你");
+        let json =
+            parse_body("application/x-www-form-urlencoded", br#"{"chatbot_id": 3}"#).unwrap();
+        assert_eq!(json["chatbot_id"], 3);
+    }
+
+    #[test]
+    fn malformed_and_unsupported_bodies_are_refused() {
+        assert!(matches!(
+            parse_body("application/json", b"{\"a\":"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_body("application/json", b"[1,2]"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse_body("multipart/form-data; boundary=x", b"--x"),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn paths_are_normalized() {
+        let norm = |p: &str| {
+            normalize_path(axum::http::Request::get(p).body(()).unwrap())
+                .uri()
+                .to_string()
+        };
+        assert_eq!(norm("//users/register/"), "/users/register");
+        assert_eq!(norm("/bots/delete/"), "/bots/delete");
+        assert_eq!(
+            norm("/chat//history/?chatbot_id=1"),
+            "/chat/history?chatbot_id=1"
+        );
+        assert_eq!(norm("/chat/list"), "/chat/list");
+        assert_eq!(norm("/"), "/");
+    }
+
+    #[test]
+    fn lenient_ints_accept_numbers_and_strings() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "lenient::int")]
+            id: Option<i64>,
+        }
+        let parse = |v: serde_json::Value| serde_json::from_value::<T>(v).map(|t| t.id);
+        assert_eq!(parse(serde_json::json!({"id": 7})).unwrap(), Some(7));
+        assert_eq!(
+            parse(serde_json::json!({"id": "15870"})).unwrap(),
+            Some(15870)
+        );
+        assert_eq!(parse(serde_json::json!({})).unwrap(), None);
+        assert!(parse(serde_json::json!({"id": "seven"})).is_err());
+        assert!(parse(serde_json::json!({"id": 1.5})).is_err());
+    }
+}

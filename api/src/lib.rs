@@ -1,0 +1,29 @@
+//! The HTTP API: the original Django backend's contract (see `API.md`), served by an
+//! event-sourced core.
+//!
+//! - [`config`]: typed settings (`BIND_ADDR`, `JWT_SECRET`, `AUTH_MODE`, ...).
+//! - [`startup`]: builds the application (pool, bus, relay, router) and runs it;
+//!   `main.rs` only reads configuration and calls it, and tests build the same thing
+//!   on a random port.
+//! - [`extract`]: the contract's quirks, parsed once: JSON or form bodies, ids as
+//!   numbers or strings, `//` and trailing-slash URLs, the correlation id.
+//! - [`auth`]: argon2id passwords, simplejwt-shaped tokens, and the [`auth::Caller`]
+//!   extractor that decides who a request acts for (`strict` or `legacy` mode).
+//! - [`domain`]: commands (register, create a bot, post a message) as typed values
+//!   parsed at the edge, and the events they append. Knows nothing of HTTP.
+//! - [`routes`]: thin handlers, one module per route family.
+//! - [`views`]: the response shapes: envelopes and positional rows.
+//! - [`feed`]: reply notifications from the bus, which wake waiting `new_chat`
+//!   requests and history long-polls.
+//! - [`error`]: every failure and the one place it becomes an HTTP response.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod feed;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod views;

@@ -1,0 +1,37 @@
+//! `api`: reads its configuration, then builds and runs the HTTP server until
+//! SIGTERM or Ctrl-C (in-flight requests are drained first).
+
+use std::process::ExitCode;
+
+use api::config::ApiConfig;
+use api::startup::Application;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    events::telemetry::init();
+    let config = match ApiConfig::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "api failed to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(startup_shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "api stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn startup_shutdown_signal() {
+    events::shutdown::signal().await;
+}

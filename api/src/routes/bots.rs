@@ -1,0 +1,112 @@
+//! `bots/create|detail|list|delete` and `bots/get_persona`. Failures of the bot
+//! module itself answer HTTP 200 with `code: -1`, as the app expects.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use events::projections::BotsProjection;
+
+use super::{metadata, publish_in_background};
+use crate::auth::Caller;
+use crate::domain::bots::{self, NewBot};
+use crate::domain::{required, DomainError};
+use crate::error::ApiError;
+use crate::extract::{lenient, BotPayload, CorrelationId};
+use crate::state::AppState;
+use crate::views::{bot_detail, bot_summary, ok};
+
+pub const DETAILS_NOT_FOUND: &str = "DetailsNotFound";
+/// Spelled as the original's document publishes it.
+pub const CHATBOT_NOT_FOUND: &str = "ChatbotNotFOund";
+
+fn bot_failure(e: DomainError) -> ApiError {
+    ApiError::from(e).into_bot_module()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateBody {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+    chatbot_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    chatbot_type: Option<i64>,
+    chatbot_persona: Option<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: CorrelationId,
+    BotPayload(body): BotPayload<CreateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let user = caller.acting_for(body.user_id, &state)?;
+    let bot = NewBot::parse(body.chatbot_name, body.chatbot_type, body.chatbot_persona)
+        .map_err(bot_failure)?;
+    let (bot_id, events) = bots::create_bot(&state.store, user, bot, metadata(correlation, user))
+        .await
+        .map_err(bot_failure)?;
+    publish_in_background(&state, events);
+    Ok(ok(json!([{ "chatbot_id": bot_id }])))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BotRef {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    chatbot_id: Option<i64>,
+}
+
+pub async fn detail(
+    State(state): State<AppState>,
+    caller: Caller,
+    BotPayload(body): BotPayload<BotRef>,
+) -> Result<Json<Value>, ApiError> {
+    let user = caller.acting_for(body.user_id, &state)?;
+    let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    match BotsProjection::find_owned(&state.pool, user, bot_id).await? {
+        Some(bot) => Ok(ok(json!([bot_detail(&bot)]))),
+        None => Err(ApiError::BotModule(DETAILS_NOT_FOUND.into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListBody {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    BotPayload(body): BotPayload<ListBody>,
+) -> Result<Json<Value>, ApiError> {
+    let user = caller.acting_for(body.user_id, &state)?;
+    let bots = BotsProjection::list(&state.pool, user).await?;
+    Ok(ok(Value::Array(bots.iter().map(bot_summary).collect())))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: CorrelationId,
+    BotPayload(body): BotPayload<BotRef>,
+) -> Result<Json<Value>, ApiError> {
+    let user = caller.acting_for(body.user_id, &state)?;
+    let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    match bots::delete_bot(&state.store, user, bot_id, metadata(correlation, user)).await {
+        Ok(events) => {
+            publish_in_background(&state, events);
+            Ok(ok(json!([])))
+        }
+        Err(DomainError::BotNotFound) => Err(ApiError::BotModule(CHATBOT_NOT_FOUND.into())),
+        Err(e) => Err(bot_failure(e)),
+    }
+}
+
+/// The preset personas the app offers when creating a cosplay bot.
+pub async fn get_persona(State(state): State<AppState>) -> Json<Value> {
+    ok(json!(state.config.persona_presets))
+}

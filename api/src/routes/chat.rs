@@ -1,0 +1,171 @@
+//! `chat/new_chat`, `chat/history` and `chat/list`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use events::event::stream;
+use events::projections::{ChatHistoryProjection, ChatListProjection, MessageStatus};
+
+use super::{metadata, publish_in_background};
+use crate::auth::Caller;
+use crate::domain::chat::{self, PostMessage, Posted};
+use crate::domain::required;
+use crate::error::ApiError;
+use crate::extract::{lenient, CorrelationId, Params, Payload};
+use crate::feed;
+use crate::state::AppState;
+use crate::views::{chat_list_rows, chat_ok, history_rows, RowFormat};
+
+/// Longest long-poll a client may ask for.
+const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+/// Most history rows one request returns.
+const MAX_HISTORY_ROWS: u32 = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub struct NewChatBody {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    chatbot_id: Option<i64>,
+    input: Option<String>,
+    client_msg_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewChatParams {
+    wait: Option<String>,
+}
+
+impl NewChatParams {
+    fn wait(&self) -> bool {
+        !matches!(
+            self.wait.as_deref().map(str::to_ascii_lowercase).as_deref(),
+            Some("false" | "0" | "no")
+        )
+    }
+}
+
+pub async fn new_chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: CorrelationId,
+    Params(params): Params<NewChatParams>,
+    Payload(body): Payload<NewChatBody>,
+) -> Result<Response, ApiError> {
+    let user = caller.acting_for(body.user_id, &state)?;
+    let command = PostMessage::parse(
+        user,
+        body.chatbot_id,
+        body.input,
+        body.client_msg_id,
+        state.config.max_input_chars,
+    )?;
+    // Subscribe before appending, so the reply's notice cannot slip past.
+    let mut notices = state.feed.subscribe();
+    let posted = chat::post_message(&state.store, command, metadata(correlation, user)).await?;
+    let message_id = posted.message_id();
+    if let Posted::New { events, .. } = posted {
+        publish_in_background(&state, events);
+    }
+    let pending = || {
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "code": 202,
+                "msg": "pending",
+                "data": { "message_id": message_id, "status": MessageStatus::Pending.as_str() },
+            })),
+        )
+            .into_response()
+    };
+    if !params.wait() {
+        return Ok(pending());
+    }
+    match feed::wait_for_reply(
+        &state.pool,
+        &mut notices,
+        message_id,
+        state.config.reply_wait,
+    )
+    .await?
+    {
+        Some(reply) if reply.status == MessageStatus::Failed.as_str() => {
+            Err(ApiError::BadGateway(reply.content))
+        }
+        Some(reply) => Ok(chat_ok(json!(reply.content)).into_response()),
+        None => Ok(pending()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    chatbot_id: Option<i64>,
+    format: Option<String>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    after: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    limit: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    wait: Option<i64>,
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(params): Params<HistoryParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = caller.acting_for(params.user_id, &state)?;
+    let bot_id = required(params.chatbot_id, "chatbot_id")?;
+    let after = params.after.unwrap_or(0).max(0);
+    let limit = match params.limit {
+        Some(l) if l < 1 => return Err(ApiError::BadRequest("limit must be at least 1".into())),
+        Some(l) => u32::try_from(l)
+            .unwrap_or(MAX_HISTORY_ROWS)
+            .min(MAX_HISTORY_ROWS),
+        None => MAX_HISTORY_ROWS,
+    };
+    let wait =
+        Duration::from_secs(params.wait.unwrap_or(0).max(0).unsigned_abs()).min(MAX_LONG_POLL);
+    let format = RowFormat::from_param(params.format.as_deref());
+
+    let deadline = Instant::now() + wait;
+    let stream_id = stream::chat(user, bot_id);
+    let mut notices = state.feed.subscribe();
+    loop {
+        let rows = ChatHistoryProjection::read(&state.pool, user, bot_id, after, limit).await?;
+        if !rows.is_empty() || Instant::now() >= deadline {
+            return Ok(chat_ok(history_rows(rows, format)));
+        }
+        feed::wait_for_stream(&mut notices, &stream_id, deadline).await;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+    format: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(params): Params<ListParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = caller.acting_for(params.user_id, &state)?;
+    let rows = ChatListProjection::list(&state.pool, user).await?;
+    Ok(chat_ok(chat_list_rows(
+        rows,
+        RowFormat::from_param(params.format.as_deref()),
+    )))
+}

@@ -1,0 +1,131 @@
+//! Builds the application from its configuration and runs it. `main` and the tests
+//! both go through [`Application::build`], so tests exercise the real wiring on a
+//! random port.
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::ServiceExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use events::bus::Publisher;
+use events::db::{connect_and_migrate, DbSetupError};
+use events::outbox::OutboxRelay;
+use events::projections::ReadModels;
+use events::store::EventStore;
+
+use crate::auth::{AuthMode, JwtKeys};
+use crate::config::ApiConfig;
+use crate::extract::{normalize_path, REQUEST_ID_HEADER};
+use crate::feed::ChatFeed;
+use crate::routes::router;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] DbSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: ApiConfig) -> Result<Self, StartupError> {
+        let pool = connect_and_migrate(&config.database).await?;
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.bind_addr,
+                source,
+            })?;
+        if config.auth_mode == AuthMode::Legacy {
+            tracing::warn!(
+                "AUTH_MODE=legacy: chat and bot requests without a token act for the user_id they name; \
+                 anyone can read and write any user's chats. Use only for the original mobile app."
+            );
+        }
+        let publisher = Arc::new(Publisher::new(config.bus.clone(), "api-publisher"));
+        let state = AppState {
+            jwt: Arc::new(JwtKeys::new(
+                &config.jwt_secret,
+                config.access_ttl,
+                config.refresh_ttl,
+            )),
+            store: EventStore::new(pool.clone(), Arc::new(ReadModels)),
+            relay: OutboxRelay::new(pool.clone(), publisher),
+            feed: ChatFeed::new(),
+            legacy_requests: Arc::new(AtomicU64::new(0)),
+            config: Arc::new(config),
+            pool,
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `signal` completes, then stops accepting, drains the requests in
+    /// flight, and stops the background tasks.
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let background = CancellationToken::new();
+        let state = self.state;
+        tokio::spawn({
+            let relay = state.relay.clone();
+            let token = background.clone();
+            async move { relay.run(Duration::from_secs(1), token).await }
+        });
+        tokio::spawn(
+            state
+                .feed
+                .clone()
+                .run(state.config.bus.clone(), background.clone()),
+        );
+
+        let max_body = state.config.max_body_bytes;
+        let routes = router(state)
+            .layer(DefaultBodyLimit::max(max_body))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let request_id = req
+                    .headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), correlation_id = %request_id)
+            }))
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+        // Normalizing the path must happen before routing, so it wraps the router.
+        let app =
+            tower::util::MapRequestLayer::new(normalize_path::<axum::body::Body>).layer(routes);
+
+        tracing::info!(addr = ?self.listener.local_addr(), "api listening");
+        let stop = background.clone();
+        let served = axum::serve(self.listener, ServiceExt::<Request>::into_make_service(app))
+            .with_graceful_shutdown(async move {
+                signal.await;
+                stop.cancel();
+            })
+            .await;
+        background.cancel();
+        served
+    }
+}

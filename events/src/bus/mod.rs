@@ -1,0 +1,204 @@
+//! RabbitMQ: the names and shape of our exchanges and queues, connecting, and the two
+//! roles built on them.
+//!
+//! - `<ns>.events` (topic exchange): every event, routed by its type.
+//! - `<ns>.chat.user_messages` (quorum queue, bound to `UserMessagePosted`): the
+//!   workers' work. A delivery limit sends poison messages to `<ns>.dlx` →
+//!   `<ns>.dead_letters` instead of letting them loop.
+//! - each api process binds a private, auto-deleted queue to the reply events, to wake
+//!   the requests that wait for them.
+//!
+//! [`publisher::Publisher`] publishes with confirms; [`consumer::ConsumerSupervisor`]
+//! consumes, and reconnects and redeclares when the broker goes away.
+
+pub mod consumer;
+pub mod publisher;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::BusSettings;
+use crate::event::DomainEvent;
+
+pub use consumer::ConsumerSupervisor;
+pub use publisher::Publisher;
+
+/// Message header that carries the correlation id from the API into the worker.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("AMQP_URL is not a valid AMQP URL: {0}")]
+    Url(String),
+    #[error("the message broker is unreachable: {0}")]
+    Unavailable(String),
+    #[error("timed out connecting to the message broker")]
+    ConnectTimeout,
+    #[error("the broker did not route the message (no queue bound for {0})")]
+    Unroutable(String),
+    #[error("the broker refused the message")]
+    Nacked,
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("cannot encode the message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Names of everything this deployment declares on the broker.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub events_exchange: String,
+    pub dead_letter_exchange: String,
+    pub user_messages_queue: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn new(settings: &BusSettings) -> Self {
+        let ns = &settings.namespace;
+        Self {
+            events_exchange: format!("{ns}.events"),
+            dead_letter_exchange: format!("{ns}.dlx"),
+            user_messages_queue: format!("{ns}.chat.user_messages"),
+            dead_letter_queue: format!("{ns}.dead_letters"),
+            delivery_limit: settings.delivery_limit,
+        }
+    }
+
+    /// Declares the shared exchanges and durable queues. Idempotent, so every process
+    /// declares on every (re)connect and none depends on another having run first.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                &self.events_exchange,
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                &self.dead_letter_exchange,
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(&self.dead_letter_queue, queue, quorum_args(None))
+            .await?;
+        channel
+            .queue_bind(
+                &self.dead_letter_queue,
+                &self.dead_letter_exchange,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut args = quorum_args(Some(self.delivery_limit));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
+        );
+        channel
+            .queue_declare(&self.user_messages_queue, queue, args)
+            .await?;
+        channel
+            .queue_bind(
+                &self.user_messages_queue,
+                &self.events_exchange,
+                DomainEvent::USER_MESSAGE_POSTED,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes everything [`Topology::declare`] made (for tests and teardown).
+    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        for queue in [&self.user_messages_queue, &self.dead_letter_queue] {
+            channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [&self.events_exchange, &self.dead_letter_exchange] {
+            channel
+                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn quorum_args(delivery_limit: Option<u32>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(limit) = delivery_limit {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(limit).unwrap_or(i32::MAX)),
+        );
+    }
+    args
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection on the tokio runtime, with heartbeats so that a dead peer is
+/// noticed even when no traffic flows.
+pub async fn connect(settings: &BusSettings, name: &str) -> Result<Connection, BusError> {
+    let mut uri = AMQPUri::from_str(&settings.url).map_err(BusError::Url)?;
+    uri.query.heartbeat = Some(settings.heartbeat_secs);
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+        Err(_) => Err(BusError::ConnectTimeout),
+    }
+}
+
+/// Exponential backoff with jitter, for reconnect loops.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    /// The delay to wait now; the one after it doubles, up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::random::<f64>() * 0.25 + 0.875;
+        base.mul_f64(jitter)
+    }
+}

@@ -1,0 +1,158 @@
+//! Publishing events with publisher confirms.
+//!
+//! An event counts as published only when the broker has confirmed it (and, for the
+//! messages workers must get, has routed it to a queue). The publisher keeps one
+//! confirm-mode channel and opens a new connection lazily after any failure; while
+//! the broker is down it fails fast instead of making every caller wait for a
+//! connect timeout, and the outbox keeps the events until it is back.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::Mutex;
+
+use super::{connect, BusError, Topology, CORRELATION_HEADER};
+use crate::config::BusSettings;
+use crate::event::DomainEvent;
+use crate::store::RecordedEvent;
+
+/// How long to wait after a failed connect before trying again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
+/// A broker that neither confirms nor fails within this is treated as down.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Publisher {
+    settings: BusSettings,
+    topology: Topology,
+    name: String,
+    link: Mutex<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    connection: Option<Connection>,
+    channel: Option<Channel>,
+    retry_after: Option<Instant>,
+}
+
+impl Publisher {
+    pub fn new(settings: BusSettings, name: impl Into<String>) -> Self {
+        Self {
+            topology: Topology::new(&settings),
+            settings,
+            name: name.into(),
+            link: Mutex::new(Link::default()),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// A live confirm-mode channel, connecting (and declaring the topology) if needed.
+    pub async fn channel(&self) -> Result<Channel, BusError> {
+        let mut link = self.link.lock().await;
+        if let Some(channel) = &link.channel {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        if link.retry_after.is_some_and(|at| Instant::now() < at) {
+            return Err(BusError::Unavailable("reconnect pending".into()));
+        }
+        link.channel = None;
+        if let Some(old) = link.connection.take() {
+            let _ = old.close(0, "reconnecting").await;
+        }
+        match self.open().await {
+            Ok((connection, channel)) => {
+                tracing::info!(publisher = %self.name, "connected to the message broker");
+                link.connection = Some(connection);
+                link.channel = Some(channel.clone());
+                link.retry_after = None;
+                Ok(channel)
+            }
+            Err(e) => {
+                link.retry_after = Some(Instant::now() + RECONNECT_PAUSE);
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<(Connection, Channel), BusError> {
+        let connection = connect(&self.settings, &self.name).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&channel).await?;
+        Ok((connection, channel))
+    }
+
+    /// Forgets the current channel so the next call reconnects.
+    async fn reset(&self) {
+        let mut link = self.link.lock().await;
+        link.channel = None;
+    }
+
+    /// Publishes one event and waits for the broker's confirm.
+    pub async fn publish(&self, event: &RecordedEvent) -> Result<(), BusError> {
+        let result = self.try_publish(event).await;
+        if matches!(
+            result,
+            Err(BusError::Amqp(_) | BusError::Unavailable(_) | BusError::ConnectTimeout)
+        ) {
+            self.reset().await;
+        }
+        result
+    }
+
+    async fn try_publish(&self, event: &RecordedEvent) -> Result<(), BusError> {
+        let channel = self.channel().await?;
+        let body = serde_json::to_vec(event)?;
+        // Only the messages a worker must act on are mandatory: for them "no queue
+        // bound" is a failure to retry, not a success.
+        let mandatory = event.event_type == DomainEvent::USER_MESSAGE_POSTED;
+        let mut headers = FieldTable::default();
+        if let Some(correlation_id) = &event.metadata.correlation_id {
+            headers.insert(
+                CORRELATION_HEADER.into(),
+                AMQPValue::LongString(correlation_id.as_str().into()),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(event.event_id.to_string().into())
+            .with_type(event.event_type.as_str().into())
+            .with_headers(headers);
+        let confirm = async {
+            channel
+                .basic_publish(
+                    &self.topology.events_exchange,
+                    &event.event_type,
+                    BasicPublishOptions {
+                        mandatory,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| BusError::Unavailable("no publisher confirm in time".into()))??;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => {
+                Err(BusError::Unroutable(event.event_type.clone()))
+            }
+            Confirmation::Nack(_) => Err(BusError::Nacked),
+        }
+    }
+}

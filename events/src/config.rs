@@ -1,0 +1,95 @@
+//! Typed configuration shared by both binaries, read from environment variables.
+//!
+//! Every setting has a default that works against local services, so a fresh checkout
+//! runs with no configuration at all. A value that is present but malformed is an
+//! error at start, never silently replaced by the default.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name}={value:?} is not valid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Reads `name`, falling back to `default` when unset or empty.
+pub fn env_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => {
+            value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    name,
+                    value,
+                    reason: e.to_string(),
+                })
+        }
+        _ => Ok(default),
+    }
+}
+
+/// Reads `name` as a string, `None` when unset or empty.
+pub fn env_opt(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`; the database named in it is created when missing.
+    pub url: String,
+    /// `DB_MAX_CONNECTIONS`: pool size per process.
+    pub max_connections: u32,
+    /// `DB_ACQUIRE_TIMEOUT_MS`: how long a request waits for a connection before it
+    /// is answered 503 (short, so a database outage is reported rather than hung on).
+    pub acquire_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            url: env_or(
+                "DATABASE_URL",
+                "mysql://root@127.0.0.1:3306/chatbot".to_string(),
+            )?,
+            max_connections: env_or("DB_MAX_CONNECTIONS", 16)?,
+            acquire_timeout: Duration::from_millis(env_or("DB_ACQUIRE_TIMEOUT_MS", 3000)?),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// `AMQP_URL`.
+    pub url: String,
+    /// `BUS_NAMESPACE`: prefix of every exchange and queue name, so that several
+    /// deployments (or parallel tests) can share one broker.
+    pub namespace: String,
+    /// `AMQP_HEARTBEAT_SECS`: a dead connection is noticed within about twice this.
+    pub heartbeat_secs: u16,
+    /// `DELIVERY_LIMIT`: deliveries of one message before it is dead-lettered.
+    pub delivery_limit: u32,
+}
+
+impl BusSettings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            url: env_or(
+                "AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
+            )?,
+            namespace: env_or("BUS_NAMESPACE", "chatbot".to_string())?,
+            heartbeat_secs: env_or("AMQP_HEARTBEAT_SECS", 10)?,
+            delivery_limit: env_or("DELIVERY_LIMIT", 5)?,
+        })
+    }
+}

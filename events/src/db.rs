@@ -1,0 +1,148 @@
+//! Connecting to MySQL/MariaDB: create the database when it is missing, then apply the
+//! migrations.
+//!
+//! Both steps are safe when many processes start at once: `CREATE DATABASE IF NOT
+//! EXISTS` is atomic, and migrations run while holding a named lock (`GET_LOCK` with
+//! a positive timeout), so a second process waits and then finds nothing left to do.
+//! (sqlx's own migration lock asks for an infinite wait with `-1`, which MariaDB
+//! does not honour, so it is switched off in favour of ours.)
+
+use std::str::FromStr;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::config::DatabaseSettings;
+
+/// How long a starting process waits for another one's migrations.
+const MIGRATION_LOCK_TIMEOUT_SECS: u32 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("DATABASE_URL is not a valid MySQL URL: {0}")]
+    Url(sqlx::Error),
+    #[error("DATABASE_URL must name a database, e.g. mysql://root@127.0.0.1:3306/chatbot")]
+    NoDatabaseName,
+    #[error("database name {0:?} may only contain letters, digits and underscores")]
+    BadDatabaseName(String),
+    #[error("cannot reach the database server: {0}")]
+    Connect(sqlx::Error),
+    #[error("applying migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("another process held the migration lock for over {MIGRATION_LOCK_TIMEOUT_SECS}s")]
+    MigrationLockTimeout,
+}
+
+/// Creates the database if needed, migrates it, and returns a pool.
+pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<MySqlPool, DbSetupError> {
+    let options = MySqlConnectOptions::from_str(&settings.url).map_err(DbSetupError::Url)?;
+    create_database_if_missing(&settings.url, &options).await?;
+    let pool = pool(settings, options);
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// A pool against an existing database, without migrating (for tools and tests).
+pub fn pool(settings: &DatabaseSettings, options: MySqlConnectOptions) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        // Every timestamp is written from Rust in UTC; make the session agree.
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET time_zone = '+00:00'")
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .connect_lazy_with(options.log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// Applies pending migrations under a server-wide named lock.
+pub async fn migrate(pool: &MySqlPool) -> Result<(), DbSetupError> {
+    let mut conn = pool.acquire().await.map_err(DbSetupError::Connect)?;
+    let lock_name: String = sqlx::query_scalar("SELECT CONCAT('migrate:', DATABASE())")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(DbSetupError::Connect)?;
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(&lock_name)
+        .bind(MIGRATION_LOCK_TIMEOUT_SECS)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(DbSetupError::Connect)?;
+    if locked != Some(1) {
+        return Err(DbSetupError::MigrationLockTimeout);
+    }
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_locking(false);
+    let result = migrator.run(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(&lock_name)
+        .execute(&mut *conn)
+        .await;
+    result.map_err(DbSetupError::from)
+}
+
+async fn create_database_if_missing(
+    url: &str,
+    options: &MySqlConnectOptions,
+) -> Result<(), DbSetupError> {
+    let name = options
+        .get_database()
+        .ok_or(DbSetupError::NoDatabaseName)?
+        .to_string();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(DbSetupError::BadDatabaseName(name));
+    }
+    let mut server = MySqlConnectOptions::from_str(&server_url(url))
+        .map_err(DbSetupError::Url)?
+        .connect()
+        .await
+        .map_err(DbSetupError::Connect)?;
+    // The name was checked above, so it is safe to splice into the statement.
+    sqlx::query(&format!(
+        "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))
+    .execute(&mut server)
+    .await
+    .map_err(DbSetupError::Connect)?;
+    let _ = server.close().await;
+    Ok(())
+}
+
+/// The same URL with the database path removed, to connect to the server itself.
+fn server_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/?{query}"),
+        None => format!("{base}/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_url;
+
+    #[test]
+    fn server_url_drops_only_the_database() {
+        assert_eq!(
+            server_url("mysql://root@127.0.0.1:3306/chatbot"),
+            "mysql://root@127.0.0.1:3306/"
+        );
+        assert_eq!(
+            server_url("mysql://u:p@db/chatbot?ssl-mode=disabled"),
+            "mysql://u:p@db/?ssl-mode=disabled"
+        );
+        assert_eq!(server_url("mysql://db"), "mysql://db/");
+    }
+}

@@ -1,0 +1,226 @@
+//! The domain events and the streams they live in.
+//!
+//! Streams: `bot-<bot_id>` holds `BotCreated` and `BotDeleted`;
+//! `chat-<user_id>-<bot_id>` holds one conversation's `UserMessagePosted`,
+//! `BotReplyGenerated` and `BotReplyFailed`.
+//!
+//! Events are immutable once written. Each type carries a `schema_version`; when a
+//! payload changes shape, bump the version and teach [`DomainEvent::decode`] to read
+//! the old one, so that the whole log still replays.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::{NewEvent, RecordedEvent};
+
+pub type UserId = i64;
+pub type BotId = i64;
+
+/// Stream names, built in one place so that writers and readers agree.
+pub mod stream {
+    use super::{BotId, UserId};
+
+    pub fn bot(bot_id: BotId) -> String {
+        format!("bot-{bot_id}")
+    }
+
+    pub fn chat(user_id: UserId, bot_id: BotId) -> String {
+        format!("chat-{user_id}-{bot_id}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum BotKind {
+    /// A plain assistant (`chatbot_type` 0).
+    Assistant,
+    /// Speaks in character as its persona (`chatbot_type` 1).
+    Cosplay,
+}
+
+impl From<BotKind> for u8 {
+    fn from(kind: BotKind) -> u8 {
+        match kind {
+            BotKind::Assistant => 0,
+            BotKind::Cosplay => 1,
+        }
+    }
+}
+
+impl TryFrom<u8> for BotKind {
+    type Error = String;
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(BotKind::Assistant),
+            1 => Ok(BotKind::Cosplay),
+            other => Err(format!("chatbot_type must be 0 or 1, got {other}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotCreated {
+    pub bot_id: BotId,
+    pub user_id: UserId,
+    pub name: String,
+    pub kind: BotKind,
+    /// Empty for an assistant.
+    pub persona: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotDeleted {
+    pub bot_id: BotId,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserMessagePosted {
+    pub message_id: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    pub content: String,
+    /// The client's own id for this message, when it sent one (idempotent retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotReplyGenerated {
+    pub message_id: Uuid,
+    /// The `UserMessagePosted` this answers; at most one reply exists per message.
+    pub reply_to: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    pub content: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotReplyFailed {
+    pub message_id: Uuid,
+    pub reply_to: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    /// What went wrong, worded for the person who sent the message.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DomainEvent {
+    BotCreated(BotCreated),
+    BotDeleted(BotDeleted),
+    UserMessagePosted(UserMessagePosted),
+    BotReplyGenerated(BotReplyGenerated),
+    BotReplyFailed(BotReplyFailed),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type {event_type} (schema version {schema_version})")]
+    Unknown {
+        event_type: String,
+        schema_version: u16,
+    },
+    #[error("event {event_type} has a malformed payload: {source}")]
+    Payload {
+        event_type: String,
+        source: serde_json::Error,
+    },
+}
+
+impl DomainEvent {
+    pub const USER_MESSAGE_POSTED: &'static str = "UserMessagePosted";
+    pub const BOT_REPLY_GENERATED: &'static str = "BotReplyGenerated";
+    pub const BOT_REPLY_FAILED: &'static str = "BotReplyFailed";
+
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            DomainEvent::BotCreated(_) => "BotCreated",
+            DomainEvent::BotDeleted(_) => "BotDeleted",
+            DomainEvent::UserMessagePosted(_) => Self::USER_MESSAGE_POSTED,
+            DomainEvent::BotReplyGenerated(_) => Self::BOT_REPLY_GENERATED,
+            DomainEvent::BotReplyFailed(_) => Self::BOT_REPLY_FAILED,
+        }
+    }
+
+    /// The schema version written for new events of this type.
+    pub fn schema_version(&self) -> u16 {
+        1
+    }
+
+    /// The key that makes appending this event idempotent, if it must be.
+    pub fn idempotency_key(&self) -> Option<String> {
+        match self {
+            DomainEvent::UserMessagePosted(e) => e
+                .client_msg_id
+                .as_ref()
+                .map(|id| format!("msg:{}:{}:{id}", e.user_id, e.bot_id)),
+            DomainEvent::BotReplyGenerated(e) => Some(reply_key(e.reply_to)),
+            DomainEvent::BotReplyFailed(e) => Some(reply_key(e.reply_to)),
+            DomainEvent::BotCreated(_) | DomainEvent::BotDeleted(_) => None,
+        }
+    }
+
+    fn payload(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            DomainEvent::BotCreated(e) => serde_json::to_value(e),
+            DomainEvent::BotDeleted(e) => serde_json::to_value(e),
+            DomainEvent::UserMessagePosted(e) => serde_json::to_value(e),
+            DomainEvent::BotReplyGenerated(e) => serde_json::to_value(e),
+            DomainEvent::BotReplyFailed(e) => serde_json::to_value(e),
+        }
+    }
+
+    /// Packs the event for [`crate::store::EventStore::append_to_stream`].
+    pub fn to_new_event(&self, metadata: EventMetadata) -> Result<NewEvent, serde_json::Error> {
+        Ok(NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: self.event_type().to_string(),
+            schema_version: self.schema_version(),
+            payload: self.payload()?,
+            metadata,
+            idempotency_key: self.idempotency_key(),
+        })
+    }
+
+    /// Reads a stored event back, whatever schema version it was written with.
+    pub fn decode(event: &RecordedEvent) -> Result<Self, DecodeError> {
+        fn parse<T: serde::de::DeserializeOwned>(e: &RecordedEvent) -> Result<T, DecodeError> {
+            serde_json::from_value(e.payload.clone()).map_err(|source| DecodeError::Payload {
+                event_type: e.event_type.clone(),
+                source,
+            })
+        }
+        match (event.event_type.as_str(), event.schema_version) {
+            ("BotCreated", 1) => parse(event).map(DomainEvent::BotCreated),
+            ("BotDeleted", 1) => parse(event).map(DomainEvent::BotDeleted),
+            (Self::USER_MESSAGE_POSTED, 1) => parse(event).map(DomainEvent::UserMessagePosted),
+            (Self::BOT_REPLY_GENERATED, 1) => parse(event).map(DomainEvent::BotReplyGenerated),
+            (Self::BOT_REPLY_FAILED, 1) => parse(event).map(DomainEvent::BotReplyFailed),
+            (other, version) => Err(DecodeError::Unknown {
+                event_type: other.to_string(),
+                schema_version: version,
+            }),
+        }
+    }
+}
+
+/// The idempotency key of the one reply (or failure) to `message_id`.
+pub fn reply_key(message_id: Uuid) -> String {
+    format!("reply:{message_id}")
+}
+
+/// Who and what caused an event, for tracing a message across processes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Carried from the HTTP request (its `x-request-id`) through the broker's headers
+    /// into the worker, and into the reply's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The event that caused this one (a reply's triggering message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+}

@@ -1,0 +1,32 @@
+//! The core shared by the `api` and the `worker`: everything that is about events
+//! rather than HTTP or models.
+//!
+//! - [`config`]: typed settings read from the environment, with working defaults.
+//! - [`telemetry`]: the `tracing` subscriber, set up once per process.
+//! - [`db`]: connect to MySQL/MariaDB, create the database if missing, migrate.
+//! - [`event`]: the domain events (`BotCreated`, `UserMessagePosted`, ...) and their
+//!   stream names; how they are versioned and read back.
+//! - [`store`]: the append-only event store (`append_to_stream`, `read_stream`,
+//!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
+//!   append's events to an [`store::InlineProjector`] inside the same transaction.
+//! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`) and the
+//!   queries the GET routes use.
+//! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
+//!   reconnects with backoff.
+//! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.
+//! - [`outbox`]: the relay that moves committed events from the outbox table to the bus.
+//!
+//! The flow: a command appends events (event rows, outbox rows and read models in
+//! one transaction) → the outbox relay publishes them → workers consume
+//! `UserMessagePosted` and append a reply the same way → api processes hear about
+//! replies on the bus and answer waiting requests from the read models.
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod outbox;
+pub mod projections;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,100 @@
+//! The `bots` read model: every bot, with deleted ones kept but marked.
+
+use chrono::NaiveDateTime;
+use sqlx::mysql::{MySqlConnection, MySqlPool};
+
+use crate::event::{BotId, BotKind, DomainEvent, UserId};
+use crate::store::RecordedEvent;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Bot {
+    pub chatbot_id: BotId,
+    pub user_id: UserId,
+    pub chatbot_name: String,
+    pub chatbot_type: i8,
+    pub chatbot_persona: String,
+    pub created_at: NaiveDateTime,
+    pub deleted_at: Option<NaiveDateTime>,
+}
+
+impl Bot {
+    pub fn kind(&self) -> BotKind {
+        if self.chatbot_type == 1 {
+            BotKind::Cosplay
+        } else {
+            BotKind::Assistant
+        }
+    }
+}
+
+const SELECT_BOTS: &str = "SELECT chatbot_id, user_id, chatbot_name, chatbot_type, \
+    chatbot_persona, created_at, deleted_at FROM bots";
+
+pub struct BotsProjection;
+
+impl BotsProjection {
+    pub async fn apply(
+        conn: &mut MySqlConnection,
+        event: &RecordedEvent,
+        decoded: &DomainEvent,
+    ) -> Result<(), sqlx::Error> {
+        match decoded {
+            DomainEvent::BotCreated(e) => {
+                sqlx::query(
+                    "INSERT INTO bots (chatbot_id, user_id, chatbot_name, chatbot_type, \
+                     chatbot_persona, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(e.bot_id)
+                .bind(e.user_id)
+                .bind(&e.name)
+                .bind(u8::from(e.kind))
+                .bind(&e.persona)
+                .bind(event.recorded_at)
+                .execute(conn)
+                .await?;
+            }
+            DomainEvent::BotDeleted(e) => {
+                sqlx::query("UPDATE bots SET deleted_at = ? WHERE chatbot_id = ?")
+                    .bind(event.recorded_at)
+                    .bind(e.bot_id)
+                    .execute(conn)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The caller's bot, unless it is deleted or belongs to someone else.
+    pub async fn find_owned(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+    ) -> Result<Option<Bot>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "{SELECT_BOTS} WHERE chatbot_id = ? AND user_id = ? AND deleted_at IS NULL"
+        ))
+        .bind(bot_id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+    }
+
+    /// A bot whatever its state (the worker must still answer for a deleted one).
+    pub async fn find(pool: &MySqlPool, bot_id: BotId) -> Result<Option<Bot>, sqlx::Error> {
+        sqlx::query_as(&format!("{SELECT_BOTS} WHERE chatbot_id = ?"))
+            .bind(bot_id)
+            .fetch_optional(pool)
+            .await
+    }
+
+    /// The user's live bots in creation order.
+    pub async fn list(pool: &MySqlPool, user_id: UserId) -> Result<Vec<Bot>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "{SELECT_BOTS} WHERE user_id = ? AND deleted_at IS NULL ORDER BY chatbot_id"
+        ))
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+    }
+}

@@ -1,0 +1,69 @@
+//! The `chat_list` read model: the latest message of each conversation whose bot is
+//! not deleted.
+
+use chrono::NaiveDateTime;
+use sqlx::mysql::{MySqlConnection, MySqlPool};
+
+use crate::event::{BotId, DomainEvent, UserId};
+use crate::store::RecordedEvent;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ChatListRow {
+    pub chatbot_id: BotId,
+    pub chatbot_name: String,
+    pub last_content: String,
+    pub last_at: NaiveDateTime,
+    pub last_seq: i64,
+}
+
+pub struct ChatListProjection;
+
+impl ChatListProjection {
+    pub async fn apply(
+        conn: &mut MySqlConnection,
+        event: &RecordedEvent,
+        decoded: &DomainEvent,
+    ) -> Result<(), sqlx::Error> {
+        let (user_id, bot_id, content) = match decoded {
+            DomainEvent::UserMessagePosted(e) => (e.user_id, e.bot_id, &e.content),
+            DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id, &e.content),
+            DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id, &e.reason),
+            DomainEvent::BotDeleted(e) => {
+                sqlx::query("DELETE FROM chat_list WHERE user_id = ? AND chatbot_id = ?")
+                    .bind(e.user_id)
+                    .bind(e.bot_id)
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            DomainEvent::BotCreated(_) => return Ok(()),
+        };
+        // The bot's name comes from the bots read model; a deleted bot matches no row,
+        // so a late reply cannot bring its conversation back into the list.
+        sqlx::query(
+            "REPLACE INTO chat_list (user_id, chatbot_id, chatbot_name, last_content, last_at, \
+             last_seq, last_position) SELECT ?, chatbot_id, chatbot_name, ?, ?, ?, ? FROM bots \
+             WHERE chatbot_id = ? AND deleted_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(content)
+        .bind(event.recorded_at)
+        .bind(event.stream_version)
+        .bind(event.global_position)
+        .bind(bot_id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The user's conversations, most recently active first.
+    pub async fn list(pool: &MySqlPool, user_id: UserId) -> Result<Vec<ChatListRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT chatbot_id, chatbot_name, last_content, last_at, last_seq FROM chat_list \
+             WHERE user_id = ? ORDER BY last_position DESC",
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+    }
+}

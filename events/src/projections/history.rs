@@ -1,0 +1,135 @@
+//! The `chat_history` read model: one row per message in a conversation.
+//!
+//! A user's message starts `pending`; its reply row is `done` and turns the message
+//! `done`; a failure adds a bot row that says what went wrong, and both are `failed`.
+
+use chrono::NaiveDateTime;
+use sqlx::mysql::{MySqlConnection, MySqlPool};
+
+use crate::event::{BotId, DomainEvent, UserId};
+use crate::store::RecordedEvent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    Pending,
+    Done,
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Pending => "pending",
+            MessageStatus::Done => "done",
+            MessageStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub seq: i64,
+    pub message_id: String,
+    pub reply_to: Option<String>,
+    pub by_user: i8,
+    pub content: String,
+    pub status: String,
+    pub created_at: NaiveDateTime,
+}
+
+const SELECT_HISTORY: &str = "SELECT seq, message_id, reply_to, by_user, content, status, \
+    created_at FROM chat_history";
+
+pub struct ChatHistoryProjection;
+
+impl ChatHistoryProjection {
+    pub async fn apply(
+        conn: &mut MySqlConnection,
+        event: &RecordedEvent,
+        decoded: &DomainEvent,
+    ) -> Result<(), sqlx::Error> {
+        let (user_id, bot_id, message_id, reply_to, by_user, content, status) = match decoded {
+            DomainEvent::UserMessagePosted(e) => (
+                e.user_id,
+                e.bot_id,
+                e.message_id,
+                None,
+                1,
+                &e.content,
+                MessageStatus::Pending,
+            ),
+            DomainEvent::BotReplyGenerated(e) => (
+                e.user_id,
+                e.bot_id,
+                e.message_id,
+                Some(e.reply_to),
+                0,
+                &e.content,
+                MessageStatus::Done,
+            ),
+            DomainEvent::BotReplyFailed(e) => (
+                e.user_id,
+                e.bot_id,
+                e.message_id,
+                Some(e.reply_to),
+                0,
+                &e.reason,
+                MessageStatus::Failed,
+            ),
+            _ => return Ok(()),
+        };
+        sqlx::query(
+            "INSERT INTO chat_history (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
+             content, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(event.stream_version)
+        .bind(message_id.to_string())
+        .bind(reply_to.map(|r| r.to_string()))
+        .bind(by_user)
+        .bind(content)
+        .bind(status.as_str())
+        .bind(event.recorded_at)
+        .execute(&mut *conn)
+        .await?;
+        if let Some(reply_to) = reply_to {
+            sqlx::query("UPDATE chat_history SET status = ? WHERE message_id = ?")
+                .bind(status.as_str())
+                .bind(reply_to.to_string())
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A conversation's rows after `after`, oldest first.
+    pub async fn read(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    }
+
+    /// The row that answers `message_id` (a reply or a failure), once there is one.
+    pub async fn find_reply(
+        pool: &MySqlPool,
+        message_id: &str,
+    ) -> Result<Option<HistoryRow>, sqlx::Error> {
+        sqlx::query_as(&format!("{SELECT_HISTORY} WHERE reply_to = ?"))
+            .bind(message_id)
+            .fetch_optional(pool)
+            .await
+    }
+}

@@ -1,0 +1,19 @@
+//! One place that sets up `tracing` for a process.
+//!
+//! `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` switches to one JSON object
+//! per line for log shippers.
+
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let registry = tracing_subscriber::registry().with(filter);
+    // `try_init` so that tests which build the app in-process more than once don't panic.
+    let _ = if json {
+        registry.with(fmt::layer().json()).try_init()
+    } else {
+        registry.with(fmt::layer()).try_init()
+    };
+}

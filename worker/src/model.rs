@@ -1,0 +1,205 @@
+//! The model: an OpenAI-compatible server through async-openai, or the offline
+//! responder when no key is configured.
+//!
+//! There is exactly one retry layer, [`Model::complete`]: async-openai's own retry
+//! middleware is replaced by a plain transport, and a message whose model call fails
+//! for good is answered with `BotReplyFailed` (and acked) rather than redelivered,
+//! so redelivery never multiplies the attempts.
+
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest,
+};
+use async_openai::Client;
+
+use crate::config::ModelSettings;
+use crate::prompt::{Prompt, Role};
+
+/// How one attempt failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttemptError {
+    /// Worth another attempt: rate limits, 5xx, timeouts, network errors.
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again cannot help: a rejected request, bad credentials, no quota.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Why a message gets no reply, worded for the person who sent it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ModelFailure(pub String);
+
+pub enum Backend {
+    OpenAi {
+        client: Client<OpenAIConfig>,
+        model: String,
+    },
+    /// Used when `OPENAI_API_KEY` is unset, so a fresh checkout runs end to end.
+    Offline,
+}
+
+pub struct Model {
+    backend: Backend,
+    max_attempts: u32,
+    retry_base: Duration,
+    timeout: Duration,
+}
+
+pub const OFFLINE_MODEL_NAME: &str = "offline-responder";
+
+impl Model {
+    pub fn from_settings(settings: &ModelSettings) -> Result<Self, reqwest::Error> {
+        let backend = match &settings.api_key {
+            Some(key) => {
+                let http = reqwest::Client::builder()
+                    .timeout(settings.timeout)
+                    .connect_timeout(Duration::from_secs(10))
+                    .build()?;
+                let config = OpenAIConfig::new()
+                    .with_api_key(key)
+                    .with_api_base(settings.base_url.trim_end_matches('/'));
+                Backend::OpenAi {
+                    client: Client::with_config(config)
+                        .with_http_service(ReqwestService::new(http)),
+                    model: settings.model.clone(),
+                }
+            }
+            None => {
+                tracing::warn!("OPENAI_API_KEY is not set: replies come from the offline responder, not a model");
+                Backend::Offline
+            }
+        };
+        Ok(Self {
+            backend,
+            max_attempts: settings.max_attempts,
+            retry_base: settings.retry_base,
+            timeout: settings.timeout,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        match &self.backend {
+            Backend::OpenAi { model, .. } => model,
+            Backend::Offline => OFFLINE_MODEL_NAME,
+        }
+    }
+
+    /// Calls the model, retrying transient failures with exponential backoff.
+    pub async fn complete(&self, prompt: &Prompt) -> Result<String, ModelFailure> {
+        let mut delay = self.retry_base;
+        let mut attempt = 1;
+        loop {
+            let outcome = match tokio::time::timeout(self.timeout, self.attempt(prompt)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(AttemptError::Transient(format!(
+                    "no answer within {}s",
+                    self.timeout.as_secs()
+                ))),
+            };
+            match outcome {
+                Ok(text) => return Ok(text),
+                Err(AttemptError::Permanent(reason)) => {
+                    tracing::warn!(attempt, %reason, "model refused the request");
+                    return Err(ModelFailure(format!(
+                        "The model could not answer this message: {reason}"
+                    )));
+                }
+                Err(AttemptError::Transient(reason)) if attempt >= self.max_attempts => {
+                    tracing::warn!(attempt, %reason, "model still failing; giving up");
+                    return Err(ModelFailure(format!(
+                        "The model is unavailable right now ({reason}; tried {attempt} times). Please send the message again later."
+                    )));
+                }
+                Err(AttemptError::Transient(reason)) => {
+                    tracing::info!(attempt, %reason, retry_in_ms = delay.as_millis() as u64, "model call failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, prompt: &Prompt) -> Result<String, AttemptError> {
+        match &self.backend {
+            Backend::Offline => Ok(offline_reply(prompt)),
+            Backend::OpenAi { client, model } => {
+                let request = CreateChatCompletionRequest {
+                    model: model.clone(),
+                    messages: to_messages(prompt),
+                    ..Default::default()
+                };
+                let response = client.chat().create(request).await.map_err(classify)?;
+                response
+                    .choices
+                    .into_iter()
+                    .next()
+                    .and_then(|choice| choice.message.content.or(choice.message.refusal))
+                    .filter(|text| !text.trim().is_empty())
+                    .ok_or_else(|| {
+                        AttemptError::Transient("the model returned an empty answer".into())
+                    })
+            }
+        }
+    }
+}
+
+fn to_messages(prompt: &Prompt) -> Vec<ChatCompletionRequestMessage> {
+    let mut messages = Vec::with_capacity(prompt.turns.len() + 1);
+    messages.push(ChatCompletionRequestSystemMessage::from(prompt.system.as_str()).into());
+    for turn in &prompt.turns {
+        messages.push(match turn.role {
+            Role::User => ChatCompletionRequestUserMessage::from(turn.content.as_str()).into(),
+            Role::Assistant => {
+                ChatCompletionRequestAssistantMessage::from(turn.content.as_str()).into()
+            }
+        });
+    }
+    messages
+}
+
+/// Sorts an async-openai error into "try again" or "give up".
+pub fn classify(error: OpenAIError) -> AttemptError {
+    match error {
+        OpenAIError::ApiError(response) => {
+            let status = response.status_code.as_u16();
+            let api = response.api_error;
+            let no_quota = api.code.as_deref() == Some("insufficient_quota")
+                || api.r#type.as_deref() == Some("insufficient_quota");
+            let reason = format!("HTTP {status}: {}", api.message);
+            if no_quota {
+                AttemptError::Permanent(format!(
+                    "the model provider's quota is exhausted ({reason})"
+                ))
+            } else if status == 429 || status == 408 || status >= 500 {
+                AttemptError::Transient(reason)
+            } else {
+                AttemptError::Permanent(reason)
+            }
+        }
+        OpenAIError::Reqwest(e) => AttemptError::Transient(format!("network error: {e}")),
+        OpenAIError::JSONDeserialize(e, _) => {
+            AttemptError::Transient(format!("unreadable answer from the model server: {e}"))
+        }
+        other => AttemptError::Permanent(other.to_string()),
+    }
+}
+
+fn offline_reply(prompt: &Prompt) -> String {
+    let question = prompt
+        .turns
+        .iter()
+        .rev()
+        .find(|t| t.role == Role::User)
+        .map(|t| t.content.as_str())
+        .unwrap_or("");
+    format!("[offline responder: no OPENAI_API_KEY is configured] You said: {question}")
+}

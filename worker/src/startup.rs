@@ -1,0 +1,79 @@
+//! Builds the worker from its configuration and runs it until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use events::bus::consumer::Subscription;
+use events::bus::{ConsumerSupervisor, Publisher};
+use events::db::{connect_and_migrate, DbSetupError};
+use events::outbox::OutboxRelay;
+use events::projections::ReadModels;
+use events::store::EventStore;
+
+use crate::config::WorkerConfig;
+use crate::consumer::handle_delivery;
+use crate::model::Model;
+use crate::responder::Responder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] DbSetupError),
+    #[error("cannot build the model client: {0}")]
+    Model(#[from] reqwest::Error),
+}
+
+pub struct Worker {
+    config: WorkerConfig,
+    relay: OutboxRelay,
+    responder: Responder,
+}
+
+impl Worker {
+    pub async fn build(config: WorkerConfig) -> Result<Self, StartupError> {
+        let pool = connect_and_migrate(&config.database).await?;
+        let publisher = Arc::new(Publisher::new(config.bus.clone(), "worker-publisher"));
+        let relay = OutboxRelay::new(pool.clone(), publisher);
+        let store = EventStore::new(pool, Arc::new(ReadModels));
+        let model = Arc::new(Model::from_settings(&config.model)?);
+        tracing::info!(
+            model = model.name(),
+            prefetch = config.prefetch,
+            "worker ready"
+        );
+        let responder = Responder::new(store, relay.clone(), model, config.context_budget_chars);
+        Ok(Self {
+            config,
+            relay,
+            responder,
+        })
+    }
+
+    /// Consumes until `shutdown`, then finishes or hands back in-flight messages.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let relay_task = tokio::spawn({
+            let relay = self.relay.clone();
+            let token = shutdown.clone();
+            async move { relay.run(Duration::from_secs(1), token).await }
+        });
+        let supervisor = ConsumerSupervisor::new(
+            self.config.bus.clone(),
+            Subscription::UserMessages,
+            self.config.prefetch,
+            format!("worker-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .with_grace(self.config.shutdown_grace);
+        let responder = self.responder.clone();
+        supervisor
+            .run(
+                shutdown,
+                move |delivery| handle_delivery(responder.clone(), delivery),
+                || {},
+            )
+            .await;
+        let _ = relay_task.await;
+        tracing::info!("worker stopped");
+    }
+}

@@ -37,9 +37,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Payload<T> {
             .await
             .map_err(body_rejection)?;
         let value = parse_body(&content_type, &bytes)?;
-        serde_json::from_value(value)
+        // The path names the offending field: "chatbot_type: expected an integer".
+        serde_path_to_error::deserialize(value)
             .map(Payload)
-            .map_err(|e| ApiError::BadRequest(format!("Invalid request body: {e}")))
+            .map_err(|e| ApiError::BadRequest(format!("Invalid field {e}")))
     }
 }
 

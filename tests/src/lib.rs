@@ -1,1 +1,123 @@
+//! Test support: fresh databases and broker namespaces, a fake OpenAI-compatible
+//! model server, and the real `api` and `worker` binaries started as child processes.
+//!
+//! Every test gets its own database and its own exchange/queue names, so tests run
+//! in parallel and can be rerun; `teardown` removes both.
 
+pub mod client;
+pub mod fake_openai;
+pub mod stack;
+
+use std::str::FromStr;
+
+use events::config::{BusSettings, DatabaseSettings};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+
+pub use client::{Client, Reply};
+pub use fake_openai::FakeOpenAi;
+pub use stack::{Stack, StackOptions};
+
+/// The server the tests use; `TEST_DATABASE_SERVER` overrides it.
+pub fn database_server() -> String {
+    std::env::var("TEST_DATABASE_SERVER").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A database of its own and a broker namespace of its own.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    pub database: DatabaseSettings,
+    pub bus: BusSettings,
+}
+
+impl Isolation {
+    pub fn new() -> Self {
+        let name = unique_name("t");
+        Self {
+            database: DatabaseSettings {
+                url: format!("{}/{name}", database_server()),
+                max_connections: 8,
+                acquire_timeout: std::time::Duration::from_secs(5),
+            },
+            bus: BusSettings {
+                url: amqp_url(),
+                namespace: name,
+                heartbeat_secs: 5,
+                delivery_limit: 5,
+            },
+        }
+    }
+
+    /// Creates and migrates the database, as the binaries do at start.
+    pub async fn migrated_pool(&self) -> anyhow::Result<MySqlPool> {
+        Ok(events::db::connect_and_migrate(&self.database).await?)
+    }
+
+    /// A pool on an already created database.
+    pub fn pool(&self) -> anyhow::Result<MySqlPool> {
+        Ok(events::db::pool(
+            &self.database,
+            MySqlConnectOptions::from_str(&self.database.url)?,
+        ))
+    }
+
+    /// Drops the database and the broker topology.
+    pub async fn teardown(&self) -> anyhow::Result<()> {
+        let server = MySqlPool::connect(&format!("{}/", database_server())).await?;
+        let name = &self.bus.namespace;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .execute(&server)
+            .await?;
+        let connection = events::bus::connect(&self.bus, "teardown").await?;
+        let channel = connection.create_channel().await?;
+        events::bus::Topology::new(&self.bus)
+            .delete(&channel)
+            .await?;
+        let _ = connection.close(200, "teardown").await;
+        Ok(())
+    }
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How many events the log holds (to prove that bad input wrote nothing).
+pub async fn event_count(pool: &MySqlPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

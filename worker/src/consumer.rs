@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
 use tracing::Instrument;
 
-use events::bus::CORRELATION_HEADER;
+use events::bus::correlation_id;
 use events::event::DomainEvent;
 use events::store::RecordedEvent;
 
@@ -20,15 +19,6 @@ use crate::responder::Responder;
 
 /// Pause before requeueing after a transient failure, so an outage is not a hot loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
-
-fn correlation_id(delivery: &Delivery) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(CORRELATION_HEADER)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
 
 pub async fn handle_delivery(responder: Responder, delivery: Delivery) {
     let correlation = correlation_id(&delivery);

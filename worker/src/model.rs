@@ -37,9 +37,9 @@ pub enum AttemptError {
 #[error("{0}")]
 pub struct ModelFailure(pub String);
 
-pub enum Backend {
+enum Backend {
     OpenAi {
-        client: Client<OpenAIConfig>,
+        client: Box<Client<OpenAIConfig>>,
         model: String,
     },
     /// Used when `OPENAI_API_KEY` is unset, so a fresh checkout runs end to end.
@@ -67,8 +67,9 @@ impl Model {
                     .with_api_key(key)
                     .with_api_base(settings.base_url.trim_end_matches('/'));
                 Backend::OpenAi {
-                    client: Client::with_config(config)
-                        .with_http_service(ReqwestService::new(http)),
+                    client: Box::new(
+                        Client::with_config(config).with_http_service(ReqwestService::new(http)),
+                    ),
                     model: settings.model.clone(),
                 }
             }

@@ -31,6 +31,16 @@ pub use publisher::Publisher;
 /// Message header that carries the correlation id from the API into the worker.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
+/// The correlation id a message carries, if any.
+pub fn correlation_id(delivery: &lapin::message::Delivery) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(CORRELATION_HEADER)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("AMQP_URL is not a valid AMQP URL: {0}")]

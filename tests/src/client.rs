@@ -1,0 +1,134 @@
+//! An HTTP client that speaks to the api the way the mobile app and new clients do.
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde_json::Value;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub base: String,
+}
+
+/// A response: status and parsed JSON body (`Null` when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into(),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok(Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        })
+    }
+
+    fn with_token(
+        request: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        match token {
+            Some(token) => request.header(AUTHORIZATION, format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// POST a JSON body to `path` (appended to the base as is, `//` included).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(body);
+        self.send(Self::with_token(request, token)).await
+    }
+
+    /// POST `application/x-www-form-urlencoded`, every value a string, as the app does.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let request = self.http.post(format!("{}{path}", self.base)).form(fields);
+        self.send(Self::with_token(request, token)).await
+    }
+
+    /// POST a raw body with the given content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, content_type)
+            .body(body.to_string());
+        self.send(Self::with_token(request, token)).await
+    }
+
+    pub async fn patch_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let request = self.http.patch(format!("{}{path}", self.base)).json(body);
+        self.send(Self::with_token(request, token)).await
+    }
+
+    pub async fn get(&self, path_and_query: &str, token: Option<&str>) -> anyhow::Result<Reply> {
+        let request = self.http.get(format!("{}{path_and_query}", self.base));
+        self.send(Self::with_token(request, token)).await
+    }
+
+    /// Registers and logs in; returns (user_id, access, refresh).
+    pub async fn signup(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(i64, String, String)> {
+        let registered = self
+            .post_json(
+                "/users/register/",
+                &serde_json::json!({ "username": username, "password": password }),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(registered.status == 201, "register failed: {registered:?}");
+        let login = self
+            .post_json(
+                "/login/",
+                &serde_json::json!({ "username": username, "password": password }),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(login.status == 200, "login failed: {login:?}");
+        Ok((
+            login.body["user_id"].as_i64().unwrap_or_default(),
+            login.body["access"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            login.body["refresh"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ))
+    }
+}

@@ -1,0 +1,117 @@
+//! A fake OpenAI-compatible server: `POST /v1/chat/completions`.
+//!
+//! It answers `"<model> reply #<n> to: <last user message>"`, records every request
+//! so tests can check what the worker sent, and can be told to be slow or to fail
+//! (429, 500, 400, `insufficient_quota`) for the next calls.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Inner {
+    requests: Mutex<Vec<Value>>,
+    failures: Mutex<VecDeque<(u16, Value)>>,
+    latency_ms: AtomicU64,
+    calls: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct FakeOpenAi {
+    inner: Arc<Inner>,
+    pub base_url: String,
+}
+
+impl FakeOpenAi {
+    pub async fn start() -> anyhow::Result<Self> {
+        let inner = Arc::new(Inner::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            inner,
+            base_url: format!("http://{addr}/v1"),
+        })
+    }
+
+    /// Every request received so far, as JSON.
+    pub fn requests(&self) -> Vec<Value> {
+        self.inner
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner
+            .latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next call answers with `status` and an OpenAI-style error body.
+    pub fn fail_next(&self, status: u16, error_type: &str, code: Option<&str>) {
+        let body = json!({ "error": {
+            "message": format!("injected {status} {error_type}"),
+            "type": error_type,
+            "param": null,
+            "code": code,
+        }});
+        if let Ok(mut failures) = self.inner.failures.lock() {
+            failures.push_back((status, body));
+        }
+    }
+}
+
+async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>) -> Response {
+    let n = inner.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Ok(mut requests) = inner.requests.lock() {
+        requests.push(request.clone());
+    }
+    let latency = inner.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let failure = inner.failures.lock().ok().and_then(|mut f| f.pop_front());
+    if let Some((status, body)) = failure {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return (status, Json(body)).into_response();
+    }
+    let model = request["model"].as_str().unwrap_or("unknown").to_string();
+    let last_user = request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    Json(json!({
+        "id": format!("chatcmpl-{n}"),
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": format!("{model} reply #{n} to: {last_user}") },
+            "finish_reason": "stop",
+        }],
+        "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 },
+    }))
+    .into_response()
+}

@@ -1,0 +1,128 @@
+//! The outbox relay against the real broker: rows are marked sent only after the
+//! broker confirmed them, and wait in the table while the broker is unreachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use uuid::Uuid;
+
+use events::bus::{Publisher, Topology};
+use events::event::{DomainEvent, EventMetadata, UserMessagePosted};
+use events::outbox::OutboxRelay;
+use events::projections::ReadModels;
+use events::store::{EventStore, ExpectedVersion};
+use system_tests::Isolation;
+
+fn message(n: i64) -> DomainEvent {
+    DomainEvent::UserMessagePosted(UserMessagePosted {
+        message_id: Uuid::now_v7(),
+        user_id: 1,
+        bot_id: n,
+        content: format!("hello {n}"),
+        client_msg_id: None,
+    })
+}
+
+async fn unsent(pool: &sqlx::MySqlPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn rows_wait_while_the_broker_is_unreachable_and_are_sent_after_its_confirm(
+) -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    let store = EventStore::new(pool.clone(), Arc::new(ReadModels));
+    let metadata = EventMetadata {
+        correlation_id: Some("corr-1".into()),
+        ..Default::default()
+    };
+    for n in 1..=3 {
+        let event = message(n).to_new_event(metadata.clone())?;
+        store
+            .append_to_stream(&format!("chat-1-{n}"), ExpectedVersion::Any, &[event])
+            .await?;
+    }
+    assert_eq!(
+        unsent(&pool).await?,
+        3,
+        "the outbox row is written with the event"
+    );
+
+    // A relay pointed at a port where no broker listens publishes nothing.
+    let mut nowhere = isolation.bus.clone();
+    nowhere.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let dead_relay = OutboxRelay::new(pool.clone(), Arc::new(Publisher::new(nowhere, "dead")));
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the relay's grace period
+    assert!(dead_relay.sweep().await.is_err());
+    assert_eq!(
+        unsent(&pool).await?,
+        3,
+        "nothing is marked sent without a confirm"
+    );
+
+    // Listen on the real broker, then relay for real.
+    let connection = events::bus::connect(&isolation.bus, "test-listener").await?;
+    let channel = connection.create_channel().await?;
+    let topology = Topology::new(&isolation.bus);
+    topology.declare(&channel).await?;
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().as_str(),
+            &topology.events_exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().as_str(),
+            "listener",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        Arc::new(Publisher::new(isolation.bus.clone(), "live")),
+    );
+    assert_eq!(relay.sweep().await?, 3);
+    assert_eq!(unsent(&pool).await?, 0);
+
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("consumer ended"))??;
+        assert_eq!(
+            events::bus::correlation_id(&delivery).as_deref(),
+            Some("corr-1"),
+            "the correlation id travels in the headers"
+        );
+        let event: events::store::RecordedEvent = serde_json::from_slice(&delivery.data)?;
+        received.push(event.global_position);
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+    }
+    assert_eq!(received, vec![1, 2, 3], "published in log order");
+    let _ = connection.close(200, "done").await;
+    isolation.teardown().await
+}

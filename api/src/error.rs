@@ -143,18 +143,11 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable(
-                    "The database is unavailable; please try again shortly.".into(),
-                )
-            }
-            other => ApiError::Internal(other.to_string()),
+        if events::db::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable("The database is unavailable; please try again shortly.".into())
+        } else {
+            ApiError::Internal(e.to_string())
         }
     }
 }

@@ -59,6 +59,19 @@ pub fn pool(settings: &DatabaseSettings, options: MySqlConnectOptions) -> MySqlP
         .connect_lazy_with(options.log_statements(tracing::log::LevelFilter::Trace))
 }
 
+/// `true` for errors that mean "the database is unreachable right now" rather than
+/// "this statement is wrong": worth waiting out, and a 503 for clients.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+    )
+}
+
 /// Applies pending migrations under a server-wide named lock.
 pub async fn migrate(pool: &MySqlPool) -> Result<(), DbSetupError> {
     let mut conn = pool.acquire().await.map_err(DbSetupError::Connect)?;

@@ -21,6 +21,8 @@ struct Inner {
     requests: Mutex<Vec<Value>>,
     failures: Mutex<VecDeque<(u16, Value)>>,
     latency_ms: AtomicU64,
+    /// Extra random latency, up to this many milliseconds.
+    jitter_ms: AtomicU64,
     calls: AtomicU64,
 }
 
@@ -66,6 +68,14 @@ impl FakeOpenAi {
             .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Latency drawn uniformly from `min..=max` for every call.
+    pub fn set_latency_range(&self, min: Duration, max: Duration) {
+        self.set_latency(min);
+        self.inner
+            .jitter_ms
+            .store(max.saturating_sub(min).as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// The next call answers with `status` and an OpenAI-style error body.
     pub fn fail_next(&self, status: u16, error_type: &str, code: Option<&str>) {
         let body = json!({ "error": {
@@ -85,7 +95,13 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
     if let Ok(mut requests) = inner.requests.lock() {
         requests.push(request.clone());
     }
-    let latency = inner.latency_ms.load(Ordering::SeqCst);
+    let jitter = inner.jitter_ms.load(Ordering::SeqCst);
+    let jitter = if jitter > 0 {
+        (n.wrapping_mul(2654435761) >> 7) % (jitter + 1)
+    } else {
+        0
+    };
+    let latency = inner.latency_ms.load(Ordering::SeqCst) + jitter;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

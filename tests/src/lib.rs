@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod fake_openai;
+pub mod proxy;
 pub mod stack;
 
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 
 pub use client::{Client, Reply};
 pub use fake_openai::FakeOpenAi;
+pub use proxy::TcpProxy;
 pub use stack::{Stack, StackOptions};
 
 /// The server the tests use; `TEST_DATABASE_SERVER` overrides it.
@@ -120,4 +122,24 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// The rows of a conversation straight from the read model (works while the api is down).
+pub async fn history_rows(
+    pool: &MySqlPool,
+    user_id: i64,
+    bot_id: i64,
+) -> anyhow::Result<Vec<events::projections::HistoryRow>> {
+    Ok(events::projections::ChatHistoryProjection::read(pool, user_id, bot_id, 0, 10_000).await?)
+}
+
+/// How many reply events (generated or failed) answer `message_id`.
+pub async fn outcomes_for(pool: &MySqlPool, message_id: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE event_type IN ('BotReplyGenerated', 'BotReplyFailed') \
+         AND JSON_UNQUOTE(JSON_EXTRACT(payload, '$.reply_to')) = ?",
+    )
+    .bind(message_id)
+    .fetch_one(pool)
+    .await?)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::MySqlPool;
 use tokio::process::{Child, Command};
 
-use crate::{Client, FakeOpenAi, Isolation};
+use crate::{Client, FakeOpenAi, Isolation, TcpProxy};
 
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -17,6 +17,9 @@ pub struct StackOptions {
     pub workers: usize,
     /// Extra environment for every process (overrides the defaults).
     pub env: Vec<(String, String)>,
+    /// Reach RabbitMQ / the database through a [`TcpProxy`] the test controls.
+    pub proxy_broker: bool,
+    pub proxy_database: bool,
 }
 
 impl Default for StackOptions {
@@ -26,6 +29,8 @@ impl Default for StackOptions {
             apis: 1,
             workers: 1,
             env: Vec::new(),
+            proxy_broker: false,
+            proxy_database: false,
         }
     }
 }
@@ -61,6 +66,11 @@ impl Process {
         Ok(status.success())
     }
 
+    /// `true` while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -72,6 +82,8 @@ pub struct Stack {
     pub options: StackOptions,
     pub apis: Vec<Process>,
     pub workers: Vec<Process>,
+    pub broker_proxy: Option<TcpProxy>,
+    pub database_proxy: Option<TcpProxy>,
     log_dir: PathBuf,
 }
 
@@ -85,7 +97,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     anyhow::ensure!(
         path.exists(),
-        "{path:?} is missing: run the tests with `cargo test --workspace`, which builds the binaries"
+        "{path:?} is missing: run the tests with scripts/test.sh, which builds the binaries first"
     );
     Ok(path)
 }
@@ -104,7 +116,20 @@ impl Stack {
             .join("chatbot-tests")
             .join(&isolation.bus.namespace);
         std::fs::create_dir_all(&log_dir)?;
+        // Create and migrate the database directly, so that processes started
+        // behind a proxy do not depend on it for that.
+        isolation.migrated_pool().await?.close().await;
+        let broker_proxy = match options.proxy_broker {
+            true => Some(TcpProxy::start("127.0.0.1:5672").await?),
+            false => None,
+        };
+        let database_proxy = match options.proxy_database {
+            true => Some(TcpProxy::start("127.0.0.1:3306").await?),
+            false => None,
+        };
         let mut stack = Self {
+            broker_proxy,
+            database_proxy,
             isolation,
             model,
             options: options.clone(),
@@ -142,6 +167,20 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(proxy) = &self.broker_proxy {
+            env.push((
+                "AMQP_URL".into(),
+                format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port),
+            ));
+        }
+        if let Some(proxy) = &self.database_proxy {
+            let url = self
+                .isolation
+                .database
+                .url
+                .replace(":3306/", &format!(":{}/", proxy.port));
+            env.push(("DATABASE_URL".into(), url));
+        }
         for (key, value) in &self.options.env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
@@ -211,8 +250,17 @@ impl Stack {
 
     /// Starts another worker process and waits until it consumes.
     pub async fn spawn_worker(&mut self) -> anyhow::Result<usize> {
+        self.spawn_worker_with(&[]).await
+    }
+
+    /// Starts another worker process with extra environment.
+    pub async fn spawn_worker_with(&mut self, env: &[(&str, &str)]) -> anyhow::Result<usize> {
         let name = format!("worker-{}", self.workers.len());
-        let (child, log) = self.spawn("worker", &name, &[])?;
+        let extra: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, log) = self.spawn("worker", &name, &extra)?;
         let process = Process {
             name,
             log,

@@ -1,7 +1,9 @@
 //! One delivery's life: decode, trace, answer, then settle it with the broker.
 //!
 //! - answered (or nothing left to answer): ack, after the reply's commit;
-//! - the database is down: requeue after a pause; the queue's delivery limit
+//! - the database is down: the responder waits it out in place (a delivery is not
+//!   spent on an outage); if the worker is stopping meanwhile, or another database
+//!   error persists, requeue after a pause, and the queue's delivery limit
 //!   dead-letters a message that keeps failing;
 //! - undecodable (poison): reject without requeue, straight to the dead letters.
 

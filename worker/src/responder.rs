@@ -6,11 +6,16 @@
 //! unanswered messages of the same conversation are answered first, so that every
 //! reply is generated with the replies before it in its context.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use events::bus::Backoff;
+use events::db::is_unavailable;
 use events::event::{
     stream, BotReplyFailed, BotReplyGenerated, DecodeError, DomainEvent, EventMetadata,
     UserMessagePosted,
@@ -38,10 +43,25 @@ pub enum RespondError {
 }
 
 impl RespondError {
+    /// Worth another try later (the delivery is requeued), as opposed to a message
+    /// that can never be answered (dead-lettered).
     pub fn is_transient(&self) -> bool {
         matches!(self, RespondError::Database(_) | RespondError::Append(_))
     }
+
+    /// The database is unreachable: wait it out rather than spend deliveries.
+    fn is_outage(&self) -> bool {
+        match self {
+            RespondError::Database(e) | RespondError::Append(AppendError::Database(e)) => {
+                is_unavailable(e)
+            }
+            _ => false,
+        }
+    }
 }
+
+/// Other database errors (a deadlock, say) are retried this often in place.
+const IN_PLACE_ATTEMPTS: u32 = 3;
 
 #[derive(Clone)]
 pub struct Responder {
@@ -49,6 +69,7 @@ pub struct Responder {
     relay: OutboxRelay,
     model: Arc<Model>,
     context_budget_chars: usize,
+    shutdown: CancellationToken,
 }
 
 impl Responder {
@@ -57,12 +78,45 @@ impl Responder {
         relay: OutboxRelay,
         model: Arc<Model>,
         context_budget_chars: usize,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             relay,
             model,
             context_budget_chars,
+            shutdown,
+        }
+    }
+
+    /// Runs a database step, waiting out an outage (until shutdown) so that a
+    /// reply the model already produced is not lost and the model is not called
+    /// again for it.
+    async fn persist<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T, RespondError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, RespondError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match step().await {
+                Err(e)
+                    if !self.shutdown.is_cancelled()
+                        && (e.is_outage()
+                            || (e.is_transient() && attempts < IN_PLACE_ATTEMPTS)) =>
+                {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, step = what, retry_in_ms = delay.as_millis() as u64,
+                        "database step failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -75,7 +129,11 @@ impl Responder {
     ) -> Result<(), RespondError> {
         let stream_id = stream::chat(message.user_id, message.bot_id);
         loop {
-            let events = self.store.read_stream(&stream_id).await?;
+            let events = self
+                .persist("read the conversation", || async {
+                    Ok(self.store.read_stream(&stream_id).await?)
+                })
+                .await?;
             let conversation = Conversation::from_events(&events)?;
             if !conversation.contains(message.message_id) {
                 tracing::warn!(message_id = %message.message_id, "message not found in its stream; nothing to answer");
@@ -90,23 +148,31 @@ impl Responder {
                 causation_id: Some(next.message_id),
                 user_id: Some(next.user_id),
             };
-            match self
-                .store
-                .append_to_stream(
-                    &stream_id,
-                    ExpectedVersion::Any,
-                    &[outcome.to_new_event(metadata)?],
-                )
-                .await
-            {
-                Ok(recorded) => {
+            let event = outcome.to_new_event(metadata)?;
+            let appended = self
+                .persist("record the reply", || async {
+                    let append = self
+                        .store
+                        .append_to_stream(
+                            &stream_id,
+                            ExpectedVersion::Any,
+                            std::slice::from_ref(&event),
+                        )
+                        .await;
+                    match append {
+                        Err(AppendError::Duplicate(_)) => Ok(None),
+                        other => Ok(Some(other?)),
+                    }
+                })
+                .await?;
+            match appended {
+                Some(recorded) => {
                     tracing::info!(reply_to = %next.message_id, event = outcome.event_type(), "reply recorded");
                     self.relay.publish_now(&recorded).await;
                 }
-                Err(AppendError::Duplicate(_)) => {
+                None => {
                     tracing::info!(reply_to = %next.message_id, "another delivery answered this message first");
                 }
-                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -126,7 +192,12 @@ impl Responder {
                 reason,
             })
         };
-        let bot = match BotsProjection::find(self.store.pool(), message.bot_id).await? {
+        let bot = self
+            .persist("load the bot", || async {
+                Ok(BotsProjection::find(self.store.pool(), message.bot_id).await?)
+            })
+            .await?;
+        let bot = match bot {
             Some(bot) if bot.deleted_at.is_none() && bot.user_id == message.user_id => bot,
             _ => {
                 return Ok(failed(

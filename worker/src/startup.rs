@@ -28,7 +28,8 @@ pub enum StartupError {
 pub struct Worker {
     config: WorkerConfig,
     relay: OutboxRelay,
-    responder: Responder,
+    store: EventStore,
+    model: Arc<Model>,
 }
 
 impl Worker {
@@ -43,11 +44,11 @@ impl Worker {
             prefetch = config.prefetch,
             "worker ready"
         );
-        let responder = Responder::new(store, relay.clone(), model, config.context_budget_chars);
         Ok(Self {
             config,
             relay,
-            responder,
+            store,
+            model,
         })
     }
 
@@ -65,7 +66,13 @@ impl Worker {
             format!("worker-{}", uuid::Uuid::new_v4().simple()),
         )
         .with_grace(self.config.shutdown_grace);
-        let responder = self.responder.clone();
+        let responder = Responder::new(
+            self.store.clone(),
+            self.relay.clone(),
+            self.model.clone(),
+            self.config.context_budget_chars,
+            shutdown.clone(),
+        );
         supervisor
             .run(
                 shutdown,

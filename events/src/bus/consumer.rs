@@ -83,7 +83,7 @@ impl ConsumerSupervisor {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let tracker = TaskTracker::new();
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match self
                 .session(&shutdown, &handler, &tracker, &on_connected)

@@ -131,4 +131,35 @@ impl Client {
                 .to_string(),
         ))
     }
+
+    /// Creates a bot (by JSON, with a token) and returns its id.
+    pub async fn create_bot(
+        &self,
+        token: &str,
+        name: &str,
+        kind: i64,
+        persona: &str,
+    ) -> anyhow::Result<i64> {
+        let created = self
+            .post_json(
+                "/bots/create",
+                &serde_json::json!({ "chatbot_name": name, "chatbot_type": kind, "chatbot_persona": persona }),
+                Some(token),
+            )
+            .await?;
+        anyhow::ensure!(
+            created.body["code"] == 200,
+            "bots/create failed: {created:?}"
+        );
+        created.body["data"][0]["chatbot_id"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no chatbot_id in {created:?}"))
+    }
+
+    /// A new user with one plain bot: (user_id, access token, bot_id).
+    pub async fn user_with_bot(&self, username: &str) -> anyhow::Result<(i64, String, i64)> {
+        let (user, access, _) = self.signup(username, "pass word").await?;
+        let bot = self.create_bot(&access, "Bot", 0, "").await?;
+        Ok((user, access, bot))
+    }
 }

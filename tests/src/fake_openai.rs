@@ -62,6 +62,15 @@ impl FakeOpenAi {
         self.inner.calls.load(Ordering::SeqCst)
     }
 
+    /// Waits until at least `n` calls have arrived (a call is then in flight).
+    pub async fn wait_for_calls(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
+        crate::eventually(timeout, "model calls", || {
+            let calls = self.calls();
+            async move { Ok((calls >= n).then_some(())) }
+        })
+        .await
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.inner
             .latency_ms
@@ -130,4 +139,23 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 },
     }))
     .into_response()
+}
+
+/// A recorded request's conversation after the system prompt, as (role, content).
+pub fn turns(request: &Value) -> Vec<(String, String)> {
+    request["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .skip(1)
+                .map(|m| {
+                    (
+                        m["role"].as_str().unwrap_or("").to_string(),
+                        m["content"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

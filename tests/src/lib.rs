@@ -34,11 +34,13 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A database of its own and a broker namespace of its own.
-#[derive(Debug, Clone)]
+/// A database of its own and a broker namespace of its own. Dropped without an
+/// explicit [`Isolation::teardown`] (a test that failed), it still removes both.
+#[derive(Debug)]
 pub struct Isolation {
     pub database: DatabaseSettings,
     pub bus: BusSettings,
+    torn_down: std::sync::atomic::AtomicBool,
 }
 
 impl Isolation {
@@ -56,6 +58,7 @@ impl Isolation {
                 heartbeat_secs: 5,
                 delivery_limit: 5,
             },
+            torn_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -74,19 +77,46 @@ impl Isolation {
 
     /// Drops the database and the broker topology.
     pub async fn teardown(&self) -> anyhow::Result<()> {
+        self.torn_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        remove(&self.database, &self.bus).await
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        if self.torn_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        // Drop runs outside any async context we could borrow: clean up on a
+        // thread with a runtime of its own.
+        let (database, bus) = (self.database.clone(), self.bus.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = runtime.block_on(remove(&database, &bus));
+            }
+        })
+        .join();
+    }
+}
+
+async fn remove(database: &DatabaseSettings, bus: &BusSettings) -> anyhow::Result<()> {
+    let options = MySqlConnectOptions::from_str(&database.url)?;
+    if let Some(name) = options.get_database() {
         let server = MySqlPool::connect(&format!("{}/", database_server())).await?;
-        let name = &self.bus.namespace;
         sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
             .execute(&server)
             .await?;
-        let connection = events::bus::connect(&self.bus, "teardown").await?;
-        let channel = connection.create_channel().await?;
-        events::bus::Topology::new(&self.bus)
-            .delete(&channel)
-            .await?;
-        let _ = connection.close(200, "teardown").await;
-        Ok(())
+        server.close().await;
     }
+    let connection = events::bus::connect(bus, "teardown").await?;
+    let channel = connection.create_channel().await?;
+    events::bus::Topology::new(bus).delete(&channel).await?;
+    let _ = connection.close(200, "teardown").await;
+    Ok(())
 }
 
 impl Default for Isolation {

@@ -76,15 +76,17 @@ impl Process {
     }
 }
 
+/// Fields drop in order: processes first, then the proxies, and the isolation
+/// (database and broker names) last, so a failed test still cleans up after itself.
 pub struct Stack {
-    pub isolation: Isolation,
-    pub model: FakeOpenAi,
-    pub options: StackOptions,
     pub apis: Vec<Process>,
     pub workers: Vec<Process>,
     pub broker_proxy: Option<TcpProxy>,
     pub database_proxy: Option<TcpProxy>,
+    pub model: FakeOpenAi,
+    pub options: StackOptions,
     log_dir: PathBuf,
+    pub isolation: Isolation,
 }
 
 /// Where cargo put the binaries: beside the `deps` folder holding this test.

@@ -21,17 +21,7 @@ fn rabbitmqctl(command: &str) -> anyhow::Result<()> {
 async fn consumers_and_publishers_survive_a_real_broker_restart() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions::default()).await?;
     let client = stack.client(0);
-    let (_, token, _) = client.signup("restart", "pass word").await?;
-    let bot = client
-        .post_json(
-            "/bots/create",
-            &json!({ "chatbot_name": "b", "chatbot_type": 0 }),
-            Some(&token),
-        )
-        .await?;
-    let bot = bot.body["data"][0]["chatbot_id"]
-        .as_i64()
-        .unwrap_or_default();
+    let (_, token, bot) = client.user_with_bot("restart").await?;
     let chat = |input: &'static str, wait: bool| {
         let client = client.clone();
         let token = token.clone();

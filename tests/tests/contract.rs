@@ -4,33 +4,10 @@
 
 use serde_json::{json, Value};
 
-use system_tests::{event_count, Client, Stack, StackOptions};
+use system_tests::fake_openai::turns;
+use system_tests::{event_count, Stack, StackOptions};
 
 const PASSWORD: &str = "correct horse";
-
-async fn create_bot(
-    client: &Client,
-    token: &str,
-    name: &str,
-    kind: i64,
-    persona: &str,
-) -> anyhow::Result<i64> {
-    let created = client
-        .post_json(
-            "/bots/create",
-            &json!({ "chatbot_name": name, "chatbot_type": kind, "chatbot_persona": persona }),
-            Some(token),
-        )
-        .await?;
-    assert_eq!(
-        (created.status, created.body["code"].as_i64()),
-        (200, Some(200)),
-        "{created:?}"
-    );
-    created.body["data"][0]["chatbot_id"]
-        .as_i64()
-        .ok_or_else(|| anyhow::anyhow!("no chatbot_id in {created:?}"))
-}
 
 #[tokio::test]
 async fn users_bots_and_chat_walkthrough() -> anyhow::Result<()> {
@@ -182,8 +159,8 @@ async fn users_bots_and_chat_walkthrough() -> anyhow::Result<()> {
     );
 
     // bots/create (type 0 and 1), detail, list
-    let plain = create_bot(&client, &access, "Helper", 0, "").await?;
-    let cosplay = create_bot(&client, &access, "Jay", 1, "Jay Chou").await?;
+    let plain = client.create_bot(&access, "Helper", 0, "").await?;
+    let cosplay = client.create_bot(&access, "Jay", 1, "Jay Chou").await?;
     let detail = client
         .post_json(
             "/bots/detail/",
@@ -274,15 +251,7 @@ async fn users_bots_and_chat_walkthrough() -> anyhow::Result<()> {
     assert!(messages[0]["content"]
         .as_str()
         .is_some_and(|s| s.contains("Jay Chou") && s.contains("character")));
-    let turns: Vec<(String, String)> = messages[1..]
-        .iter()
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap_or("").into(),
-                m["content"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect();
+    let turns = turns(last);
     assert_eq!(
         turns,
         vec![
@@ -404,7 +373,7 @@ async fn tokens_are_required_checked_and_scoped_to_their_user() -> anyhow::Resul
     let client = stack.client(0);
     let (alice, access, refresh) = client.signup("alice", PASSWORD).await?;
     let (bob, bob_access, _) = client.signup("bob", PASSWORD).await?;
-    let alices_bot = create_bot(&client, &access, "Mine", 0, "").await?;
+    let alices_bot = client.create_bot(&access, "Mine", 0, "").await?;
 
     // No token: 401 on every chat and bot route in strict mode.
     for reply in [
@@ -599,7 +568,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() -> anyhow::Result<()
     let client = stack.client(0);
     let pool = stack.pool()?;
     let (_, access, _) = client.signup("alice", PASSWORD).await?;
-    let bot = create_bot(&client, &access, "Bot", 0, "").await?;
+    let bot = client.create_bot(&access, "Bot", 0, "").await?;
     let token = Some(access.as_str());
     let before = event_count(&pool).await?;
 
@@ -708,7 +677,7 @@ async fn wait_false_answers_202_and_history_long_polls_the_reply() -> anyhow::Re
     let client = stack.client(0);
     let (_, access, _) = client.signup("alice", PASSWORD).await?;
     let token = Some(access.as_str());
-    let bot = create_bot(&client, &access, "Bot", 0, "").await?;
+    let bot = client.create_bot(&access, "Bot", 0, "").await?;
 
     let accepted = client
         .post_json(

@@ -11,22 +11,6 @@ use events::bus::Publisher;
 use events::event::DomainEvent;
 use system_tests::{eventually, history_rows, outcomes_for, Client, Stack, StackOptions};
 
-/// A signed-up user with one bot: (user_id, access token, bot_id).
-async fn user_with_bot(client: &Client) -> anyhow::Result<(i64, String, i64)> {
-    let (user, access, _) = client.signup("faulty", "pass word").await?;
-    let created = client
-        .post_json(
-            "/bots/create",
-            &json!({ "chatbot_name": "Bot", "chatbot_type": 0 }),
-            Some(&access),
-        )
-        .await?;
-    let bot = created.body["data"][0]["chatbot_id"]
-        .as_i64()
-        .ok_or_else(|| anyhow::anyhow!("no bot: {created:?}"))?;
-    Ok((user, access, bot))
-}
-
 async fn post_later(client: &Client, token: &str, bot: i64, input: &str) -> anyhow::Result<String> {
     let reply = client
         .post_json(
@@ -79,7 +63,7 @@ async fn broker_outage_accepts_writes_and_delivers_them_when_it_returns() -> any
     })
     .await?;
     let client = stack.client(0);
-    let (_, token, bot) = user_with_bot(&client).await?;
+    let (_, token, bot) = client.user_with_bot("faulty").await?;
     let before = client
         .post_json(
             "/chat/new_chat",
@@ -138,7 +122,7 @@ async fn silently_dead_broker_connections_are_detected_and_replaced() -> anyhow:
     })
     .await?;
     let client = stack.client(0);
-    let (_, token, bot) = user_with_bot(&client).await?;
+    let (_, token, bot) = client.user_with_bot("faulty").await?;
     stack
         .broker_proxy
         .as_ref()
@@ -161,14 +145,12 @@ async fn a_worker_killed_mid_call_leaves_exactly_one_reply() -> anyhow::Result<(
     let mut stack = Stack::start(StackOptions::default()).await?;
     stack.model.set_latency(Duration::from_millis(1500));
     let client = stack.client(0);
-    let (user, token, bot) = user_with_bot(&client).await?;
+    let (user, token, bot) = client.user_with_bot("faulty").await?;
     let id = post_later(&client, &token, bot, "are you there?").await?;
-    let model = stack.model.clone();
-    eventually(Duration::from_secs(20), "the model call to start", || {
-        let model = model.clone();
-        async move { Ok((model.calls() >= 1).then_some(())) }
-    })
-    .await?;
+    stack
+        .model
+        .wait_for_calls(1, Duration::from_secs(20))
+        .await?;
     stack.workers[0].signal("KILL")?;
     stack.workers[0].wait(Duration::from_secs(5)).await?;
     stack.spawn_worker().await?;
@@ -194,7 +176,7 @@ async fn duplicate_deliveries_to_racing_workers_record_one_reply() -> anyhow::Re
     .await?;
     stack.model.set_latency(Duration::from_millis(300));
     let client = stack.client(0);
-    let (user, token, bot) = user_with_bot(&client).await?;
+    let (user, token, bot) = client.user_with_bot("faulty").await?;
     let id = post_later(&client, &token, bot, "say it once").await?;
 
     let pool = stack.pool()?;
@@ -227,7 +209,7 @@ async fn duplicate_deliveries_to_racing_workers_record_one_reply() -> anyhow::Re
 async fn transient_model_errors_are_retried() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let client = stack.client(0);
-    let (_, token, bot) = user_with_bot(&client).await?;
+    let (_, token, bot) = client.user_with_bot("faulty").await?;
     stack
         .model
         .fail_next(429, "requests", Some("rate_limit_exceeded"));
@@ -262,7 +244,7 @@ async fn permanent_model_errors_fail_promptly_and_are_not_retried() -> anyhow::R
     })
     .await?;
     let client = stack.client(0);
-    let (user, token, bot) = user_with_bot(&client).await?;
+    let (user, token, bot) = client.user_with_bot("faulty").await?;
     let chat = |input: &'static str| {
         let client = client.clone();
         let token = token.clone();
@@ -341,7 +323,7 @@ async fn permanent_model_errors_fail_promptly_and_are_not_retried() -> anyhow::R
 async fn poison_messages_are_dead_lettered() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let client = stack.client(0);
-    let (_, token, bot) = user_with_bot(&client).await?;
+    let (_, token, bot) = client.user_with_bot("faulty").await?;
     let connection = events::bus::connect(&stack.isolation.bus, "poisoner").await?;
     let channel = connection.create_channel().await?;
     let topology = events::bus::Topology::new(&stack.isolation.bus);
@@ -401,14 +383,12 @@ async fn database_outage_gives_503_and_loses_nothing() -> anyhow::Result<()> {
     .await?;
     stack.model.set_latency(Duration::from_millis(1500));
     let client = stack.client(0);
-    let (user, token, bot) = user_with_bot(&client).await?;
+    let (user, token, bot) = client.user_with_bot("faulty").await?;
     let id = post_later(&client, &token, bot, "remember me").await?;
-    let model = stack.model.clone();
-    eventually(Duration::from_secs(20), "the model call to start", || {
-        let model = model.clone();
-        async move { Ok((model.calls() >= 1).then_some(())) }
-    })
-    .await?;
+    stack
+        .model
+        .wait_for_calls(1, Duration::from_secs(20))
+        .await?;
 
     let proxy = stack
         .database_proxy
@@ -479,7 +459,7 @@ async fn an_api_crash_between_commit_and_publish_is_covered_by_the_outbox() -> a
     })
     .await?;
     let client = stack.client(0);
-    let (user, token, bot) = user_with_bot(&client).await?;
+    let (user, token, bot) = client.user_with_bot("faulty").await?;
     stack
         .broker_proxy
         .as_ref()
@@ -512,15 +492,13 @@ async fn sigterm_drains_workers_and_apis() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions::default()).await?;
     stack.model.set_latency(Duration::from_millis(1500));
     let client = stack.client(0);
-    let (user, token, bot) = user_with_bot(&client).await?;
+    let (user, token, bot) = client.user_with_bot("faulty").await?;
 
     let first = post_later(&client, &token, bot, "finish me").await?;
-    let model = stack.model.clone();
-    eventually(Duration::from_secs(20), "the model call to start", || {
-        let model = model.clone();
-        async move { Ok((model.calls() >= 1).then_some(())) }
-    })
-    .await?;
+    stack
+        .model
+        .wait_for_calls(1, Duration::from_secs(20))
+        .await?;
     stack.workers[0].signal("TERM")?;
     assert!(
         stack.workers[0].wait(Duration::from_secs(20)).await?,

@@ -35,13 +35,10 @@ async fn many_users_many_processes_one_reply_each_in_order() -> anyhow::Result<(
         let (user_id, token, _) = client.signup(&format!("user{u}"), "pass word").await?;
         let mut bots = Vec::new();
         for b in 0..BOTS_PER_USER {
-            let created = client
-                .post_json("/bots/create", &json!({ "chatbot_name": format!("bot{b}"), "chatbot_type": b % 2, "chatbot_persona": "Li Bai" }), Some(&token))
-                .await?;
             bots.push(
-                created.body["data"][0]["chatbot_id"]
-                    .as_i64()
-                    .ok_or_else(|| anyhow::anyhow!("{created:?}"))?,
+                client
+                    .create_bot(&token, &format!("bot{b}"), b as i64 % 2, "Li Bai")
+                    .await?,
             );
         }
         users.push((user_id, token, bots));
@@ -188,17 +185,7 @@ async fn quick_successive_posts_are_answered_in_order_with_full_context() -> any
     .await?;
     stack.model.set_latency(Duration::from_millis(300));
     let client = stack.client(0);
-    let (user, token, _) = client.signup("quick", "pass word").await?;
-    let created = client
-        .post_json(
-            "/bots/create",
-            &json!({ "chatbot_name": "b", "chatbot_type": 0 }),
-            Some(&token),
-        )
-        .await?;
-    let bot = created.body["data"][0]["chatbot_id"]
-        .as_i64()
-        .unwrap_or_default();
+    let (user, token, bot) = client.user_with_bot("quick").await?;
     for input in ["first", "second"] {
         let r = client
             .post_json(
@@ -242,16 +229,7 @@ async fn quick_successive_posts_are_answered_in_order_with_full_context() -> any
                 .is_some_and(|m| m["content"] == "second")
         })
         .ok_or_else(|| anyhow::anyhow!("no model call for the second message"))?;
-    let turns: Vec<(String, String)> = second["messages"].as_array().cloned().unwrap_or_default()
-        [1..]
-        .iter()
-        .map(|m| {
-            (
-                m["role"].as_str().unwrap_or("").into(),
-                m["content"].as_str().unwrap_or("").into(),
-            )
-        })
-        .collect();
+    let turns = system_tests::fake_openai::turns(&second);
     assert_eq!(
         turns,
         vec![

@@ -92,17 +92,7 @@ async fn without_a_model_key_the_worker_answers_as_a_labelled_offline_responder(
     })
     .await?;
     let client = stack.client(0);
-    let (_, token, _) = client.signup("offline", "pass word").await?;
-    let bot = client
-        .post_json(
-            "/bots/create",
-            &json!({ "chatbot_name": "b", "chatbot_type": 0 }),
-            Some(&token),
-        )
-        .await?;
-    let bot = bot.body["data"][0]["chatbot_id"]
-        .as_i64()
-        .unwrap_or_default();
+    let (_, token, bot) = client.user_with_bot("offline").await?;
     let reply = client
         .post_json(
             "/chat/new_chat",

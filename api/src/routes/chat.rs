@@ -140,13 +140,16 @@ pub async fn history(
 
     let deadline = Instant::now() + wait;
     let stream_id = stream::chat(user, bot_id);
-    let mut notices = state.feed.subscribe();
+    // Subscribe before the first read, so that nothing appended in between is missed.
+    let mut notices = (!wait.is_zero()).then(|| state.feed.subscribe());
     loop {
         let rows = ChatHistoryProjection::read(&state.pool, user, bot_id, after, limit).await?;
-        if !rows.is_empty() || Instant::now() >= deadline {
-            return Ok(chat_ok(history_rows(rows, format)));
+        match notices.as_mut() {
+            Some(notices) if rows.is_empty() && Instant::now() < deadline => {
+                feed::wait_for_stream(notices, &stream_id, deadline).await
+            }
+            _ => return Ok(chat_ok(history_rows(rows, format))),
         }
-        feed::wait_for_stream(&mut notices, &stream_id, deadline).await;
     }
 }
 

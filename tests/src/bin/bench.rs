@@ -1,0 +1,210 @@
+//! Throughput benchmark against the real binaries, MariaDB and RabbitMQ, with the
+//! fake model. Run it through `scripts/bench.sh`, which builds everything in release
+//! mode first. It prints one line per scenario, next to the original Django
+//! backend's figures on the same machine kind and the 10x target.
+//!
+//! Scenarios (the figures quoted in the project brief):
+//! - `chat/history` of 50 messages, 64 clients;
+//! - `chat/list` of 100 conversations, 64 clients;
+//! - `new_chat` with an instant model, 16 clients;
+//! - `new_chat` with a 500 ms model, 64 clients (the limit is 64 / 0.5 s = 128/s).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use system_tests::{Stack, StackOptions};
+
+struct Figures {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Figures {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies[((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1)]
+    }
+}
+
+/// Runs `clients` loops of `request(client_index)` for `duration`.
+async fn load<F, Fut>(clients: usize, duration: Duration, request: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let request = request.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut errors, mut latencies) = (0, 0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                if request(i).await {
+                    ok += 1;
+                    latencies.push(sent.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (ok, errors, latencies)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut figures = Figures {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        if let Ok((ok, errors, latencies)) = task.await {
+            figures.requests += ok;
+            figures.errors += errors;
+            figures.latencies.extend(latencies);
+        }
+    }
+    figures.elapsed = started.elapsed();
+    figures.latencies.sort();
+    figures
+}
+
+fn report(name: &str, figures: &Figures, original: f64) {
+    println!(
+        "{name:<44} {:>9.0} req/s  p50 {:>6.1} ms  p99 {:>6.1} ms  errors {:>4}  (original ~{original:.0}/s, 10x = {:.0}/s: {:.1}x the original)",
+        figures.per_second(),
+        figures.percentile(0.5).as_secs_f64() * 1000.0,
+        figures.percentile(0.99).as_secs_f64() * 1000.0,
+        figures.errors,
+        original * 10.0,
+        figures.per_second() / original,
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let duration = Duration::from_secs(seconds);
+    let stack = Stack::start(StackOptions {
+        env: vec![
+            ("DB_MAX_CONNECTIONS".into(), "32".into()),
+            ("WORKER_PREFETCH".into(), "256".into()),
+            ("RUST_LOG".into(), "warn".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    println!("setting up: a 50-message conversation and a user with 100 conversations...");
+    let (_, reader, _) = client.signup("reader", "pass word").await?;
+    let talk = client.create_bot(&reader, "talk", 1, "Li Bai").await?;
+    for n in 0..25 {
+        client
+            .post_json(
+                "/chat/new_chat",
+                &json!({ "chatbot_id": talk, "input": format!("message {n}") }),
+                Some(&reader),
+            )
+            .await?;
+    }
+    let (_, lister, _) = client.signup("lister", "pass word").await?;
+    for n in 0..100 {
+        let b = client
+            .create_bot(&lister, &format!("bot {n}"), 1, "Li Bai")
+            .await?;
+        client
+            .post_json(
+                "/chat/new_chat?wait=false",
+                &json!({ "chatbot_id": b, "input": "hi" }),
+                Some(&lister),
+            )
+            .await?;
+    }
+    let (_, writer, _) = client.signup("writer", "pass word").await?;
+    let mut writer_bots = Vec::new();
+    for n in 0..64 {
+        writer_bots.push(
+            client
+                .create_bot(&writer, &format!("w{n}"), 1, "Li Bai")
+                .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let history = client
+        .get(&format!("/chat/history?chatbot_id={talk}"), Some(&reader))
+        .await?;
+    let list = client.get("/chat/list", Some(&lister)).await?;
+    println!(
+        "history rows: {}, chat/list rows: {}; {seconds}s per scenario",
+        history.body["data"].as_array().map_or(0, Vec::len),
+        list.body["data"].as_array().map_or(0, Vec::len)
+    );
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let base = client.base.clone();
+
+    let history_url = format!("{base}/chat/history?chatbot_id={talk}");
+    let figures = load(64, duration, {
+        let (http, url, token) = (http.clone(), history_url.clone(), reader.clone());
+        move |_| {
+            let request = http.get(&url).bearer_auth(&token);
+            async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+        }
+    })
+    .await;
+    report("chat/history, 50 messages, 64 clients", &figures, 2000.0);
+
+    let list_url = format!("{base}/chat/list");
+    let figures = load(64, duration, {
+        let (http, url, token) = (http.clone(), list_url, lister.clone());
+        move |_| {
+            let request = http.get(&url).bearer_auth(&token);
+            async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+        }
+    })
+    .await;
+    report("chat/list, 100 conversations, 64 clients", &figures, 600.0);
+
+    let chat_url = format!("{base}/chat/new_chat");
+    let post = {
+        let (http, url, token, bots) = (
+            http.clone(),
+            chat_url,
+            writer.clone(),
+            Arc::new(writer_bots),
+        );
+        move |i: usize| {
+            let request = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({ "chatbot_id": bots[i % bots.len()], "input": "benchmark" }));
+            async move { request.send().await.is_ok_and(|r| r.status() == 200) }
+        }
+    };
+    let figures = load(16, duration, post.clone()).await;
+    report("new_chat, instant model, 16 clients", &figures, 40.0);
+
+    stack.model.set_latency(Duration::from_millis(500));
+    let figures = load(64, duration, post).await;
+    report("new_chat, 500 ms model, 64 clients", &figures, 8.5);
+    println!("  (the model's own limit at 64 clients and 500 ms is 128/s)");
+
+    stack.teardown().await
+}

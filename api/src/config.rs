@@ -31,6 +31,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// `PERSONA_PRESETS`: comma-separated, served by `bots/get_persona`.
     pub persona_presets: Vec<String>,
+    /// `READ_CACHE_TTL_MS`: longest life of a cached history or chat-list body
+    /// (0 turns the cache off).
+    pub read_cache_ttl: Duration,
 }
 
 impl ApiConfig {
@@ -69,6 +72,7 @@ impl ApiConfig {
             max_input_chars: env_or("MAX_INPUT_CHARS", 4000)?,
             max_body_bytes: env_or("MAX_BODY_BYTES", 64 * 1024)?,
             persona_presets,
+            read_cache_ttl: Duration::from_millis(env_or("READ_CACHE_TTL_MS", 1000)?),
         })
     }
 }

@@ -6,6 +6,7 @@
 //! notice concerns them. Notices only wake; the read model stays the source of
 //! truth, and a slow fallback poll covers notices lost while the broker was away.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -22,6 +23,8 @@ use events::config::BusSettings;
 use events::event::DomainEvent;
 use events::projections::{ChatHistoryProjection, HistoryRow};
 use events::store::RecordedEvent;
+
+use crate::read_cache::ReadCache;
 
 /// How often a waiter re-reads the database even without a notice.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
@@ -40,18 +43,14 @@ pub enum Notice {
 #[derive(Clone)]
 pub struct ChatFeed {
     sender: broadcast::Sender<Notice>,
-}
-
-impl Default for ChatFeed {
-    fn default() -> Self {
-        Self::new()
-    }
+    read_cache: Arc<ReadCache>,
 }
 
 impl ChatFeed {
-    pub fn new() -> Self {
+    pub fn new(read_cache: Arc<ReadCache>) -> Self {
         Self {
             sender: broadcast::channel(4096).0,
+            read_cache,
         }
     }
 
@@ -65,6 +64,7 @@ impl ChatFeed {
             DomainEvent::USER_MESSAGE_POSTED,
             DomainEvent::BOT_REPLY_GENERATED,
             DomainEvent::BOT_REPLY_FAILED,
+            DomainEvent::BOT_DELETED,
         ]
         .map(str::to_string)
         .to_vec();
@@ -94,6 +94,10 @@ impl ChatFeed {
     async fn handle(&self, delivery: Delivery) {
         match serde_json::from_slice::<RecordedEvent>(&delivery.data) {
             Ok(event) => {
+                // Drop cached reads before waking anyone, so a woken reader re-reads.
+                if let Some(user) = event.payload.get("user_id").and_then(|u| u.as_i64()) {
+                    self.read_cache.invalidate(user);
+                }
                 let reply_to = event
                     .payload
                     .get("reply_to")

@@ -15,6 +15,8 @@
 //! - [`views`]: the response shapes: envelopes and positional rows.
 //! - [`feed`]: reply notifications from the bus, which wake waiting `new_chat`
 //!   requests and history long-polls.
+//! - [`read_cache`]: rendered history and chat-list bodies for pollers, dropped
+//!   as soon as the user's data changes.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
 
 pub mod auth;
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod read_cache;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -25,6 +25,7 @@ use crate::auth::{AuthMode, JwtKeys};
 use crate::config::ApiConfig;
 use crate::extract::{normalize_path, REQUEST_ID_HEADER};
 use crate::feed::ChatFeed;
+use crate::read_cache::ReadCache;
 use crate::routes::router;
 use crate::state::AppState;
 
@@ -60,6 +61,7 @@ impl Application {
             );
         }
         let publisher = Arc::new(Publisher::new(config.bus.clone(), "api-publisher"));
+        let read_cache = Arc::new(ReadCache::new(config.read_cache_ttl, 100_000));
         let state = AppState {
             jwt: Arc::new(JwtKeys::new(
                 &config.jwt_secret,
@@ -68,7 +70,8 @@ impl Application {
             )),
             store: EventStore::new(pool.clone(), Arc::new(ReadModels)),
             relay: OutboxRelay::new(pool.clone(), publisher),
-            feed: ChatFeed::new(),
+            feed: ChatFeed::new(read_cache.clone()),
+            read_cache,
             legacy_requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(config),
             pool,

@@ -10,6 +10,7 @@ use sqlx::MySqlPool;
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
 use crate::feed::ChatFeed;
+use crate::read_cache::ReadCache;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,6 +20,7 @@ pub struct AppState {
     pub relay: OutboxRelay,
     pub jwt: Arc<JwtKeys>,
     pub feed: ChatFeed,
+    pub read_cache: Arc<ReadCache>,
     /// Requests served without a token under `AUTH_MODE=legacy`.
     pub legacy_requests: Arc<AtomicU64>,
 }

@@ -3,6 +3,9 @@
 //! Rows only ever grow at the end, so `item[0]`, `item[1]`, ... keep their meaning
 //! for the app; `format=object` gives the same rows keyed by name.
 
+use axum::body::Bytes;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -15,10 +18,24 @@ pub fn ok(data: Value) -> Json<Value> {
 
 /// `{"code": 200, "msg": "ok", "data": ...}` (chat routes spell it in lower case).
 pub fn chat_ok(data: Value) -> Json<Value> {
-    Json(json!({ "code": 200, "msg": "ok", "data": data }))
+    Json(chat_envelope(data))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+fn chat_envelope(data: Value) -> Value {
+    json!({ "code": 200, "msg": "ok", "data": data })
+}
+
+/// The chat envelope rendered once, to be cached and served as is.
+pub fn chat_ok_bytes(data: Value) -> Bytes {
+    Bytes::from(chat_envelope(data).to_string())
+}
+
+/// A rendered JSON body as a response.
+pub fn json_body(body: Bytes) -> Response {
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RowFormat {
     Positional,
     Object,

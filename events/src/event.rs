@@ -133,11 +133,12 @@ impl DomainEvent {
     pub const USER_MESSAGE_POSTED: &'static str = "UserMessagePosted";
     pub const BOT_REPLY_GENERATED: &'static str = "BotReplyGenerated";
     pub const BOT_REPLY_FAILED: &'static str = "BotReplyFailed";
+    pub const BOT_DELETED: &'static str = "BotDeleted";
 
     pub fn event_type(&self) -> &'static str {
         match self {
             DomainEvent::BotCreated(_) => "BotCreated",
-            DomainEvent::BotDeleted(_) => "BotDeleted",
+            DomainEvent::BotDeleted(_) => Self::BOT_DELETED,
             DomainEvent::UserMessagePosted(_) => Self::USER_MESSAGE_POSTED,
             DomainEvent::BotReplyGenerated(_) => Self::BOT_REPLY_GENERATED,
             DomainEvent::BotReplyFailed(_) => Self::BOT_REPLY_FAILED,
@@ -194,7 +195,7 @@ impl DomainEvent {
         }
         match (event.event_type.as_str(), event.schema_version) {
             ("BotCreated", 1) => parse(event).map(DomainEvent::BotCreated),
-            ("BotDeleted", 1) => parse(event).map(DomainEvent::BotDeleted),
+            (Self::BOT_DELETED, 1) => parse(event).map(DomainEvent::BotDeleted),
             (Self::USER_MESSAGE_POSTED, 1) => parse(event).map(DomainEvent::UserMessagePosted),
             (Self::BOT_REPLY_GENERATED, 1) => parse(event).map(DomainEvent::BotReplyGenerated),
             (Self::BOT_REPLY_FAILED, 1) => parse(event).map(DomainEvent::BotReplyFailed),

@@ -141,13 +141,16 @@ impl EventStore {
         // expected-version check is exact. (The unique key still guards the stream
         // against any writer that bypasses this path: it surfaces as a conflict.)
         let count = events.len() as i64;
-        sqlx::query("UPDATE event_log_head SET position = position + ? WHERE id = 1")
-            .bind(count)
-            .execute(&mut *tx)
-            .await?;
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        // LAST_INSERT_ID(expr) hands the new head back in the same round trip: every
+        // round trip made while holding the lock is one all other appenders wait for.
+        let head = sqlx::query(
+            "UPDATE event_log_head SET position = LAST_INSERT_ID(position + ?) WHERE id = 1",
+        )
+        .bind(count)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_id();
+        let head = i64::try_from(head).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         let current: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(MAX(stream_version), 0) AS SIGNED) FROM events WHERE stream_id = ?",
         )

@@ -89,13 +89,16 @@ pub struct Stack {
     pub isolation: Isolation,
 }
 
-/// Where cargo put the binaries: beside the `deps` folder holding this test.
+/// Where cargo put the binaries: beside this executable, or beside the `deps`
+/// folder when this is a test.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
+    let mut dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| anyhow::anyhow!("unexpected test binary location {exe:?}"))?;
+        .ok_or_else(|| anyhow::anyhow!("unexpected executable location {exe:?}"))?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().unwrap_or(dir);
+    }
     let path = dir.join(name);
     anyhow::ensure!(
         path.exists(),

@@ -98,6 +98,7 @@ pub async fn delete(
     let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
     match bots::delete_bot(&state.store, user, bot_id, metadata(correlation, user)).await {
         Ok(events) => {
+            state.read_cache.invalidate(user);
             publish_in_background(&state, events);
             Ok(ok(json!([])))
         }

@@ -20,8 +20,9 @@ use crate::domain::required;
 use crate::error::ApiError;
 use crate::extract::{lenient, CorrelationId, Params, Payload};
 use crate::feed;
+use crate::read_cache::ReadKey;
 use crate::state::AppState;
-use crate::views::{chat_list_rows, chat_ok, history_rows, RowFormat};
+use crate::views::{chat_list_rows, chat_ok, chat_ok_bytes, history_rows, json_body, RowFormat};
 
 /// Longest long-poll a client may ask for.
 const MAX_LONG_POLL: Duration = Duration::from_secs(60);
@@ -70,6 +71,7 @@ pub async fn new_chat(
     // Subscribe before appending, so the reply's notice cannot slip past.
     let mut notices = state.feed.subscribe();
     let posted = chat::post_message(&state.store, command, metadata(correlation, user)).await?;
+    state.read_cache.invalidate(user);
     let message_id = posted.message_id();
     if let Posted::New { events, .. } = posted {
         publish_in_background(&state, events);
@@ -88,14 +90,16 @@ pub async fn new_chat(
     if !params.wait() {
         return Ok(pending());
     }
-    match feed::wait_for_reply(
+    let reply = feed::wait_for_reply(
         &state.pool,
         &mut notices,
         message_id,
         state.config.reply_wait,
     )
-    .await?
-    {
+    .await?;
+    // The reply may have been read before this process heard of it on the bus.
+    state.read_cache.invalidate(user);
+    match reply {
         Some(reply) if reply.status == MessageStatus::Failed.as_str() => {
             Err(ApiError::BadGateway(reply.content))
         }
@@ -123,7 +127,7 @@ pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
     Params(params): Params<HistoryParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let user = caller.acting_for(params.user_id, &state)?;
     let bot_id = required(params.chatbot_id, "chatbot_id")?;
     let after = params.after.unwrap_or(0).max(0);
@@ -137,9 +141,21 @@ pub async fn history(
     let wait =
         Duration::from_secs(params.wait.unwrap_or(0).max(0).unsigned_abs()).min(MAX_LONG_POLL);
     let format = RowFormat::from_param(params.format.as_deref());
+    let key = ReadKey::History {
+        bot_id,
+        after,
+        limit,
+        format,
+    };
+    if wait.is_zero() {
+        if let Some(body) = state.read_cache.get(user, &key) {
+            return Ok(json_body(body));
+        }
+    }
 
     let deadline = Instant::now() + wait;
     let stream_id = stream::chat(user, bot_id);
+    let ticket = state.read_cache.ticket(user);
     // Subscribe before the first read, so that nothing appended in between is missed.
     let mut notices = (!wait.is_zero()).then(|| state.feed.subscribe());
     loop {
@@ -148,7 +164,11 @@ pub async fn history(
             Some(notices) if rows.is_empty() && Instant::now() < deadline => {
                 feed::wait_for_stream(notices, &stream_id, deadline).await
             }
-            _ => return Ok(chat_ok(history_rows(rows, format))),
+            _ => {
+                let body = chat_ok_bytes(history_rows(rows, format));
+                state.read_cache.put(user, key, ticket, body.clone());
+                return Ok(json_body(body));
+            }
         }
     }
 }
@@ -164,11 +184,16 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Params(params): Params<ListParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let user = caller.acting_for(params.user_id, &state)?;
+    let format = RowFormat::from_param(params.format.as_deref());
+    let key = ReadKey::List { format };
+    if let Some(body) = state.read_cache.get(user, &key) {
+        return Ok(json_body(body));
+    }
+    let ticket = state.read_cache.ticket(user);
     let rows = ChatListProjection::list(&state.pool, user).await?;
-    Ok(chat_ok(chat_list_rows(
-        rows,
-        RowFormat::from_param(params.format.as_deref()),
-    )))
+    let body = chat_ok_bytes(chat_list_rows(rows, format));
+    state.read_cache.put(user, key, ticket, body.clone());
+    Ok(json_body(body))
 }

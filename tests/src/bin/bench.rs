@@ -95,6 +95,9 @@ fn report(name: &str, figures: &Figures, original: f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // BENCH_SCENARIOS=history,list,chat,slow picks scenarios (all by default).
+    let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -104,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         env: vec![
             ("DB_MAX_CONNECTIONS".into(), "32".into()),
             ("WORKER_PREFETCH".into(), "256".into()),
-            ("RUST_LOG".into(), "warn".into()),
+            ("RUST_LOG".into(), "warn,events::bus::consumer=info".into()),
         ],
         ..Default::default()
     })
@@ -161,26 +164,30 @@ async fn main() -> anyhow::Result<()> {
     let base = client.base.clone();
 
     let history_url = format!("{base}/chat/history?chatbot_id={talk}");
-    let figures = load(64, duration, {
-        let (http, url, token) = (http.clone(), history_url.clone(), reader.clone());
-        move |_| {
-            let request = http.get(&url).bearer_auth(&token);
-            async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
-        }
-    })
-    .await;
-    report("chat/history, 50 messages, 64 clients", &figures, 2000.0);
+    if wanted("history") {
+        let figures = load(64, duration, {
+            let (http, url, token) = (http.clone(), history_url.clone(), reader.clone());
+            move |_| {
+                let request = http.get(&url).bearer_auth(&token);
+                async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+            }
+        })
+        .await;
+        report("chat/history, 50 messages, 64 clients", &figures, 2000.0);
+    }
 
     let list_url = format!("{base}/chat/list");
-    let figures = load(64, duration, {
-        let (http, url, token) = (http.clone(), list_url, lister.clone());
-        move |_| {
-            let request = http.get(&url).bearer_auth(&token);
-            async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
-        }
-    })
-    .await;
-    report("chat/list, 100 conversations, 64 clients", &figures, 600.0);
+    if wanted("list") {
+        let figures = load(64, duration, {
+            let (http, url, token) = (http.clone(), list_url, lister.clone());
+            move |_| {
+                let request = http.get(&url).bearer_auth(&token);
+                async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+            }
+        })
+        .await;
+        report("chat/list, 100 conversations, 64 clients", &figures, 600.0);
+    }
 
     let chat_url = format!("{base}/chat/new_chat");
     let post = {
@@ -198,13 +205,16 @@ async fn main() -> anyhow::Result<()> {
             async move { request.send().await.is_ok_and(|r| r.status() == 200) }
         }
     };
-    let figures = load(16, duration, post.clone()).await;
-    report("new_chat, instant model, 16 clients", &figures, 40.0);
-
-    stack.model.set_latency(Duration::from_millis(500));
-    let figures = load(64, duration, post).await;
-    report("new_chat, 500 ms model, 64 clients", &figures, 8.5);
-    println!("  (the model's own limit at 64 clients and 500 ms is 128/s)");
+    if wanted("chat") {
+        let figures = load(16, duration, post.clone()).await;
+        report("new_chat, instant model, 16 clients", &figures, 40.0);
+    }
+    if wanted("slow") {
+        stack.model.set_latency(Duration::from_millis(500));
+        let figures = load(64, duration, post).await;
+        report("new_chat, 500 ms model, 64 clients", &figures, 8.5);
+        println!("  (the model's own limit at 64 clients and 500 ms is 128/s)");
+    }
 
     stack.teardown().await
 }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use sqlx::MySqlPool;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -21,7 +20,7 @@ use events::bus::consumer::Subscription;
 use events::bus::ConsumerSupervisor;
 use events::config::BusSettings;
 use events::event::DomainEvent;
-use events::projections::{ChatHistoryProjection, HistoryRow};
+use events::projections::{ChatHistoryProjection, HistoryRow, MessageStatus};
 use events::store::RecordedEvent;
 
 use crate::read_cache::ReadCache;
@@ -34,10 +33,47 @@ pub enum Notice {
     /// An event was appended to a chat stream.
     Appended {
         stream_id: String,
-        reply_to: Option<Uuid>,
+        /// Set when the event answers a message.
+        reply: Option<Reply>,
     },
     /// The bus connection was (re)established: notices may have been missed.
     Resync,
+}
+
+/// The outcome of a user message, as `new_chat` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub reply_to: Uuid,
+    pub failed: bool,
+    /// The reply, or what went wrong.
+    pub content: String,
+}
+
+impl Reply {
+    /// Notices carry the committed event itself, so the reply needs no read.
+    fn from_event(event: &RecordedEvent) -> Option<Self> {
+        match DomainEvent::decode(event).ok()? {
+            DomainEvent::BotReplyGenerated(r) => Some(Reply {
+                reply_to: r.reply_to,
+                failed: false,
+                content: r.content,
+            }),
+            DomainEvent::BotReplyFailed(f) => Some(Reply {
+                reply_to: f.reply_to,
+                failed: true,
+                content: f.reason,
+            }),
+            _ => None,
+        }
+    }
+
+    fn from_row(reply_to: Uuid, row: HistoryRow) -> Self {
+        Reply {
+            reply_to,
+            failed: row.status == MessageStatus::Failed.as_str(),
+            content: row.content,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -98,46 +134,52 @@ impl ChatFeed {
                 if let Some(user) = event.payload.get("user_id").and_then(|u| u.as_i64()) {
                     self.read_cache.invalidate(user);
                 }
-                let reply_to = event
-                    .payload
-                    .get("reply_to")
-                    .and_then(|v| v.as_str())
-                    .and_then(|s| Uuid::parse_str(s).ok());
+                let reply = Reply::from_event(&event);
                 // No receivers is normal: nobody is waiting right now.
                 let _ = self.sender.send(Notice::Appended {
                     stream_id: event.stream_id,
-                    reply_to,
+                    reply,
                 });
             }
             Err(e) => tracing::warn!(error = %e, "ignoring an undecodable notification"),
         }
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::debug!(error = %e, "could not ack a notification");
-        }
     }
 }
 
-/// Waits until `message_id` has a reply (or failure) row, or `timeout` passes.
+/// Waits until `message_id` has a reply (or failure), or `timeout` passes.
+/// `just_posted` skips the first read, which cannot find a reply yet.
 pub async fn wait_for_reply(
     pool: &MySqlPool,
     notices: &mut broadcast::Receiver<Notice>,
     message_id: Uuid,
+    just_posted: bool,
     timeout: Duration,
-) -> Result<Option<HistoryRow>, sqlx::Error> {
+) -> Result<Option<Reply>, sqlx::Error> {
     let deadline = Instant::now() + timeout;
     let id = message_id.to_string();
+    let mut read = !just_posted;
     loop {
-        if let Some(row) = ChatHistoryProjection::find_reply(pool, &id).await? {
-            return Ok(Some(row));
+        if read {
+            if let Some(row) = ChatHistoryProjection::find_reply(pool, &id).await? {
+                return Ok(Some(Reply::from_row(message_id, row)));
+            }
         }
+        read = true;
         if Instant::now() >= deadline {
             return Ok(None);
         }
         let relevant = |n: &Notice| match n {
-            Notice::Appended { reply_to, .. } => *reply_to == Some(message_id),
+            Notice::Appended { reply, .. } => {
+                reply.as_ref().is_some_and(|r| r.reply_to == message_id)
+            }
             Notice::Resync => true,
         };
-        wait_for_notice(notices, relevant, deadline).await;
+        if let Some(Notice::Appended {
+            reply: Some(reply), ..
+        }) = wait_for_notice(notices, relevant, deadline).await
+        {
+            return Ok(Some(reply));
+        }
     }
 }
 
@@ -151,29 +193,29 @@ pub async fn wait_for_stream(
         Notice::Appended { stream_id: s, .. } => s == stream_id,
         Notice::Resync => true,
     };
-    wait_for_notice(notices, relevant, deadline).await
+    wait_for_notice(notices, relevant, deadline).await;
 }
 
-/// Returns on a relevant notice, on a lag (something may have been missed), after the
-/// fallback poll interval, or at the deadline, whichever comes first.
+/// Returns a relevant notice, or `None` on a lag (something may have been missed),
+/// after the fallback poll interval, or at the deadline, whichever comes first.
 async fn wait_for_notice(
     notices: &mut broadcast::Receiver<Notice>,
     relevant: impl Fn(&Notice) -> bool,
     deadline: Instant,
-) {
+) -> Option<Notice> {
     let wake = async {
         loop {
             match notices.recv().await {
-                Ok(notice) if relevant(&notice) => return,
+                Ok(notice) if relevant(&notice) => return Some(notice),
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                Err(broadcast::error::RecvError::Lagged(_)) => return None,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             }
         }
     };
     let poll_at = (Instant::now() + FALLBACK_POLL).min(deadline);
     tokio::select! {
-        _ = wake => {}
-        _ = tokio::time::sleep_until(poll_at) => {}
+        notice = wake => notice,
+        _ = tokio::time::sleep_until(poll_at) => None,
     }
 }

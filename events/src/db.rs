@@ -14,6 +14,9 @@ use sqlx::{ConnectOptions, Connection};
 
 use crate::config::DatabaseSettings;
 
+/// Connections idle for longer than this are pinged before use.
+const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a starting process waits for another one's migrations.
 const MIGRATION_LOCK_TIMEOUT_SECS: u32 = 120;
 
@@ -47,6 +50,18 @@ pub fn pool(settings: &DatabaseSettings, options: MySqlConnectOptions) -> MySqlP
     MySqlPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
+        // Ping only connections that sat idle (they may have died with a database
+        // restart); a busy pool would otherwise pay a round trip per query. A busy
+        // connection that dies fails its query and is discarded.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < IDLE_BEFORE_PING {
+                    return Ok(true);
+                }
+                Ok(conn.ping().await.is_ok())
+            })
+        })
         // Every timestamp is written from Rust in UTC; make the session agree.
         .after_connect(|conn, _| {
             Box::pin(async move {

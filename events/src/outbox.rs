@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{QueryBuilder, Row};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, Publisher};
@@ -38,11 +39,13 @@ pub struct OutboxRelay {
     /// Rows younger than this are left to the process that appended them.
     grace: Duration,
     batch: u32,
+    marks: SentMarks,
 }
 
 impl OutboxRelay {
     pub fn new(pool: MySqlPool, publisher: Arc<Publisher>) -> Self {
         Self {
+            marks: SentMarks::spawn(pool.clone()),
             pool,
             publisher,
             grace: Duration::from_secs(2),
@@ -57,28 +60,15 @@ impl OutboxRelay {
     /// Publishes events this process just committed. A failure is only logged: the
     /// rows stay unsent and the sweep retries them.
     pub async fn publish_now(&self, events: &[RecordedEvent]) {
-        let mut sent = Vec::with_capacity(events.len());
         for event in events {
             match self.publisher.publish(event).await {
-                Ok(()) => sent.push(event.global_position),
+                Ok(()) => self.marks.mark(event.global_position),
                 Err(e) => {
                     tracing::warn!(position = event.global_position, error = %e,
                         "publish failed; the outbox relay will retry");
                     break;
                 }
             }
-        }
-        if sent.is_empty() {
-            return;
-        }
-        let mut mark = QueryBuilder::new("UPDATE outbox SET sent_at = ");
-        mark.push_bind(now_micros())
-            .push(" WHERE sent_at IS NULL AND global_position IN ");
-        mark.push_tuples(&sent, |mut b, p| {
-            b.push_bind(p);
-        });
-        if let Err(e) = mark.build().execute(&self.pool).await {
-            tracing::warn!(error = %e, "could not mark outbox rows sent; they may be published again");
         }
     }
 
@@ -147,6 +137,53 @@ impl OutboxRelay {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+}
+
+/// Marks confirmed rows sent, many per `UPDATE`: while one update runs, the next
+/// confirms queue up and go together, so the database sees one write per batch
+/// rather than one per event. A mark lost in a crash only means a second publish.
+#[derive(Clone)]
+struct SentMarks {
+    sender: mpsc::UnboundedSender<i64>,
+}
+
+impl SentMarks {
+    const MAX_BATCH: usize = 500;
+
+    fn spawn(pool: MySqlPool) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(Self::run(pool, receiver));
+        Self { sender }
+    }
+
+    fn mark(&self, position: i64) {
+        // Fails only when the process is shutting down; the sweep covers that.
+        let _ = self.sender.send(position);
+    }
+
+    async fn run(pool: MySqlPool, mut receiver: mpsc::UnboundedReceiver<i64>) {
+        let mut batch = Vec::with_capacity(Self::MAX_BATCH);
+        while let Some(first) = receiver.recv().await {
+            batch.push(first);
+            while batch.len() < Self::MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(position) => batch.push(position),
+                    Err(_) => break,
+                }
+            }
+            let mut mark = QueryBuilder::new("UPDATE outbox SET sent_at = ");
+            mark.push_bind(now_micros())
+                .push(" WHERE sent_at IS NULL AND global_position IN ");
+            mark.push_tuples(&batch, |mut b, p| {
+                b.push_bind(p);
+            });
+            if let Err(e) = mark.build().execute(&pool).await {
+                tracing::warn!(error = %e, count = batch.len(),
+                    "could not mark outbox rows sent; the sweep may publish them again");
+            }
+            batch.clear();
         }
     }
 }

@@ -73,6 +73,7 @@ pub async fn new_chat(
     let posted = chat::post_message(&state.store, command, metadata(correlation, user)).await?;
     state.read_cache.invalidate(user);
     let message_id = posted.message_id();
+    let just_posted = matches!(posted, Posted::New { .. });
     if let Posted::New { events, .. } = posted {
         publish_in_background(&state, events);
     }
@@ -94,15 +95,14 @@ pub async fn new_chat(
         &state.pool,
         &mut notices,
         message_id,
+        just_posted,
         state.config.reply_wait,
     )
     .await?;
     // The reply may have been read before this process heard of it on the bus.
     state.read_cache.invalidate(user);
     match reply {
-        Some(reply) if reply.status == MessageStatus::Failed.as_str() => {
-            Err(ApiError::BadGateway(reply.content))
-        }
+        Some(reply) if reply.failed => Err(ApiError::BadGateway(reply.content)),
         Some(reply) => Ok(chat_ok(json!(reply.content)).into_response()),
         None => Ok(pending()),
     }

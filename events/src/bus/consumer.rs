@@ -35,7 +35,7 @@ pub enum Subscription {
     /// The shared, durable work queue of user messages (workers).
     UserMessages,
     /// A private queue that lives as long as this connection and receives the given
-    /// event types (an api process's reply notifications).
+    /// event types (an api process's reply notifications), delivered without acks.
     Private { routing_keys: Vec<String> },
 }
 
@@ -163,11 +163,16 @@ impl ConsumerSupervisor {
                 queue.name().to_string()
             }
         };
+        // Notifications are best-effort wake-ups: the broker need not wait for acks.
+        let no_ack = matches!(self.subscription, Subscription::Private { .. });
         let mut consumer = channel
             .basic_consume(
                 &queue,
                 &self.name,
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    no_ack,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;

@@ -206,7 +206,11 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if wanted("chat") {
-        let figures = load(16, duration, post.clone()).await;
+        let clients = std::env::var("BENCH_CHAT_CLIENTS")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(16);
+        let figures = load(clients, duration, post.clone()).await;
         report("new_chat, instant model, 16 clients", &figures, 40.0);
     }
     if wanted("slow") {

@@ -95,7 +95,7 @@ fn report(name: &str, figures: &Figures, original: f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // BENCH_SCENARIOS=history,list,chat,slow picks scenarios (all by default).
+    // BENCH_SCENARIOS=history,uncached,list,chat,slow picks scenarios (all by default).
     let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let duration = Duration::from_secs(seconds);
-    let stack = Stack::start(StackOptions {
+    let mut stack = Stack::start(StackOptions {
         env: vec![
             ("DB_MAX_CONNECTIONS".into(), "32".into()),
             ("WORKER_PREFETCH".into(), "256".into()),
@@ -174,6 +174,23 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         report("chat/history, 50 messages, 64 clients", &figures, 2000.0);
+    }
+    if wanted("uncached") {
+        // The same, on an api whose read cache is off: every request reads MySQL.
+        let uncached = stack.spawn_api_with(&[("READ_CACHE_TTL_MS", "0")]).await?;
+        let url = format!(
+            "{}/chat/history?chatbot_id={talk}",
+            stack.client(uncached).base
+        );
+        let figures = load(64, duration, {
+            let (http, token) = (http.clone(), reader.clone());
+            move |_| {
+                let request = http.get(&url).bearer_auth(&token);
+                async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+            }
+        })
+        .await;
+        report("chat/history, 50 messages, cache off", &figures, 2000.0);
     }
 
     let list_url = format!("{base}/chat/list");

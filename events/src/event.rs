@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::store::EventMetadata;
 use crate::store::{NewEvent, RecordedEvent};
 
 pub type UserId = i64;
@@ -210,18 +211,4 @@ impl DomainEvent {
 /// The idempotency key of the one reply (or failure) to `message_id`.
 pub fn reply_key(message_id: Uuid) -> String {
     format!("reply:{message_id}")
-}
-
-/// Who and what caused an event, for tracing a message across processes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EventMetadata {
-    /// Carried from the HTTP request (its `x-request-id`) through the broker's headers
-    /// into the worker, and into the reply's metadata.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    /// The event that caused this one (a reply's triggering message).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<UserId>,
 }

@@ -19,13 +19,26 @@ use std::sync::Arc;
 
 use chrono::{NaiveDateTime, Utc};
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
-use crate::event::EventMetadata;
+/// Who and what caused an event, for tracing a message across processes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Carried from the HTTP request (its `x-request-id`) through the broker's headers
+    /// into the worker, and into the reply's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The event that caused this one (a reply's triggering message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+}
 
 /// An event ready to be appended.
 #[derive(Debug, Clone)]

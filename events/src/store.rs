@@ -245,14 +245,7 @@ impl EventStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE global_position > ? ORDER BY global_position LIMIT ?"
-        ))
-        .bind(after)
-        .bind(limit)
-        .try_map(|row: MySqlRow| recorded_from_row(&row))
-        .fetch_all(&self.pool)
-        .await
+        read_all(&self.pool, after, limit).await
     }
 
     /// The event recorded under `key`, if any.
@@ -266,6 +259,40 @@ impl EventStore {
             .fetch_optional(&self.pool)
             .await
     }
+}
+
+/// Up to `limit` events after `after` in the global order.
+pub async fn read_all(
+    pool: &MySqlPool,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query(&format!(
+        "{SELECT_EVENTS} WHERE global_position > ? ORDER BY global_position LIMIT ?"
+    ))
+    .bind(after)
+    .bind(limit)
+    .try_map(|row: MySqlRow| recorded_from_row(&row))
+    .fetch_all(pool)
+    .await
+}
+
+/// Up to `limit` events of one stream after global position `after`.
+pub async fn read_stream_after(
+    pool: &MySqlPool,
+    stream_id: &str,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query(&format!(
+        "{SELECT_EVENTS} WHERE stream_id = ? AND global_position > ? ORDER BY global_position LIMIT ?"
+    ))
+    .bind(stream_id)
+    .bind(after)
+    .bind(limit)
+    .try_map(|row: MySqlRow| recorded_from_row(&row))
+    .fetch_all(pool)
+    .await
 }
 
 pub(crate) const SELECT_EVENTS: &str = "SELECT global_position, event_id, stream_id, \

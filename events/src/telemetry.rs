@@ -1,7 +1,8 @@
 //! One place that sets up `tracing` for a process.
 //!
 //! `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` switches to one JSON object
-//! per line for log shippers.
+//! per line for log shippers. Logs go to standard error, so that standard output
+//! stays clean for commands that write data (`worker replay export`).
 
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
@@ -12,8 +13,12 @@ pub fn init() {
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init` so that tests which build the app in-process more than once don't panic.
     let _ = if json {
-        registry.with(fmt::layer().json()).try_init()
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
     } else {
-        registry.with(fmt::layer()).try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
 }

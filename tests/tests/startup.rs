@@ -123,7 +123,7 @@ async fn production_refuses_the_development_jwt_secret() -> anyhow::Result<()> {
         .output()
         .await?;
     assert!(!output.status.success());
-    let log = String::from_utf8_lossy(&output.stdout);
+    let log = String::from_utf8_lossy(&output.stderr);
     assert!(
         log.contains("JWT_SECRET") && log.contains("production"),
         "{log}"

@@ -12,6 +12,7 @@
 //! - [`responder`]: answers a message: load, prompt, call, append, publish.
 //! - [`consumer`]: a delivery's life: decode, trace, answer, then ack, requeue or
 //!   dead-letter.
+//! - [`replay`]: `worker replay rebuild` and `worker replay export`, for operators.
 //! - [`startup`]: wires it together and runs until SIGTERM.
 
 pub mod config;
@@ -19,5 +20,6 @@ pub mod consumer;
 pub mod conversation;
 pub mod model;
 pub mod prompt;
+pub mod replay;
 pub mod responder;
 pub mod startup;

@@ -1,32 +1,93 @@
-//! `worker`: consumes chat events and answers them. Run as many as you like.
+//! `worker`: consumes chat events and answers them (run as many as you like), or,
+//! with `replay`, rebuilds the read models and exports streams.
 
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use events::config::DatabaseSettings;
+use worker::config::WorkerConfig;
+use worker::startup::Worker;
 
 // The request path allocates a lot of small, short-lived objects; mimalloc handles
 // that pattern markedly better than the system allocator.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use worker::config::WorkerConfig;
-use worker::startup::Worker;
+/// Configuration comes from the environment (see the README); the flags only pick
+/// what to do.
+#[derive(Parser)]
+#[command(name = "worker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume user messages and answer them (the default).
+    Run,
+    /// Operator tools over the event log.
+    Replay {
+        #[command(subcommand)]
+        action: Replay,
+    },
+}
+
+#[derive(Subcommand)]
+enum Replay {
+    /// Rebuild every read model from the log and swap it in, while the system runs.
+    Rebuild {
+        /// Events per transaction while replaying.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
+    /// Write events as JSON lines to standard output, oldest first.
+    Export {
+        /// Only this stream, e.g. `chat-7-42` or `bot-42`.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only events after this global position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     events::telemetry::init();
-    let config = match WorkerConfig::from_env() {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid configuration");
-            return ExitCode::FAILURE;
-        }
+    let cli = Cli::parse();
+    let outcome = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run().await,
+        Command::Replay { action } => replay(action).await,
     };
-    let worker = match Worker::build(config).await {
-        Ok(worker) => worker,
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "worker failed to start");
-            return ExitCode::FAILURE;
+            tracing::error!(error = %e, "worker failed");
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let config = WorkerConfig::from_env()?;
+    let worker = Worker::build(config).await?;
     worker.run(events::shutdown::on_signal()).await;
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = events::db::connect_and_migrate(&DatabaseSettings::from_env()?).await?;
+    match action {
+        Replay::Rebuild { batch } => {
+            worker::replay::rebuild(&pool, batch).await?;
+        }
+        Replay::Export { stream, after } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = worker::replay::export(&pool, stream.as_deref(), after, &mut out).await?;
+            tracing::info!(events = written, "exported");
+        }
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
+use super::Tables;
 use crate::event::{BotId, BotKind, DomainEvent, UserId};
 use crate::store::RecordedEvent;
 
@@ -35,15 +36,17 @@ pub struct BotsProjection;
 impl BotsProjection {
     pub async fn apply(
         conn: &mut MySqlConnection,
+        tables: &Tables,
         event: &RecordedEvent,
         decoded: &DomainEvent,
     ) -> Result<(), sqlx::Error> {
         match decoded {
             DomainEvent::BotCreated(e) => {
-                sqlx::query(
-                    "INSERT INTO bots (chatbot_id, user_id, chatbot_name, chatbot_type, \
+                sqlx::query(&format!(
+                    "INSERT INTO {} (chatbot_id, user_id, chatbot_name, chatbot_type, \
                      chatbot_persona, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                )
+                    tables.bots
+                ))
                 .bind(e.bot_id)
                 .bind(e.user_id)
                 .bind(&e.name)
@@ -54,11 +57,14 @@ impl BotsProjection {
                 .await?;
             }
             DomainEvent::BotDeleted(e) => {
-                sqlx::query("UPDATE bots SET deleted_at = ? WHERE chatbot_id = ?")
-                    .bind(event.recorded_at)
-                    .bind(e.bot_id)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(&format!(
+                    "UPDATE {} SET deleted_at = ? WHERE chatbot_id = ?",
+                    tables.bots
+                ))
+                .bind(event.recorded_at)
+                .bind(e.bot_id)
+                .execute(conn)
+                .await?;
             }
             _ => {}
         }

@@ -4,6 +4,7 @@
 use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
+use super::Tables;
 use crate::event::{BotId, DomainEvent, UserId};
 use crate::store::RecordedEvent;
 
@@ -21,6 +22,7 @@ pub struct ChatListProjection;
 impl ChatListProjection {
     pub async fn apply(
         conn: &mut MySqlConnection,
+        tables: &Tables,
         event: &RecordedEvent,
         decoded: &DomainEvent,
     ) -> Result<(), sqlx::Error> {
@@ -29,22 +31,26 @@ impl ChatListProjection {
             DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id, &e.content),
             DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id, &e.reason),
             DomainEvent::BotDeleted(e) => {
-                sqlx::query("DELETE FROM chat_list WHERE user_id = ? AND chatbot_id = ?")
-                    .bind(e.user_id)
-                    .bind(e.bot_id)
-                    .execute(conn)
-                    .await?;
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE user_id = ? AND chatbot_id = ?",
+                    tables.chat_list
+                ))
+                .bind(e.user_id)
+                .bind(e.bot_id)
+                .execute(conn)
+                .await?;
                 return Ok(());
             }
             DomainEvent::BotCreated(_) => return Ok(()),
         };
         // The bot's name comes from the bots read model; a deleted bot matches no row,
         // so a late reply cannot bring its conversation back into the list.
-        sqlx::query(
-            "REPLACE INTO chat_list (user_id, chatbot_id, chatbot_name, last_content, last_at, \
-             last_seq, last_position) SELECT ?, chatbot_id, chatbot_name, ?, ?, ?, ? FROM bots \
+        sqlx::query(&format!(
+            "REPLACE INTO {} (user_id, chatbot_id, chatbot_name, last_content, last_at, \
+             last_seq, last_position) SELECT ?, chatbot_id, chatbot_name, ?, ?, ?, ? FROM {} \
              WHERE chatbot_id = ? AND deleted_at IS NULL",
-        )
+            tables.chat_list, tables.bots
+        ))
         .bind(user_id)
         .bind(content)
         .bind(event.recorded_at)

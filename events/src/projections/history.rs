@@ -6,6 +6,7 @@
 use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
+use super::Tables;
 use crate::event::{BotId, DomainEvent, UserId};
 use crate::store::RecordedEvent;
 
@@ -45,6 +46,7 @@ pub struct ChatHistoryProjection;
 impl ChatHistoryProjection {
     pub async fn apply(
         conn: &mut MySqlConnection,
+        tables: &Tables,
         event: &RecordedEvent,
         decoded: &DomainEvent,
     ) -> Result<(), sqlx::Error> {
@@ -78,10 +80,11 @@ impl ChatHistoryProjection {
             ),
             _ => return Ok(()),
         };
-        sqlx::query(
-            "INSERT INTO chat_history (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
+        sqlx::query(&format!(
+            "INSERT INTO {} (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
              content, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+            tables.chat_history
+        ))
         .bind(user_id)
         .bind(bot_id)
         .bind(event.stream_version)
@@ -94,11 +97,14 @@ impl ChatHistoryProjection {
         .execute(&mut *conn)
         .await?;
         if let Some(reply_to) = reply_to {
-            sqlx::query("UPDATE chat_history SET status = ? WHERE message_id = ?")
-                .bind(status.as_str())
-                .bind(reply_to.to_string())
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(&format!(
+                "UPDATE {} SET status = ? WHERE message_id = ?",
+                tables.chat_history
+            ))
+            .bind(status.as_str())
+            .bind(reply_to.to_string())
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 pub mod bots;
 pub mod chat_list;
 pub mod history;
+pub mod rebuild;
 
 use futures::future::BoxFuture;
 use sqlx::mysql::MySqlConnection;
@@ -22,19 +23,51 @@ pub use history::{ChatHistoryProjection, HistoryRow, MessageStatus};
 /// The checkpoint row shared by the read models: the last global position applied.
 pub const CHECKPOINT_NAME: &str = "read_models";
 
+/// Which tables an event is applied to: the live ones, or the shadow copies a
+/// rebuild fills before swapping them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tables {
+    pub bots: &'static str,
+    pub chat_history: &'static str,
+    pub chat_list: &'static str,
+}
+
+impl Tables {
+    pub const LIVE: Tables = Tables {
+        bots: "bots",
+        chat_history: "chat_history",
+        chat_list: "chat_list",
+    };
+    pub const SHADOW: Tables = Tables {
+        bots: "bots_rebuild",
+        chat_history: "chat_history_rebuild",
+        chat_list: "chat_list_rebuild",
+    };
+
+    /// `(live, shadow)` name pairs.
+    pub fn pairs() -> [(&'static str, &'static str); 3] {
+        [
+            (Self::LIVE.bots, Self::SHADOW.bots),
+            (Self::LIVE.chat_history, Self::SHADOW.chat_history),
+            (Self::LIVE.chat_list, Self::SHADOW.chat_list),
+        ]
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReadModels;
 
 impl ReadModels {
-    /// Applies one event to every read model it concerns.
+    /// Applies one event to every read model it concerns, in `tables`.
     pub async fn apply_one(
         conn: &mut MySqlConnection,
+        tables: &Tables,
         event: &RecordedEvent,
     ) -> Result<(), sqlx::Error> {
         let decoded = DomainEvent::decode(event).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        BotsProjection::apply(conn, event, &decoded).await?;
-        ChatHistoryProjection::apply(conn, event, &decoded).await?;
-        ChatListProjection::apply(conn, event, &decoded).await?;
+        BotsProjection::apply(conn, tables, event, &decoded).await?;
+        ChatHistoryProjection::apply(conn, tables, event, &decoded).await?;
+        ChatListProjection::apply(conn, tables, event, &decoded).await?;
         Ok(())
     }
 
@@ -54,7 +87,7 @@ impl InlineProjector for ReadModels {
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
             for event in events {
-                Self::apply_one(conn, event).await?;
+                Self::apply_one(conn, &Tables::LIVE, event).await?;
             }
             if let Some(last) = events.last() {
                 sqlx::query("UPDATE projection_checkpoint SET position = ? WHERE name = ?")

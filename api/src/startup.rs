@@ -104,6 +104,7 @@ impl Application {
         );
 
         let max_body = state.config.max_body_bytes;
+        let publisher = state.relay.publisher().clone();
         let routes = router(state)
             .layer(DefaultBodyLimit::max(max_body))
             .layer(PropagateRequestIdLayer::x_request_id())
@@ -129,6 +130,7 @@ impl Application {
             })
             .await;
         background.cancel();
+        publisher.close().await;
         served
     }
 }

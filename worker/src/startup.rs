@@ -81,6 +81,7 @@ impl Worker {
             )
             .await;
         let _ = relay_task.await;
+        self.relay.publisher().close().await;
         tracing::info!("worker stopped");
     }
 }

@@ -92,6 +92,16 @@ impl Publisher {
         Ok((connection, channel))
     }
 
+    /// Closes the connection cleanly (at shutdown), so the broker does not log an
+    /// abrupt disconnect.
+    pub async fn close(&self) {
+        let mut link = self.link.lock().await;
+        link.channel = None;
+        if let Some(connection) = link.connection.take() {
+            let _ = connection.close(200, "shutdown").await;
+        }
+    }
+
     /// Forgets the current channel so the next call reconnects.
     async fn reset(&self) {
         let mut link = self.link.lock().await;

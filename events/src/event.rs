@@ -189,7 +189,8 @@ impl DomainEvent {
     /// Reads a stored event back, whatever schema version it was written with.
     pub fn decode(event: &RecordedEvent) -> Result<Self, DecodeError> {
         fn parse<T: serde::de::DeserializeOwned>(e: &RecordedEvent) -> Result<T, DecodeError> {
-            serde_json::from_value(e.payload.clone()).map_err(|source| DecodeError::Payload {
+            // Deserializing from a reference spares a deep copy of the payload.
+            T::deserialize(&e.payload).map_err(|source| DecodeError::Payload {
                 event_type: e.event_type.clone(),
                 source,
             })

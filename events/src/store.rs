@@ -239,6 +239,24 @@ impl EventStore {
         .await
     }
 
+    /// The last `limit` events of one stream, oldest first.
+    pub async fn read_stream_tail(
+        &self,
+        stream_id: &str,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let mut events = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = ? ORDER BY stream_version DESC LIMIT ?"
+        ))
+        .bind(stream_id)
+        .bind(limit)
+        .try_map(|row: MySqlRow| recorded_from_row(&row))
+        .fetch_all(&self.pool)
+        .await?;
+        events.reverse();
+        Ok(events)
+    }
+
     /// Up to `limit` events after `after` in the global order.
     pub async fn read_all(
         &self,

@@ -60,6 +60,10 @@ impl RespondError {
     }
 }
 
+/// How much of a conversation is read to answer a message: far more turns than a
+/// prompt's context budget holds.
+const RECENT_EVENTS: u32 = 400;
+
 /// Other database errors (a deadlock, say) are retried this often in place.
 const IN_PLACE_ATTEMPTS: u32 = 3;
 
@@ -129,12 +133,25 @@ impl Responder {
     ) -> Result<(), RespondError> {
         let stream_id = stream::chat(message.user_id, message.bot_id);
         loop {
-            let events = self
+            // The recent part of the conversation is all a prompt can use; the whole
+            // stream is read only for a message older than that.
+            let recent = self
                 .persist("read the conversation", || async {
-                    Ok(self.store.read_stream(&stream_id).await?)
+                    Ok(self
+                        .store
+                        .read_stream_tail(&stream_id, RECENT_EVENTS)
+                        .await?)
                 })
                 .await?;
-            let conversation = Conversation::from_events(&events)?;
+            let mut conversation = Conversation::from_events(&recent)?;
+            if !conversation.contains(message.message_id) && recent.len() as u32 == RECENT_EVENTS {
+                let events = self
+                    .persist("read the whole conversation", || async {
+                        Ok(self.store.read_stream(&stream_id).await?)
+                    })
+                    .await?;
+                conversation = Conversation::from_events(&events)?;
+            }
             if !conversation.contains(message.message_id) {
                 tracing::warn!(message_id = %message.message_id, "message not found in its stream; nothing to answer");
                 return Ok(());

@@ -162,4 +162,20 @@ impl Client {
         let bot = self.create_bot(&access, "Bot", 0, "").await?;
         Ok((user, access, bot))
     }
+
+    /// `new_chat?wait=false`: expects 202 and returns the message id.
+    pub async fn post_later(&self, token: &str, bot: i64, input: &str) -> anyhow::Result<String> {
+        let reply = self
+            .post_json(
+                "/chat/new_chat?wait=false",
+                &serde_json::json!({ "chatbot_id": bot, "input": input }),
+                Some(token),
+            )
+            .await?;
+        anyhow::ensure!(reply.status == 202, "expected 202, got {reply:?}");
+        reply.body["data"]["message_id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no message_id in {reply:?}"))
+    }
 }

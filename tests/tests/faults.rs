@@ -9,22 +9,7 @@ use serde_json::json;
 
 use events::bus::Publisher;
 use events::event::DomainEvent;
-use system_tests::{eventually, history_rows, outcomes_for, Client, Stack, StackOptions};
-
-async fn post_later(client: &Client, token: &str, bot: i64, input: &str) -> anyhow::Result<String> {
-    let reply = client
-        .post_json(
-            "/chat/new_chat?wait=false",
-            &json!({ "chatbot_id": bot, "input": input }),
-            Some(token),
-        )
-        .await?;
-    anyhow::ensure!(reply.status == 202, "expected 202, got {reply:?}");
-    Ok(reply.body["data"]["message_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
-}
+use system_tests::{eventually, history_rows, outcomes_for, Stack, StackOptions};
 
 /// Waits until every message in `ids` has exactly one outcome in the log.
 async fn answered(stack: &Stack, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
@@ -80,7 +65,11 @@ async fn broker_outage_accepts_writes_and_delivers_them_when_it_returns() -> any
     proxy.cut();
     let mut ids = Vec::new();
     for n in 0..3 {
-        ids.push(post_later(&client, &token, bot, &format!("during outage {n}")).await?);
+        ids.push(
+            client
+                .post_later(&token, bot, &format!("during outage {n}"))
+                .await?,
+        );
     }
     let ready = client.get("/readyz", None).await?;
     assert_eq!(
@@ -128,7 +117,7 @@ async fn silently_dead_broker_connections_are_detected_and_replaced() -> anyhow:
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no proxy"))?
         .freeze();
-    let ids = vec![post_later(&client, &token, bot, "into the void?").await?];
+    let ids = vec![client.post_later(&token, bot, "into the void?").await?];
     answered(&stack, &ids, Duration::from_secs(60)).await?;
     assert!(stack.workers[0].is_running());
     assert!(
@@ -146,7 +135,7 @@ async fn a_worker_killed_mid_call_leaves_exactly_one_reply() -> anyhow::Result<(
     stack.model.set_latency(Duration::from_millis(1500));
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("faulty").await?;
-    let id = post_later(&client, &token, bot, "are you there?").await?;
+    let id = client.post_later(&token, bot, "are you there?").await?;
     stack
         .model
         .wait_for_calls(1, Duration::from_secs(20))
@@ -177,7 +166,7 @@ async fn duplicate_deliveries_to_racing_workers_record_one_reply() -> anyhow::Re
     stack.model.set_latency(Duration::from_millis(300));
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("faulty").await?;
-    let id = post_later(&client, &token, bot, "say it once").await?;
+    let id = client.post_later(&token, bot, "say it once").await?;
 
     let pool = stack.pool()?;
     let store =
@@ -384,7 +373,7 @@ async fn database_outage_gives_503_and_loses_nothing() -> anyhow::Result<()> {
     stack.model.set_latency(Duration::from_millis(1500));
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("faulty").await?;
-    let id = post_later(&client, &token, bot, "remember me").await?;
+    let id = client.post_later(&token, bot, "remember me").await?;
     stack
         .model
         .wait_for_calls(1, Duration::from_secs(20))
@@ -465,7 +454,7 @@ async fn an_api_crash_between_commit_and_publish_is_covered_by_the_outbox() -> a
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no proxy"))?
         .cut();
-    let id = post_later(&client, &token, bot, "orphan").await?;
+    let id = client.post_later(&token, bot, "orphan").await?;
     stack.apis[0].signal("KILL")?;
     stack.apis[0].wait(Duration::from_secs(5)).await?;
     let pool = stack.pool()?;
@@ -494,7 +483,7 @@ async fn sigterm_drains_workers_and_apis() -> anyhow::Result<()> {
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("faulty").await?;
 
-    let first = post_later(&client, &token, bot, "finish me").await?;
+    let first = client.post_later(&token, bot, "finish me").await?;
     stack
         .model
         .wait_for_calls(1, Duration::from_secs(20))
@@ -510,7 +499,9 @@ async fn sigterm_drains_workers_and_apis() -> anyhow::Result<()> {
         "the in-flight message was finished"
     );
 
-    let second = post_later(&client, &token, bot, "wait for the next worker").await?;
+    let second = client
+        .post_later(&token, bot, "wait for the next worker")
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         outcomes_for(&stack.pool()?, &second).await?,

@@ -187,14 +187,7 @@ async fn quick_successive_posts_are_answered_in_order_with_full_context() -> any
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("quick").await?;
     for input in ["first", "second"] {
-        let r = client
-            .post_json(
-                "/chat/new_chat?wait=false",
-                &json!({ "chatbot_id": bot, "input": input }),
-                Some(&token),
-            )
-            .await?;
-        assert_eq!(r.status, 202);
+        client.post_later(&token, bot, input).await?;
     }
     let pool = stack.pool()?;
     let rows = system_tests::eventually(Duration::from_secs(30), "both replies", || {

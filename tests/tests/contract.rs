@@ -350,6 +350,7 @@ async fn users_bots_and_chat_walkthrough() -> anyhow::Result<()> {
     assert_eq!(list.body["data"].as_array().map(Vec::len), Some(1));
     let chats = client.get("/chat/list", Some(&access)).await?;
     assert_eq!(chats.body["data"].as_array().map(Vec::len), Some(1));
+    let events_before = event_count(&stack.pool()?).await?;
     let to_deleted = client
         .post_json(
             "/chat/new_chat",
@@ -358,6 +359,11 @@ async fn users_bots_and_chat_walkthrough() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(to_deleted.status, 404);
+    assert_eq!(
+        event_count(&stack.pool()?).await?,
+        events_before,
+        "a message to a deleted bot records nothing"
+    );
     let log: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE stream_id = ?")
         .bind(format!("bot-{plain}"))
         .fetch_one(&stack.pool()?)

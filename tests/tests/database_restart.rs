@@ -1,0 +1,135 @@
+//! A real MariaDB restart (`mariadb-admin shutdown`, then the server started again
+//! as `scripts/services.sh` does) under a running api and worker. Cargo runs test
+//! binaries one after another, and this binary holds this one test, so the restart
+//! disturbs no other test.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use system_tests::{eventually, outcomes_for, Stack, StackOptions};
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| anyhow::anyhow!("{program} is needed for this test: {e}"))?;
+    anyhow::ensure!(status.success(), "{program} {args:?} failed");
+    Ok(())
+}
+
+fn database_is_up() -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 3306).into(), Duration::from_millis(200))
+        .is_ok()
+}
+
+fn server_process_running() -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-x", "mariadbd"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn requests_get_503_while_the_database_restarts_and_nothing_is_lost() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        env: vec![("DB_ACQUIRE_TIMEOUT_MS".into(), "1000".into())],
+        ..Default::default()
+    })
+    .await?;
+    stack.model.set_latency(Duration::from_millis(2000));
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("restart").await?;
+    let id = client.post_later(&token, bot, "keep me").await?;
+    stack
+        .model
+        .wait_for_calls(1, Duration::from_secs(20))
+        .await?;
+
+    run(
+        "mariadb-admin",
+        &["-uroot", "--protocol=tcp", "-h127.0.0.1", "shutdown"],
+    )?;
+    let down = eventually(Duration::from_secs(30), "the database to stop", || async {
+        Ok((!database_is_up()).then_some(()))
+    })
+    .await;
+    let during = client.get("/chat/list", Some(&token)).await;
+    // `--oknodo` would skip the start while the old server is still exiting.
+    let exited = eventually(
+        Duration::from_secs(60),
+        "the old server process to exit",
+        || async { Ok((!server_process_running()).then_some(())) },
+    )
+    .await;
+    let restarted = run(
+        "start-stop-daemon",
+        &[
+            "--start",
+            "--oknodo",
+            "--background",
+            "--exec",
+            "/usr/sbin/mariadbd",
+        ],
+    );
+    down?;
+    exited?;
+    restarted?;
+    let during = during?;
+    assert_eq!(
+        (during.status, during.body["code"].as_i64()),
+        (503, Some(503)),
+        "{during:?}"
+    );
+
+    eventually(
+        Duration::from_secs(60),
+        "the database to accept connections",
+        || async { Ok(database_is_up().then_some(())) },
+    )
+    .await?;
+    let recovered = eventually(Duration::from_secs(60), "the api to serve again", || {
+        let client = client.clone();
+        let token = token.clone();
+        async move {
+            Ok(client
+                .get("/chat/list", Some(&token))
+                .await
+                .ok()
+                .filter(|r| r.status == 200))
+        }
+    })
+    .await?;
+    assert_eq!(recovered.status, 200);
+    let pool = stack.pool()?;
+    eventually(
+        Duration::from_secs(60),
+        "the message accepted before the restart to be answered",
+        || {
+            let pool = pool.clone();
+            let id = id.clone();
+            async move { Ok((outcomes_for(&pool, &id).await.unwrap_or(0) == 1).then_some(())) }
+        },
+    )
+    .await?;
+    assert_eq!(
+        stack.model.calls(),
+        1,
+        "the reply produced during the outage was kept"
+    );
+    stack.model.set_latency(Duration::ZERO);
+    let after = client
+        .post_json(
+            "/chat/new_chat",
+            &json!({ "chatbot_id": bot, "input": "and now?" }),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(after.status, 200, "{after:?}");
+    assert!(
+        stack.apis[0].is_running() && stack.workers[0].is_running(),
+        "nothing was restarted"
+    );
+    stack.teardown().await
+}

@@ -9,6 +9,7 @@
 //! - [`store`]: the append-only event store (`append_to_stream`, `read_stream`,
 //!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
 //!   append's events to an [`store::InlineProjector`] inside the same transaction.
+//! - [`appender`]: group commit: concurrent appends share one transaction.
 //! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`) and the
 //!   queries the GET routes use.
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
@@ -21,6 +22,7 @@
 //! `UserMessagePosted` and append a reply the same way → api processes hear about
 //! replies on the bus and answer waiting requests from the read models.
 
+pub mod appender;
 pub mod bus;
 pub mod config;
 pub mod db;

@@ -1,14 +1,16 @@
 //! The append-only event store on MySQL/MariaDB.
 //!
-//! One append is one transaction that
-//! 1. takes the `event_log_head` row lock and assigns the next global positions;
-//! 2. checks the stream's version against the expected one, and inserts the events
-//!    after it (a writer that raced past the lock would fail with error 1062 on
-//!    `uq_stream_version`, reported as a conflict too);
-//! 3. inserts one outbox row per event, for the relay;
+//! An append happens in a transaction (shared with other appends of the same
+//! process, see [`crate::appender`]) that
+//! 1. takes the `event_log_head` row lock;
+//! 2. checks the stream's version against the expected one and the idempotency keys
+//!    against those recorded, and assigns the next global positions;
+//! 3. inserts the events after the stream's version (a writer that raced past the
+//!    lock would fail with error 1062 on `uq_stream_version`, reported as a
+//!    conflict), and one outbox row per event, for the relay;
 //! 4. hands the events to the [`InlineProjector`], which updates the read models and
 //!    their checkpoint;
-//! 5. commits.
+//! 5. moves the head and commits.
 //!
 //! Because positions are assigned under one row lock that is held until commit, a
 //! position becomes visible only after every lower one has: a reader of the global
@@ -23,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 use uuid::Uuid;
+
+use crate::appender::Appender;
 
 /// Who and what caused an event, for tracing a message across processes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,12 +109,16 @@ const ANY_VERSION_ATTEMPTS: usize = 5;
 #[derive(Clone)]
 pub struct EventStore {
     pool: MySqlPool,
-    projector: Arc<dyn InlineProjector>,
+    appender: Appender,
 }
 
 impl EventStore {
+    /// Starts the store's appender task, so this must run inside a tokio runtime.
     pub fn new(pool: MySqlPool, projector: Arc<dyn InlineProjector>) -> Self {
-        Self { pool, projector }
+        Self {
+            appender: Appender::spawn(pool.clone(), projector),
+            pool,
+        }
     }
 
     pub fn pool(&self) -> &MySqlPool {
@@ -127,7 +135,7 @@ impl EventStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_append(stream_id, expected, events).await {
+            match self.appender.append(stream_id, expected, events).await {
                 Err(AppendError::Conflict { .. })
                     if expected == ExpectedVersion::Any && attempt < ANY_VERSION_ATTEMPTS =>
                 {
@@ -136,96 +144,6 @@ impl EventStore {
                 other => return other,
             }
         }
-    }
-
-    async fn try_append(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> Result<Vec<RecordedEvent>, AppendError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-
-        // Take the position lock first: the version read below then sees every
-        // append committed before ours, so an `Any` append cannot lose a race, and an
-        // expected-version check is exact. (The unique key still guards the stream
-        // against any writer that bypasses this path: it surfaces as a conflict.)
-        let count = events.len() as i64;
-        // LAST_INSERT_ID(expr) hands the new head back in the same round trip: every
-        // round trip made while holding the lock is one all other appenders wait for.
-        let head = sqlx::query(
-            "UPDATE event_log_head SET position = LAST_INSERT_ID(position + ?) WHERE id = 1",
-        )
-        .bind(count)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_id();
-        let head = i64::try_from(head).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        let current: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(MAX(stream_version), 0) AS SIGNED) FROM events WHERE stream_id = ?",
-        )
-        .bind(stream_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let conflict = || AppendError::Conflict {
-            stream_id: stream_id.to_string(),
-            expected,
-        };
-        match expected {
-            ExpectedVersion::NoStream if current != 0 => return Err(conflict()),
-            ExpectedVersion::Exact(v) if current != v => return Err(conflict()),
-            _ => {}
-        }
-
-        let recorded_at = now_micros();
-        let recorded: Vec<RecordedEvent> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| RecordedEvent {
-                global_position: head - count + 1 + i as i64,
-                event_id: e.event_id,
-                stream_id: stream_id.to_string(),
-                stream_version: current + 1 + i as i64,
-                event_type: e.event_type.clone(),
-                schema_version: e.schema_version,
-                payload: e.payload.clone(),
-                metadata: e.metadata.clone(),
-                recorded_at,
-            })
-            .collect();
-
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO events (global_position, event_id, stream_id, stream_version, \
-             event_type, schema_version, payload, metadata, idempotency_key, recorded_at) ",
-        );
-        insert.push_values(recorded.iter().zip(events), |mut row, (r, e)| {
-            row.push_bind(r.global_position)
-                .push_bind(r.event_id.to_string())
-                .push_bind(&r.stream_id)
-                .push_bind(r.stream_version)
-                .push_bind(&r.event_type)
-                .push_bind(r.schema_version)
-                .push_bind(Json(&r.payload))
-                .push_bind(Json(&r.metadata))
-                .push_bind(&e.idempotency_key)
-                .push_bind(r.recorded_at);
-        });
-        if let Err(err) = insert.build().execute(&mut *tx).await {
-            return Err(classify_insert_error(err, stream_id, expected, events));
-        }
-
-        let mut outbox = QueryBuilder::new("INSERT INTO outbox (global_position, created_at) ");
-        outbox.push_values(&recorded, |mut row, r| {
-            row.push_bind(r.global_position).push_bind(recorded_at);
-        });
-        outbox.build().execute(&mut *tx).await?;
-
-        self.projector.apply(&mut tx, &recorded).await?;
-        tx.commit().await?;
-        Ok(recorded)
     }
 
     /// Every event of one stream, oldest first.
@@ -339,36 +257,4 @@ pub(crate) fn recorded_from_row(row: &MySqlRow) -> Result<RecordedEvent, sqlx::E
 pub fn now_micros() -> NaiveDateTime {
     let now = Utc::now().naive_utc();
     chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::microseconds(1)).unwrap_or(now)
-}
-
-/// MySQL's duplicate-key error, and which unique key it hit.
-const ER_DUP_ENTRY: &str = "1062";
-
-fn classify_insert_error(
-    err: sqlx::Error,
-    stream_id: &str,
-    expected: ExpectedVersion,
-    events: &[NewEvent],
-) -> AppendError {
-    let duplicate_key = err
-        .as_database_error()
-        .filter(|db| db.code().as_deref() == Some("23000"))
-        .and_then(|db| {
-            let mysql = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()?;
-            (mysql.number().to_string() == ER_DUP_ENTRY).then(|| mysql.message().to_string())
-        });
-    match duplicate_key {
-        Some(message) if message.contains("uq_stream_version") => AppendError::Conflict {
-            stream_id: stream_id.to_string(),
-            expected,
-        },
-        Some(message) if message.contains("uq_idempotency_key") => {
-            let key = events
-                .iter()
-                .find_map(|e| e.idempotency_key.clone())
-                .unwrap_or_default();
-            AppendError::Duplicate(key)
-        }
-        _ => AppendError::Database(err),
-    }
 }

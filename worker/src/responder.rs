@@ -60,9 +60,9 @@ impl RespondError {
     }
 }
 
-/// How much of a conversation is read to answer a message: far more turns than a
-/// prompt's context budget holds.
-const RECENT_EVENTS: u32 = 400;
+/// How much of a conversation is read to answer a message: about as many turns as
+/// a prompt's context budget holds, and reading more costs every message.
+const RECENT_EVENTS: u32 = 100;
 
 /// Other database errors (a deadlock, say) are retried this often in place.
 const IN_PLACE_ATTEMPTS: u32 = 3;

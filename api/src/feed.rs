@@ -113,6 +113,7 @@ impl ChatFeed {
         .with_grace(Duration::from_secs(1));
         let feed = self.clone();
         let on_connected = move || {
+            self.read_cache.clear();
             let _ = self.sender.send(Notice::Resync);
         };
         supervisor

@@ -113,6 +113,13 @@ impl ReadCache {
         }
     }
 
+    /// Forgets everything (notices may have been missed while the bus was away).
+    pub fn clear(&self) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.users.clear();
+        }
+    }
+
     /// Forgets everything cached for `user`.
     pub fn invalidate(&self, user: UserId) {
         if let Ok(mut slots) = self.slots.lock() {

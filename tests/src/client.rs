@@ -178,4 +178,25 @@ impl Client {
             .map(str::to_string)
             .ok_or_else(|| anyhow::anyhow!("no message_id in {reply:?}"))
     }
+
+    /// Polls `GET path_and_query` until it answers 200, and returns that answer.
+    pub async fn wait_for_ok(
+        &self,
+        path_and_query: &str,
+        token: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Reply> {
+        crate::eventually(
+            timeout,
+            &format!("GET {path_and_query} to answer 200"),
+            || async {
+                Ok(self
+                    .get(path_and_query, token)
+                    .await
+                    .ok()
+                    .filter(|r| r.status == 200))
+            },
+        )
+        .await
+    }
 }

@@ -173,3 +173,29 @@ pub async fn outcomes_for(pool: &MySqlPool, message_id: &str) -> anyhow::Result<
     .fetch_one(pool)
     .await?)
 }
+
+/// Waits until every message in `ids` has an outcome, then checks it has exactly
+/// one. Read errors while waiting (a database coming back) count as "not yet".
+pub async fn wait_until_answered(
+    pool: &MySqlPool,
+    ids: &[String],
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    eventually(timeout, "every message to be answered", || async {
+        for id in ids {
+            if outcomes_for(pool, id).await.unwrap_or(0) == 0 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    for id in ids {
+        let outcomes = outcomes_for(pool, id).await?;
+        anyhow::ensure!(
+            outcomes == 1,
+            "message {id} has {outcomes} replies, not exactly one"
+        );
+    }
+    Ok(())
+}

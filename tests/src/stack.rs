@@ -234,17 +234,9 @@ impl Stack {
             child,
         };
         let client = Client::new(format!("http://127.0.0.1:{port}"));
-        let ready = crate::eventually(Duration::from_secs(30), "the api to be ready", || {
-            let client = client.clone();
-            async move {
-                Ok(client
-                    .get("/readyz", None)
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200))
-            }
-        })
-        .await;
+        let ready = client
+            .wait_for_ok("/readyz", None, Duration::from_secs(30))
+            .await;
         if let Err(e) = ready {
             let _ = process.child.start_kill();
             anyhow::bail!("{e}; its log:\n{}", process.log_text());

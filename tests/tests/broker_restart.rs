@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use system_tests::{eventually, outcomes_for, Stack, StackOptions};
+use system_tests::{wait_until_answered, Stack, StackOptions};
 
 fn rabbitmqctl(command: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("rabbitmqctl")
@@ -57,16 +57,8 @@ async fn consumers_and_publishers_survive_a_real_broker_restart() -> anyhow::Res
         .to_string();
 
     let pool = stack.pool()?;
-    eventually(
-        Duration::from_secs(90),
-        "the message sent during the restart to be answered",
-        || {
-            let pool = pool.clone();
-            let id = id.clone();
-            async move { Ok((outcomes_for(&pool, &id).await? == 1).then_some(())) }
-        },
-    )
-    .await?;
+    // The message sent during the restart is answered after it.
+    wait_until_answered(&pool, std::slice::from_ref(&id), Duration::from_secs(90)).await?;
     let after = chat("after", true).await?;
     assert_eq!(after.status, 200, "{after:?}");
     assert!(

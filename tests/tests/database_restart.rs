@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use system_tests::{eventually, outcomes_for, Stack, StackOptions};
+use system_tests::{eventually, wait_until_answered, Stack, StackOptions};
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let status = std::process::Command::new(program)
@@ -89,30 +89,13 @@ async fn requests_get_503_while_the_database_restarts_and_nothing_is_lost() -> a
         || async { Ok(database_is_up().then_some(())) },
     )
     .await?;
-    let recovered = eventually(Duration::from_secs(60), "the api to serve again", || {
-        let client = client.clone();
-        let token = token.clone();
-        async move {
-            Ok(client
-                .get("/chat/list", Some(&token))
-                .await
-                .ok()
-                .filter(|r| r.status == 200))
-        }
-    })
-    .await?;
+    let recovered = client
+        .wait_for_ok("/chat/list", Some(&token), Duration::from_secs(60))
+        .await?;
     assert_eq!(recovered.status, 200);
     let pool = stack.pool()?;
-    eventually(
-        Duration::from_secs(60),
-        "the message accepted before the restart to be answered",
-        || {
-            let pool = pool.clone();
-            let id = id.clone();
-            async move { Ok((outcomes_for(&pool, &id).await.unwrap_or(0) == 1).then_some(())) }
-        },
-    )
-    .await?;
+    // The message accepted before the restart is answered after it.
+    wait_until_answered(&pool, std::slice::from_ref(&id), Duration::from_secs(60)).await?;
     assert_eq!(
         stack.model.calls(),
         1,

@@ -9,32 +9,13 @@ use serde_json::json;
 
 use events::bus::Publisher;
 use events::event::DomainEvent;
-use system_tests::{eventually, history_rows, outcomes_for, Stack, StackOptions};
+use system_tests::{
+    eventually, history_rows, outcomes_for, wait_until_answered, Stack, StackOptions,
+};
 
 /// Waits until every message in `ids` has exactly one outcome in the log.
 async fn answered(stack: &Stack, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
-    let pool = stack.pool()?;
-    eventually(timeout, "every message to be answered", || {
-        let pool = pool.clone();
-        let ids = ids.to_vec();
-        async move {
-            for id in &ids {
-                if outcomes_for(&pool, id).await? == 0 {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        }
-    })
-    .await?;
-    for id in ids {
-        assert_eq!(
-            outcomes_for(&pool, id).await?,
-            1,
-            "exactly one reply for {id}"
-        );
-    }
-    Ok(())
+    wait_until_answered(&stack.pool()?, ids, timeout).await
 }
 
 /// Fault 1 and 2: the broker goes away under running publishers and consumers. The
@@ -402,18 +383,9 @@ async fn database_outage_gives_503_and_loses_nothing() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await; // the reply is ready and cannot be written
 
     proxy.restore();
-    let recovered = eventually(Duration::from_secs(30), "the api to serve again", || {
-        let client = client.clone();
-        let token = token.clone();
-        async move {
-            Ok(client
-                .get("/chat/list", Some(&token))
-                .await
-                .ok()
-                .filter(|r| r.status == 200))
-        }
-    })
-    .await?;
+    let recovered = client
+        .wait_for_ok("/chat/list", Some(&token), Duration::from_secs(30))
+        .await?;
     assert_eq!(recovered.status, 200);
     answered(&stack, std::slice::from_ref(&id), Duration::from_secs(30)).await?;
     assert_eq!(

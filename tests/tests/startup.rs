@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::process::Command;
 
 use system_tests::stack::binary;
-use system_tests::{eventually, Client, Isolation, Stack, StackOptions};
+use system_tests::{Client, Isolation, Stack, StackOptions};
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -54,17 +54,9 @@ async fn many_processes_create_and_migrate_one_database_concurrently() -> anyhow
     }
     for port in ports {
         let client = Client::new(format!("http://127.0.0.1:{port}"));
-        eventually(Duration::from_secs(60), "every api to be ready", || {
-            let client = client.clone();
-            async move {
-                Ok(client
-                    .get("/readyz", None)
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200))
-            }
-        })
-        .await?;
+        client
+            .wait_for_ok("/readyz", None, Duration::from_secs(60))
+            .await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for child in &mut children {

@@ -10,6 +10,19 @@ use crate::auth::AuthMode;
 /// Used when `JWT_SECRET` is unset: fine on a laptop, refused when `APP_ENV=production`.
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-secret-change-me";
 
+/// Secrets that appear in this repository (defaults, examples, tests, and what
+/// earlier compose files shipped): anyone can read them, so production refuses them.
+const KNOWN_SECRETS: &[&str] = &[
+    DEV_JWT_SECRET,
+    "change-me-in-production",
+    "system-test-secret",
+    "test-secret",
+    "replace-with-at-least-32-random-bytes",
+];
+
+/// The shortest secret production accepts (HS256 keys should be at least 256 bits).
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub database: DatabaseSettings,
@@ -34,13 +47,21 @@ pub struct ApiConfig {
     /// `READ_CACHE_TTL_MS`: longest life of a cached history or chat-list body
     /// (0 turns the cache off).
     pub read_cache_ttl: Duration,
+    /// `READ_CACHE_MAX_BYTES`: the read cache's memory budget.
+    pub read_cache_max_bytes: usize,
+    /// `HEADER_READ_TIMEOUT_SECS`: a client must send its headers within this.
+    pub header_read_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_SECS`: ... and its body within this (408 otherwise).
+    pub body_read_timeout: Duration,
 }
 
 impl ApiConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let production = env_or("APP_ENV", String::new())? == "production";
         let jwt_secret = match env_opt("JWT_SECRET") {
+            Some(secret) if production => check_production_secret(secret)?,
             Some(secret) => secret,
-            None if env_or("APP_ENV", String::new())? == "production" => {
+            None if production => {
                 return Err(ConfigError::Invalid {
                     name: "JWT_SECRET",
                     value: String::new(),
@@ -73,6 +94,46 @@ impl ApiConfig {
             max_body_bytes: env_or("MAX_BODY_BYTES", 64 * 1024)?,
             persona_presets,
             read_cache_ttl: Duration::from_millis(env_or("READ_CACHE_TTL_MS", 1000)?),
+            read_cache_max_bytes: env_or("READ_CACHE_MAX_BYTES", 64 * 1024 * 1024)?,
+            header_read_timeout: Duration::from_secs(
+                env_or("HEADER_READ_TIMEOUT_SECS", 10)?.max(1),
+            ),
+            body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
         })
+    }
+}
+
+/// Production refuses a secret anyone could guess or read in this repository.
+fn check_production_secret(secret: String) -> Result<String, ConfigError> {
+    let refuse = |reason: String| ConfigError::Invalid {
+        name: "JWT_SECRET",
+        value: "(hidden)".into(),
+        reason,
+    };
+    if KNOWN_SECRETS.contains(&secret.trim()) {
+        return Err(refuse(
+            "is an example value published in the repository; generate one with `openssl rand -base64 48`".into(),
+        ));
+    }
+    if secret.len() < MIN_PRODUCTION_SECRET_BYTES {
+        return Err(refuse(format!(
+            "must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes when APP_ENV=production; \
+             generate one with `openssl rand -base64 48`"
+        )));
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_refuses_short_and_published_secrets() {
+        assert!(check_production_secret("short".into()).is_err());
+        assert!(check_production_secret("change-me-in-production".into()).is_err());
+        assert!(check_production_secret(DEV_JWT_SECRET.into()).is_err());
+        let good = "k".repeat(MIN_PRODUCTION_SECRET_BYTES);
+        assert_eq!(check_production_secret(good.clone()).ok(), Some(good));
     }
 }

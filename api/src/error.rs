@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use events::episode::Episode;
 use events::store::AppendError;
 use serde_json::json;
 
@@ -55,7 +56,15 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Conflict(String),
+    /// Well-formed, but contradicts what was recorded (a reused `client_msg_id`).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The client did not send its request (headers or body) in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The model failed for good.
     #[error("{0}")]
     BadGateway(String),
@@ -126,7 +135,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(msg) => failure(StatusCode::UNAUTHORIZED, msg),
             ApiError::Forbidden(msg) => failure(StatusCode::FORBIDDEN, msg),
             ApiError::NotFound(msg) => failure(StatusCode::NOT_FOUND, msg),
+            ApiError::MethodNotAllowed(msg) => failure(StatusCode::METHOD_NOT_ALLOWED, msg),
             ApiError::Conflict(msg) => failure(StatusCode::CONFLICT, msg),
+            ApiError::Unprocessable(msg) => failure(StatusCode::UNPROCESSABLE_ENTITY, msg),
+            ApiError::RequestTimeout(msg) => failure(StatusCode::REQUEST_TIMEOUT, msg),
             ApiError::BadGateway(msg) => failure(StatusCode::BAD_GATEWAY, msg),
             ApiError::Unavailable(msg) => failure(StatusCode::SERVICE_UNAVAILABLE, msg),
             ApiError::Internal(detail) => {
@@ -141,14 +153,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// One WARN per database outage, however many requests it fails.
+static DATABASE_DOWN: Episode = Episode::new("the database is unavailable; requests get 503");
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if events::db::is_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
+            DATABASE_DOWN.failed(&e);
             ApiError::Unavailable("The database is unavailable; please try again shortly.".into())
+        } else if events::db::is_lock_contention(&e) {
+            tracing::info!(error = %e, "lost a lock race; the client is asked to retry");
+            ApiError::Unavailable("The server is busy with this data; please try again.".into())
         } else {
             ApiError::Internal(e.to_string())
         }
+    }
+}
+
+/// Called after a request that reached the database: ends an outage episode.
+pub fn database_reached() {
+    if DATABASE_DOWN.ongoing() > 0 {
+        DATABASE_DOWN.recovered();
     }
 }
 
@@ -171,6 +196,7 @@ impl From<DomainError> for ApiError {
             DomainError::BotNotFound => ApiError::NotFound(
                 "No such chatbot for this user (it may have been deleted).".into(),
             ),
+            DomainError::KeyReused(msg) => ApiError::Unprocessable(msg),
             DomainError::Append(e) => e.into(),
             DomainError::Database(e) => e.into(),
             DomainError::Encode(e) => ApiError::Internal(e.to_string()),

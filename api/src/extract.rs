@@ -6,6 +6,7 @@
 //! - [`Params`]: the query string, failing with a 400 envelope.
 //! - [`lenient`]: integers that arrive as numbers or numeric strings.
 //! - [`normalize_path`]: merges `//` and drops the trailing slash before routing.
+//! - [`reject_oversized_bodies`]: 413 at once for a declared length over the limit.
 //! - [`CorrelationId`]: the request id, carried into events and the broker.
 
 use axum::body::Bytes;
@@ -61,10 +62,70 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for BotPayload<T> {
 
 fn body_rejection(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge("The request body is too large.".into())
-    } else {
-        ApiError::BadRequest(format!("Cannot read the request body: {rejection}"))
+        return ApiError::PayloadTooLarge("The request body is too large.".into());
     }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::RequestTimeout("The request body did not arrive in time.".into());
+        }
+        source = error.source();
+    }
+    ApiError::BadRequest(format!("Cannot read the request body: {rejection}"))
+}
+
+/// Answers 413 as soon as a request declares a body over `MAX_BODY_BYTES`, rather
+/// than waiting for a body that may never come.
+pub async fn reject_oversized_bodies(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let limit = state.config.max_body_bytes as u64;
+    match declared {
+        Some(length) if length > limit => ApiError::PayloadTooLarge(format!(
+            "The request body ({length} bytes) is larger than the limit of {limit} bytes."
+        ))
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text strictly: a percent-encoded
+/// byte sequence that is not UTF-8 is an error, never a U+FFFD stored for good.
+pub fn decode_form(text: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |raw: &str| {
+        let spaced = raw.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "The field {:?} is not valid UTF-8 once percent-decoded.",
+                    raw.split('=').next().unwrap_or(raw)
+                ))
+            })
+    };
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((
+                decode(key)?,
+                decode(value).map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "The value of {key:?} is not valid UTF-8 once percent-decoded."
+                    ))
+                })?,
+            ))
+        })
+        .collect()
 }
 
 /// Turns a body into a JSON object, whichever way it was sent.
@@ -89,8 +150,7 @@ pub fn parse_body(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
         };
     }
     if is_form || untyped {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(trimmed)
-            .map_err(|e| ApiError::BadRequest(format!("Malformed form body: {e}")))?;
+        let pairs = decode_form(trimmed)?;
         return Ok(Value::Object(
             pairs
                 .into_iter()
@@ -111,6 +171,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(query) = parts.uri.query() {
+            decode_form(query)?;
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(params)| Params(params))

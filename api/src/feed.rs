@@ -4,10 +4,20 @@
 //! them out in-process over a broadcast channel. `new_chat` and history long-polls
 //! subscribe *before* they append or read, then re-read the read model whenever a
 //! notice concerns them. Notices only wake; the read model stays the source of
-//! truth, and a slow fallback poll covers notices lost while the broker was away.
+//! truth.
+//!
+//! While the bus is healthy a waiter re-reads on its own only rarely (every
+//! `HEALTHY_RECHECK`, jittered, so 10,000 waiters are not 10,000 queries a
+//! second); every waiter re-reads right after a reconnect (notices may have been
+//! missed), and every `DEGRADED_RECHECK` while the bus is away.
+//!
+//! The same queue carries `SessionRevoked`, which feeds the revoked-sessions view.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use rand::Rng;
 
 use lapin::message::Delivery;
 use sqlx::MySqlPool;
@@ -24,9 +34,12 @@ use events::projections::{ChatHistoryProjection, HistoryRow, MessageStatus};
 use events::store::RecordedEvent;
 
 use crate::read_cache::ReadCache;
+use crate::sessions::RevokedSessions;
 
-/// How often a waiter re-reads the database even without a notice.
-const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// How often a waiter re-reads the database without a notice, bus healthy...
+const HEALTHY_RECHECK: Duration = Duration::from_secs(15);
+/// ... and while the bus is away.
+const DEGRADED_RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
@@ -80,18 +93,42 @@ impl Reply {
 pub struct ChatFeed {
     sender: broadcast::Sender<Notice>,
     read_cache: Arc<ReadCache>,
+    sessions: Arc<RevokedSessions>,
+    connected: Arc<AtomicBool>,
+}
+
+/// What a waiter holds: the notices, and whether it can count on them.
+pub struct Waiter {
+    notices: broadcast::Receiver<Notice>,
+    connected: Arc<AtomicBool>,
+}
+
+impl Waiter {
+    /// When to re-read without a notice.
+    fn recheck_after(&self) -> Duration {
+        if self.connected.load(Ordering::Relaxed) {
+            HEALTHY_RECHECK.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
+        } else {
+            DEGRADED_RECHECK
+        }
+    }
 }
 
 impl ChatFeed {
-    pub fn new(read_cache: Arc<ReadCache>) -> Self {
+    pub fn new(read_cache: Arc<ReadCache>, sessions: Arc<RevokedSessions>) -> Self {
         Self {
             sender: broadcast::channel(4096).0,
             read_cache,
+            sessions,
+            connected: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> Waiter {
+        Waiter {
+            notices: self.sender.subscribe(),
+            connected: self.connected.clone(),
+        }
     }
 
     /// Consumes chat events from the bus until `shutdown`.
@@ -101,6 +138,7 @@ impl ChatFeed {
             DomainEvent::BOT_REPLY_GENERATED,
             DomainEvent::BOT_REPLY_FAILED,
             DomainEvent::BOT_DELETED,
+            DomainEvent::SESSION_REVOKED,
         ]
         .map(str::to_string)
         .to_vec();
@@ -112,9 +150,13 @@ impl ChatFeed {
         )
         .with_grace(Duration::from_secs(1));
         let feed = self.clone();
-        let on_connected = move || {
-            self.read_cache.clear();
-            let _ = self.sender.send(Notice::Resync);
+        let on_connected = move |connected: bool| {
+            self.connected.store(connected, Ordering::Relaxed);
+            if connected {
+                self.read_cache.clear();
+                self.sessions.request_reload();
+                let _ = self.sender.send(Notice::Resync);
+            }
         };
         supervisor
             .run(
@@ -130,6 +172,11 @@ impl ChatFeed {
 
     async fn handle(&self, delivery: Delivery) {
         match serde_json::from_slice::<RecordedEvent>(&delivery.data) {
+            Ok(event) if event.event_type == DomainEvent::SESSION_REVOKED => {
+                if let Some(sid) = event.payload.get("session_id").and_then(|s| s.as_str()) {
+                    self.sessions.revoke(sid);
+                }
+            }
             Ok(event) => {
                 // Drop cached reads before waking anyone, so a woken reader re-reads.
                 if let Some(user) = event.payload.get("user_id").and_then(|u| u.as_i64()) {
@@ -151,7 +198,7 @@ impl ChatFeed {
 /// `just_posted` skips the first read, which cannot find a reply yet.
 pub async fn wait_for_reply(
     pool: &MySqlPool,
-    notices: &mut broadcast::Receiver<Notice>,
+    notices: &mut Waiter,
     message_id: Uuid,
     just_posted: bool,
     timeout: Duration,
@@ -185,11 +232,7 @@ pub async fn wait_for_reply(
 }
 
 /// Waits until a notice concerning `stream_id` arrives, or `deadline`.
-pub async fn wait_for_stream(
-    notices: &mut broadcast::Receiver<Notice>,
-    stream_id: &str,
-    deadline: Instant,
-) {
+pub async fn wait_for_stream(notices: &mut Waiter, stream_id: &str, deadline: Instant) {
     let relevant = |n: &Notice| match n {
         Notice::Appended { stream_id: s, .. } => s == stream_id,
         Notice::Resync => true,
@@ -198,12 +241,14 @@ pub async fn wait_for_stream(
 }
 
 /// Returns a relevant notice, or `None` on a lag (something may have been missed),
-/// after the fallback poll interval, or at the deadline, whichever comes first.
+/// when a re-check is due, or at the deadline, whichever comes first.
 async fn wait_for_notice(
-    notices: &mut broadcast::Receiver<Notice>,
+    subscription: &mut Waiter,
     relevant: impl Fn(&Notice) -> bool,
     deadline: Instant,
 ) -> Option<Notice> {
+    let poll_at = (Instant::now() + subscription.recheck_after()).min(deadline);
+    let notices = &mut subscription.notices;
     let wake = async {
         loop {
             match notices.recv().await {
@@ -214,7 +259,6 @@ async fn wait_for_notice(
             }
         }
     };
-    let poll_at = (Instant::now() + FALLBACK_POLL).min(deadline);
     tokio::select! {
         notice = wake => notice,
         _ = tokio::time::sleep_until(poll_at) => None,

@@ -16,7 +16,10 @@
 //! - [`feed`]: reply notifications from the bus, which wake waiting `new_chat`
 //!   requests and history long-polls.
 //! - [`read_cache`]: rendered history and chat-list bodies for pollers, dropped
-//!   as soon as the user's data changes.
+//!   as soon as the user's data changes, within a memory budget.
+//! - [`sessions`]: recently revoked login sessions, in memory, fed by the bus.
+//! - [`known_users`]: user ids known to exist, so requests for nobody are refused.
+//! - [`server`]: the accept loop, with header and body read timeouts.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
 
 pub mod auth;
@@ -25,8 +28,11 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod known_users;
 pub mod read_cache;
 pub mod routes;
+pub mod server;
+pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod views;

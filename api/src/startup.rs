@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::ServiceExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 use events::bus::Publisher;
 use events::db::{connect_and_migrate, DbSetupError};
@@ -21,18 +22,22 @@ use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::EventStore;
 
-use crate::auth::{AuthMode, JwtKeys};
+use crate::auth::{password, AuthMode, JwtKeys};
 use crate::config::ApiConfig;
-use crate::extract::{normalize_path, REQUEST_ID_HEADER};
+use crate::extract::{normalize_path, reject_oversized_bodies, REQUEST_ID_HEADER};
 use crate::feed::ChatFeed;
+use crate::known_users::KnownUsers;
 use crate::read_cache::ReadCache;
 use crate::routes::router;
+use crate::sessions::RevokedSessions;
 use crate::state::AppState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DbSetupError),
+    #[error("cannot load the revoked sessions: {0}")]
+    Sessions(sqlx::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -61,17 +66,29 @@ impl Application {
             );
         }
         let publisher = Arc::new(Publisher::new(config.bus.clone(), "api-publisher"));
-        let read_cache = Arc::new(ReadCache::new(config.read_cache_ttl, 100_000));
+        let read_cache = Arc::new(ReadCache::new(
+            config.read_cache_ttl,
+            config.read_cache_max_bytes,
+        ));
+        let sessions = Arc::new(RevokedSessions::new(config.access_ttl));
+        sessions.load(&pool).await.map_err(StartupError::Sessions)?;
+        password::warm_up().await;
         let state = AppState {
             jwt: Arc::new(JwtKeys::new(
                 &config.jwt_secret,
                 config.access_ttl,
                 config.refresh_ttl,
             )),
-            store: EventStore::new(pool.clone(), Arc::new(ReadModels)),
+            store: EventStore::with_commit_timeout(
+                pool.clone(),
+                Arc::new(ReadModels),
+                config.database.commit_timeout,
+            ),
             relay: OutboxRelay::new(pool.clone(), publisher),
-            feed: ChatFeed::new(read_cache.clone()),
+            feed: ChatFeed::new(read_cache.clone(), sessions.clone()),
             read_cache,
+            sessions,
+            users: Arc::new(KnownUsers::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(config),
             pool,
@@ -102,20 +119,43 @@ impl Application {
                 .clone()
                 .run(state.config.bus.clone(), background.clone()),
         );
+        tokio::spawn({
+            let (sessions, pool, token) = (
+                state.sessions.clone(),
+                state.pool.clone(),
+                background.clone(),
+            );
+            async move { sessions.run(pool, token).await }
+        });
+        tokio::spawn({
+            let (cache, token) = (state.read_cache.clone(), background.clone());
+            async move { cache.purge_expired_until(token).await }
+        });
 
-        let max_body = state.config.max_body_bytes;
+        let config = state.config.clone();
         let publisher = state.relay.publisher().clone();
-        let routes = router(state)
-            .layer(DefaultBodyLimit::max(max_body))
+        let routes = router(state.clone())
+            .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                state,
+                reject_oversized_bodies,
+            ))
+            .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let request_id = req
-                    .headers()
-                    .get(REQUEST_ID_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), correlation_id = %request_id)
-            }))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        let request_id = req
+                            .headers()
+                            .get(REQUEST_ID_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), correlation_id = %request_id)
+                    })
+                    // A 5xx here is already handled and reported where it arose
+                    // (an outage once per episode, an internal error at ERROR).
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
         // Normalizing the path must happen before routing, so it wraps the router.
         let app =
@@ -123,8 +163,8 @@ impl Application {
 
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
         let stop = background.clone();
-        let served = axum::serve(self.listener, ServiceExt::<Request>::into_make_service(app))
-            .with_graceful_shutdown(async move {
+        let served =
+            crate::server::serve(self.listener, app, config.header_read_timeout, async move {
                 signal.await;
                 stop.cancel();
             })

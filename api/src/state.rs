@@ -10,7 +10,9 @@ use sqlx::MySqlPool;
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
 use crate::feed::ChatFeed;
+use crate::known_users::KnownUsers;
 use crate::read_cache::ReadCache;
+use crate::sessions::RevokedSessions;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +23,10 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub feed: ChatFeed,
     pub read_cache: Arc<ReadCache>,
+    /// Sessions revoked recently enough that their access tokens may still be live.
+    pub sessions: Arc<RevokedSessions>,
+    /// User ids known to exist.
+    pub users: Arc<KnownUsers>,
     /// Requests served without a token under `AUTH_MODE=legacy`.
     pub legacy_requests: Arc<AtomicU64>,
 }

@@ -42,10 +42,16 @@ pub enum RowFormat {
 }
 
 impl RowFormat {
-    pub fn from_param(format: Option<&str>) -> Self {
-        match format {
-            Some(f) if f.eq_ignore_ascii_case("object") => RowFormat::Object,
-            _ => RowFormat::Positional,
+    /// `format=object`, `format=array` or none; anything else is refused rather
+    /// than guessed.
+    pub fn from_param(format: Option<&str>) -> Result<Self, String> {
+        match format.map(str::trim) {
+            None | Some("") => Ok(RowFormat::Positional),
+            Some(f) if f.eq_ignore_ascii_case("object") => Ok(RowFormat::Object),
+            Some(f) if f.eq_ignore_ascii_case("array") => Ok(RowFormat::Positional),
+            Some(other) => Err(format!(
+                "format must be `object` or `array` (the default), not {other:?}"
+            )),
         }
     }
 }

@@ -8,13 +8,28 @@
 //! outbox rows, the read-model updates, one commit. Each caller still gets its own
 //! answer: a conflict or a duplicate fails that append alone, and the others in the
 //! batch go on.
+//!
+//! Two failures must stay contained:
+//! - a batch the database refuses as a whole (a key the checks above missed, a
+//!   deadlock) is retried one job at a time, so one bad append fails alone instead
+//!   of failing every other caller of the batch;
+//! - a connection that hangs without erroring would block every append of the
+//!   process behind this one task, so each commit is bounded: on a timeout the
+//!   connection is dropped (never returned to the pool) and the batch fails as
+//!   unavailable. Its outcome is then unknown to the callers, which is why every
+//!   append a client may retry carries an idempotency key.
+//!
+//! The statements with a variable number of `IN (...)` terms are not prepared
+//! persistently: every distinct length would be another cached statement on every
+//! connection, and enough of them exceed the server's `max_prepared_stmt_count`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Row};
+use sqlx::{Acquire, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
@@ -39,9 +54,18 @@ pub(crate) struct Appender {
 }
 
 impl Appender {
-    pub(crate) fn spawn(pool: MySqlPool, projector: Arc<dyn InlineProjector>) -> Self {
+    pub(crate) fn spawn(
+        pool: MySqlPool,
+        projector: Arc<dyn InlineProjector>,
+        commit_timeout: Duration,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(pool, projector, receiver));
+        let committer = Committer {
+            pool,
+            projector,
+            commit_timeout,
+        };
+        tokio::spawn(run(committer, receiver));
         Self { queue }
     }
 
@@ -64,11 +88,7 @@ impl Appender {
     }
 }
 
-async fn run(
-    pool: MySqlPool,
-    projector: Arc<dyn InlineProjector>,
-    mut receiver: mpsc::Receiver<Append>,
-) {
+async fn run(committer: Committer, mut receiver: mpsc::Receiver<Append>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -77,17 +97,91 @@ async fn run(
                 Err(_) => break,
             }
         }
-        match commit(&pool, projector.as_ref(), &batch).await {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(outcome);
-                }
-            }
+        let outcomes = committer.commit_all(&batch).await;
+        for (job, outcome) in batch.into_iter().zip(outcomes) {
+            let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+/// Deadlocks and lock-wait timeouts are retried this often before a batch fails.
+const LOCK_ATTEMPTS: u32 = 3;
+
+struct Committer {
+    pool: MySqlPool,
+    projector: Arc<dyn InlineProjector>,
+    commit_timeout: Duration,
+}
+
+impl Committer {
+    /// One outcome per job, in order.
+    async fn commit_all(&self, batch: &[Append]) -> Vec<Outcome> {
+        match self.commit_retrying(batch).await {
+            Ok(outcomes) => outcomes,
+            // An outage fails every job alike: one at a time would fail the same way.
+            Err(error) if batch.len() == 1 || crate::db::is_unavailable(&error) => batch
+                .iter()
+                .map(|job| Err(failure_for(&error, job)))
+                .collect(),
             Err(error) => {
+                tracing::warn!(%error, jobs = batch.len(),
+                    "an append batch failed as a whole; committing its jobs one by one");
+                let mut outcomes = Vec::with_capacity(batch.len());
                 for job in batch {
-                    let failure = failure_for(&error, &job);
-                    let _ = job.reply.send(Err(failure));
+                    let one = std::slice::from_ref(job);
+                    outcomes.push(match self.commit_retrying(one).await {
+                        Ok(mut outcome) => outcome.pop().unwrap_or_else(|| {
+                            Err(AppendError::Database(sqlx::Error::Protocol(
+                                "append produced no outcome".into(),
+                            )))
+                        }),
+                        Err(error) => Err(failure_for(&error, job)),
+                    });
                 }
+                outcomes
+            }
+        }
+    }
+
+    async fn commit_retrying(&self, batch: &[Append]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut attempt = 1;
+        loop {
+            match self.commit_bounded(batch).await {
+                Err(e) if crate::db::is_lock_contention(&e) && attempt < LOCK_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`commit`] within `commit_timeout`, on a connection that is thrown away if the
+    /// time runs out (it may be hung mid-statement; the server rolls back on close).
+    async fn commit_bounded(&self, batch: &[Append]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut conn = tokio::time::timeout(self.commit_timeout, self.pool.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let committed = tokio::time::timeout(
+            self.commit_timeout,
+            commit(&mut conn, self.projector.as_ref(), batch),
+        )
+        .await;
+        match committed {
+            Ok(result) => result,
+            Err(_) => {
+                // Dropping the raw connection closes its socket without a goodbye
+                // that a hung peer would never answer; the pool opens a new one.
+                drop(conn.detach());
+                tracing::warn!(
+                    timeout_ms = self.commit_timeout.as_millis() as u64,
+                    jobs = batch.len(),
+                    "an append did not commit in time; its connection was dropped"
+                );
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the database did not commit in time",
+                )))
             }
         }
     }
@@ -95,11 +189,11 @@ async fn run(
 
 /// Commits what can be committed of `batch`; `Err` means nothing was.
 async fn commit(
-    pool: &MySqlPool,
+    conn: &mut sqlx::pool::PoolConnection<sqlx::MySql>,
     projector: &dyn InlineProjector,
     batch: &[Append],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     // The lock first: every read below then sees all appends committed before ours.
     let head: i64 =
         sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1 FOR UPDATE")
@@ -184,13 +278,14 @@ async fn commit(
             .push_bind(key)
             .push_bind(r.recorded_at);
     });
-    insert.build().execute(&mut *tx).await?;
+    insert.build().persistent(false).execute(&mut *tx).await?;
 
+    // `created_at` is the database's clock, which the relay's grace period uses too.
     let mut outbox = QueryBuilder::new("INSERT INTO outbox (global_position, created_at) ");
     outbox.push_values(&accepted, |mut row, (r, _)| {
-        row.push_bind(r.global_position).push_bind(recorded_at);
+        row.push_bind(r.global_position).push("NOW(6)");
     });
-    outbox.build().execute(&mut *tx).await?;
+    outbox.build().persistent(false).execute(&mut *tx).await?;
 
     let events: Vec<RecordedEvent> = accepted.into_iter().map(|(r, _)| r).collect();
     projector.apply(&mut tx, &events).await?;
@@ -217,6 +312,7 @@ async fn stream_versions(
     query.push(" GROUP BY stream_id");
     query
         .build()
+        .persistent(false)
         .try_map(|row: MySqlRow| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
         .fetch_all(tx)
         .await
@@ -242,7 +338,12 @@ async fn recorded_keys(
     });
     query
         .build()
-        .try_map(|row: MySqlRow| row.try_get::<String, _>(0))
+        .persistent(false)
+        // A binary collation reads back as bytes; keys were written as UTF-8.
+        .try_map(|row: MySqlRow| {
+            String::from_utf8(row.try_get::<Vec<u8>, _>(0)?)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        })
         .fetch_all(tx)
         .await
         .map(|rows| rows.into_iter().collect())
@@ -251,7 +352,7 @@ async fn recorded_keys(
 /// The batch failed as a whole: give each caller an error of the same kind (an
 /// outage stays an outage, a duplicate key stays a conflict), so it can retry.
 fn failure_for(error: &sqlx::Error, job: &Append) -> AppendError {
-    if crate::db::is_unavailable(error) {
+    if crate::db::is_unavailable(error) || crate::db::is_lock_contention(error) {
         return AppendError::Database(sqlx::Error::Io(std::io::Error::other(error.to_string())));
     }
     let duplicate_key = error

@@ -52,6 +52,9 @@ pub struct DatabaseSettings {
     /// `DB_ACQUIRE_TIMEOUT_MS`: how long a request waits for a connection before it
     /// is answered 503 (short, so a database outage is reported rather than hung on).
     pub acquire_timeout: Duration,
+    /// `DB_COMMIT_TIMEOUT_MS`: longest an append's commit may take; past it the
+    /// connection is dropped and the append answered 503.
+    pub commit_timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -63,6 +66,7 @@ impl DatabaseSettings {
             )?,
             max_connections: env_or("DB_MAX_CONNECTIONS", 16)?,
             acquire_timeout: Duration::from_millis(env_or("DB_ACQUIRE_TIMEOUT_MS", 3000)?),
+            commit_timeout: Duration::from_millis(env_or("DB_COMMIT_TIMEOUT_MS", 10_000)?),
         })
     }
 }

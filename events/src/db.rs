@@ -62,10 +62,11 @@ pub fn pool(settings: &DatabaseSettings, options: MySqlConnectOptions) -> MySqlP
                 Ok(conn.ping().await.is_ok())
             })
         })
-        // Every timestamp is written from Rust in UTC; make the session agree.
+        // Every timestamp is UTC, the database's own `NOW(6)` included. A lock wait
+        // gives up after a few seconds (and is retried) rather than the server's 50.
         .after_connect(|conn, _| {
             Box::pin(async move {
-                sqlx::query("SET time_zone = '+00:00'")
+                sqlx::query("SET time_zone = '+00:00', innodb_lock_wait_timeout = 5")
                     .execute(conn)
                     .await
                     .map(|_| ())
@@ -85,6 +86,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
     )
+}
+
+/// `true` for a deadlock (1213) or a lock wait that timed out (1205): the statement
+/// lost a race for a lock, and running it again is the cure. Clients get a 503 with
+/// "try again", never a 500.
+pub fn is_lock_contention(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|db| matches!(db.number(), 1205 | 1213))
 }
 
 /// Applies pending migrations under a server-wide named lock.

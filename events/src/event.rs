@@ -2,7 +2,8 @@
 //!
 //! Streams: `bot-<bot_id>` holds `BotCreated` and `BotDeleted`;
 //! `chat-<user_id>-<bot_id>` holds one conversation's `UserMessagePosted`,
-//! `BotReplyGenerated` and `BotReplyFailed`.
+//! `BotReplyGenerated` and `BotReplyFailed`; `session-<session_id>` holds one
+//! login's `SessionStarted`, `SessionRefreshed` and `SessionRevoked`.
 //!
 //! Events are immutable once written. Each type carries a `schema_version`; when a
 //! payload changes shape, bump the version and teach [`DomainEvent::decode`] to read
@@ -27,6 +28,10 @@ pub mod stream {
 
     pub fn chat(user_id: UserId, bot_id: BotId) -> String {
         format!("chat-{user_id}-{bot_id}")
+    }
+
+    pub fn session(session_id: uuid::Uuid) -> String {
+        format!("session-{session_id}")
     }
 }
 
@@ -107,6 +112,33 @@ pub struct BotReplyFailed {
     pub reason: String,
 }
 
+/// A login: the refresh token it issued may be spent once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStarted {
+    pub session_id: Uuid,
+    pub user_id: UserId,
+    /// The `jti` of the one refresh token this session may spend next.
+    pub refresh_jti: String,
+}
+
+/// A refresh token was spent and a new one issued in its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRefreshed {
+    pub session_id: Uuid,
+    pub user_id: UserId,
+    pub spent_jti: String,
+    pub refresh_jti: String,
+}
+
+/// No token of this session works any more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRevoked {
+    pub session_id: Uuid,
+    pub user_id: UserId,
+    /// `logout`, `password changed`, `refresh token reused`.
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum DomainEvent {
     BotCreated(BotCreated),
@@ -114,6 +146,9 @@ pub enum DomainEvent {
     UserMessagePosted(UserMessagePosted),
     BotReplyGenerated(BotReplyGenerated),
     BotReplyFailed(BotReplyFailed),
+    SessionStarted(SessionStarted),
+    SessionRefreshed(SessionRefreshed),
+    SessionRevoked(SessionRevoked),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +170,9 @@ impl DomainEvent {
     pub const BOT_REPLY_GENERATED: &'static str = "BotReplyGenerated";
     pub const BOT_REPLY_FAILED: &'static str = "BotReplyFailed";
     pub const BOT_DELETED: &'static str = "BotDeleted";
+    pub const SESSION_STARTED: &'static str = "SessionStarted";
+    pub const SESSION_REFRESHED: &'static str = "SessionRefreshed";
+    pub const SESSION_REVOKED: &'static str = "SessionRevoked";
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -143,6 +181,9 @@ impl DomainEvent {
             DomainEvent::UserMessagePosted(_) => Self::USER_MESSAGE_POSTED,
             DomainEvent::BotReplyGenerated(_) => Self::BOT_REPLY_GENERATED,
             DomainEvent::BotReplyFailed(_) => Self::BOT_REPLY_FAILED,
+            DomainEvent::SessionStarted(_) => Self::SESSION_STARTED,
+            DomainEvent::SessionRefreshed(_) => Self::SESSION_REFRESHED,
+            DomainEvent::SessionRevoked(_) => Self::SESSION_REVOKED,
         }
     }
 
@@ -160,7 +201,15 @@ impl DomainEvent {
                 .map(|id| format!("msg:{}:{}:{id}", e.user_id, e.bot_id)),
             DomainEvent::BotReplyGenerated(e) => Some(reply_key(e.reply_to)),
             DomainEvent::BotReplyFailed(e) => Some(reply_key(e.reply_to)),
-            DomainEvent::BotCreated(_) | DomainEvent::BotDeleted(_) => None,
+            // A refresh token is spent once: a second spend of the same one is a
+            // duplicate, which the session treats as reuse.
+            DomainEvent::SessionRefreshed(e) => {
+                Some(format!("refresh:{}:{}", e.session_id, e.spent_jti))
+            }
+            DomainEvent::BotCreated(_)
+            | DomainEvent::BotDeleted(_)
+            | DomainEvent::SessionStarted(_)
+            | DomainEvent::SessionRevoked(_) => None,
         }
     }
 
@@ -171,6 +220,9 @@ impl DomainEvent {
             DomainEvent::UserMessagePosted(e) => serde_json::to_value(e),
             DomainEvent::BotReplyGenerated(e) => serde_json::to_value(e),
             DomainEvent::BotReplyFailed(e) => serde_json::to_value(e),
+            DomainEvent::SessionStarted(e) => serde_json::to_value(e),
+            DomainEvent::SessionRefreshed(e) => serde_json::to_value(e),
+            DomainEvent::SessionRevoked(e) => serde_json::to_value(e),
         }
     }
 
@@ -201,6 +253,9 @@ impl DomainEvent {
             (Self::USER_MESSAGE_POSTED, 1) => parse(event).map(DomainEvent::UserMessagePosted),
             (Self::BOT_REPLY_GENERATED, 1) => parse(event).map(DomainEvent::BotReplyGenerated),
             (Self::BOT_REPLY_FAILED, 1) => parse(event).map(DomainEvent::BotReplyFailed),
+            (Self::SESSION_STARTED, 1) => parse(event).map(DomainEvent::SessionStarted),
+            (Self::SESSION_REFRESHED, 1) => parse(event).map(DomainEvent::SessionRefreshed),
+            (Self::SESSION_REVOKED, 1) => parse(event).map(DomainEvent::SessionRevoked),
             (other, version) => Err(DecodeError::Unknown {
                 event_type: other.to_string(),
                 schema_version: version,

@@ -15,6 +15,7 @@
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.
+//! - [`episode`]: expected, handled conditions logged once per episode.
 //! - [`outbox`]: the relay that moves committed events from the outbox table to the bus.
 //!
 //! The flow: a command appends events (event rows, outbox rows and read models in
@@ -26,6 +27,7 @@ pub mod appender;
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod episode;
 pub mod event;
 pub mod outbox;
 pub mod projections;

@@ -6,9 +6,16 @@
 //!   commit, so the usual case costs no polling delay;
 //! - [`OutboxRelay::run`]: a sweep in every api and worker process picks up rows that
 //!   stayed unsent for longer than a grace period (the broker was down, the process
-//!   crashed between commit and publish). Rows are claimed with
-//!   `FOR UPDATE SKIP LOCKED`, so any number of relays share the work without
-//!   publishing a row twice at the same time.
+//!   crashed between commit and publish).
+//!
+//! The sweep claims rows in one short `UPDATE` (a token and an expiry), then
+//! publishes with no transaction open, then marks what the broker confirmed and
+//! releases the rest. Holding row locks across `publish()` instead would block every
+//! append's `INSERT INTO outbox` for as long as a hung broker takes to not confirm.
+//! Claims let any number of relays share the work without publishing a row twice at
+//! the same time, and a relay that dies mid-claim only delays its rows until the
+//! claim expires. Every time here (grace, expiry) is the database's clock, so
+//! processes whose clocks disagree still agree on what is overdue.
 //!
 //! Delivery is at least once: a crash after the confirm and before the mark means a
 //! second publish, which consumers absorb (replies are idempotent per message).
@@ -17,12 +24,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::mysql::{MySqlPool, MySqlRow};
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, Publisher};
-use crate::store::{now_micros, recorded_from_row, RecordedEvent, SELECT_EVENTS};
+use crate::episode::Episode;
+use crate::store::{recorded_from_row, RecordedEvent, SELECT_EVENTS};
+
+/// How long a sweep's claim keeps other relays off its rows.
+const CLAIM_SECS: u32 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -40,6 +51,10 @@ pub struct OutboxRelay {
     grace: Duration,
     batch: u32,
     marks: SentMarks,
+    /// The broker refusing or not confirming publishes: one WARN per episode.
+    unpublished: Arc<Episode>,
+    /// Sweeps failing on the database.
+    sweep_failures: Arc<Episode>,
 }
 
 impl OutboxRelay {
@@ -50,6 +65,10 @@ impl OutboxRelay {
             publisher,
             grace: Duration::from_secs(2),
             batch: 200,
+            unpublished: Arc::new(Episode::new(
+                "publishing to the broker fails; events wait in the outbox",
+            )),
+            sweep_failures: Arc::new(Episode::new("the outbox sweep cannot reach the database")),
         }
     }
 
@@ -62,10 +81,12 @@ impl OutboxRelay {
     pub async fn publish_now(&self, events: &[RecordedEvent]) {
         for event in events {
             match self.publisher.publish(event).await {
-                Ok(()) => self.marks.mark(event.global_position),
+                Ok(()) => {
+                    self.unpublished.recovered();
+                    self.marks.mark(event.global_position);
+                }
                 Err(e) => {
-                    tracing::warn!(position = event.global_position, error = %e,
-                        "publish failed; the outbox relay will retry");
+                    self.unpublished.failed(&e);
                     break;
                 }
             }
@@ -74,49 +95,64 @@ impl OutboxRelay {
 
     /// Publishes one batch of overdue rows. Returns how many were sent.
     pub async fn sweep(&self) -> Result<usize, RelayError> {
-        let cutoff = now_micros()
-            - chrono::TimeDelta::from_std(self.grace).unwrap_or(chrono::TimeDelta::zero());
-        let mut tx = self.pool.begin().await?;
-        let claimed: Vec<(i64, i64)> = sqlx::query(
-            "SELECT id, global_position FROM outbox WHERE sent_at IS NULL AND created_at < ? \
-             ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let claimed = sqlx::query(
+            "UPDATE outbox SET claim_token = ?, claimed_until = NOW(6) + INTERVAL ? SECOND \
+             WHERE sent_at IS NULL AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
+             AND (claimed_until IS NULL OR claimed_until < NOW(6)) ORDER BY id LIMIT ?",
         )
-        .bind(cutoff)
+        .bind(&token)
+        .bind(CLAIM_SECS)
+        .bind(u64::try_from(self.grace.as_micros()).unwrap_or(u64::MAX))
         .bind(self.batch)
-        .try_map(|row: MySqlRow| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .fetch_all(&mut *tx)
-        .await?;
-        if claimed.is_empty() {
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
             return Ok(0);
         }
-
-        let mut select = QueryBuilder::new(SELECT_EVENTS);
-        select.push(" WHERE global_position IN ");
-        select.push_tuples(&claimed, |mut b, (_, position)| {
-            b.push_bind(position);
-        });
-        select.push(" ORDER BY global_position");
-        let events: Vec<RecordedEvent> = select
-            .build()
-            .try_map(|row: MySqlRow| recorded_from_row(&row))
-            .fetch_all(&mut *tx)
-            .await?;
+        let events: Vec<RecordedEvent> = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE global_position IN \
+             (SELECT global_position FROM outbox WHERE claim_token = ?) ORDER BY global_position"
+        ))
+        .bind(&token)
+        .try_map(|row: MySqlRow| recorded_from_row(&row))
+        .fetch_all(&self.pool)
+        .await?;
 
         let mut sent = Vec::with_capacity(events.len());
+        let mut failure = None;
         for event in &events {
-            self.publisher.publish(event).await?;
-            sent.push(event.global_position);
+            match self.publisher.publish(event).await {
+                Ok(()) => sent.push(event.global_position),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        let mut mark = QueryBuilder::new("UPDATE outbox SET sent_at = ");
-        mark.push_bind(now_micros())
-            .push(" WHERE global_position IN ");
-        mark.push_tuples(&sent, |mut b, p| {
-            b.push_bind(p);
-        });
-        mark.build().execute(&mut *tx).await?;
-        tx.commit().await?;
-        tracing::info!(count = sent.len(), "outbox relay published overdue events");
-        Ok(sent.len())
+        if !sent.is_empty() {
+            let mut mark =
+                QueryBuilder::new("UPDATE outbox SET sent_at = NOW(6) WHERE claim_token = ");
+            mark.push_bind(&token).push(" AND global_position IN ");
+            mark.push_tuples(&sent, |mut b, p| {
+                b.push_bind(p);
+            });
+            mark.build().persistent(false).execute(&self.pool).await?;
+            tracing::info!(count = sent.len(), "outbox relay published overdue events");
+        }
+        // Whatever was not sent is free for the next sweep at once.
+        sqlx::query(
+            "UPDATE outbox SET claim_token = NULL, claimed_until = NULL \
+             WHERE claim_token = ? AND sent_at IS NULL",
+        )
+        .bind(&token)
+        .execute(&self.pool)
+        .await?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(sent.len()),
+        }
     }
 
     /// Sweeps every `interval` until `shutdown`.
@@ -124,11 +160,15 @@ impl OutboxRelay {
         loop {
             let mut batch_full = false;
             match self.sweep().await {
-                Ok(n) => batch_full = n as u32 >= self.batch,
-                Err(RelayError::Bus(e)) => {
-                    tracing::debug!(error = %e, "outbox relay: broker unavailable")
+                Ok(n) => {
+                    self.sweep_failures.recovered();
+                    if n > 0 {
+                        self.unpublished.recovered();
+                    }
+                    batch_full = n as u32 >= self.batch;
                 }
-                Err(e) => tracing::warn!(error = %e, "outbox relay sweep failed"),
+                Err(RelayError::Bus(e)) => self.unpublished.failed(&e),
+                Err(RelayError::Database(e)) => self.sweep_failures.failed(&e),
             }
             if batch_full {
                 continue;
@@ -173,13 +213,13 @@ impl SentMarks {
                     Err(_) => break,
                 }
             }
-            let mut mark = QueryBuilder::new("UPDATE outbox SET sent_at = ");
-            mark.push_bind(now_micros())
-                .push(" WHERE sent_at IS NULL AND global_position IN ");
+            let mut mark = QueryBuilder::new(
+                "UPDATE outbox SET sent_at = NOW(6) WHERE sent_at IS NULL AND global_position IN ",
+            );
             mark.push_tuples(&batch, |mut b, p| {
                 b.push_bind(p);
             });
-            if let Err(e) = mark.build().execute(&pool).await {
+            if let Err(e) = mark.build().persistent(false).execute(&pool).await {
                 tracing::warn!(error = %e, count = batch.len(),
                     "could not mark outbox rows sent; the sweep may publish them again");
             }

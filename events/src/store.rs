@@ -106,6 +106,9 @@ pub trait InlineProjector: Send + Sync + 'static {
 /// Retries of an `ExpectedVersion::Any` append that hit a version conflict.
 const ANY_VERSION_ATTEMPTS: usize = 5;
 
+/// How long one group commit may take before its connection is dropped.
+pub const DEFAULT_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct EventStore {
     pool: MySqlPool,
@@ -115,8 +118,17 @@ pub struct EventStore {
 impl EventStore {
     /// Starts the store's appender task, so this must run inside a tokio runtime.
     pub fn new(pool: MySqlPool, projector: Arc<dyn InlineProjector>) -> Self {
+        Self::with_commit_timeout(pool, projector, DEFAULT_COMMIT_TIMEOUT)
+    }
+
+    /// As [`EventStore::new`], bounding each commit by `commit_timeout`.
+    pub fn with_commit_timeout(
+        pool: MySqlPool,
+        projector: Arc<dyn InlineProjector>,
+        commit_timeout: std::time::Duration,
+    ) -> Self {
         Self {
-            appender: Appender::spawn(pool.clone(), projector),
+            appender: Appender::spawn(pool.clone(), projector, commit_timeout),
             pool,
         }
     }

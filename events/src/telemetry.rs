@@ -3,12 +3,16 @@
 //! `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` switches to one JSON object
 //! per line for log shippers. Logs go to standard error, so that standard output
 //! stays clean for commands that write data (`worker replay export`).
+//!
+//! lapin is silenced by default: it logs every broker blip at ERROR, and our
+//! publisher and consumer supervisor already report those conditions themselves,
+//! once per episode (see [`crate::episode`]).
 
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init` so that tests which build the app in-process more than once don't panic.

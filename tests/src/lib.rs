@@ -51,6 +51,7 @@ impl Isolation {
                 url: format!("{}/{name}", database_server()),
                 max_connections: 8,
                 acquire_timeout: std::time::Duration::from_secs(5),
+                commit_timeout: std::time::Duration::from_secs(10),
             },
             bus: BusSettings {
                 url: amqp_url(),

@@ -166,7 +166,7 @@ impl Stack {
             ("DB_MAX_CONNECTIONS", "8".to_string()),
             ("AMQP_HEARTBEAT_SECS", "5".to_string()),
             ("REPLY_WAIT_SECS", "20".to_string()),
-            ("RUST_LOG", "info,sqlx=warn,lapin=warn".to_string()),
+            ("RUST_LOG", "info,sqlx=warn,lapin=off".to_string()),
             ("NO_COLOR", "1".to_string()),
         ]
         .into_iter()

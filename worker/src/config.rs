@@ -31,6 +31,9 @@ pub struct WorkerConfig {
     pub context_budget_chars: usize,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight messages may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `CONVERSATION_LEASE_SECS`: how long a crashed worker's hold on a
+    /// conversation keeps others waiting (a live one renews it).
+    pub conversation_lease: Duration,
 }
 
 impl WorkerConfig {
@@ -49,6 +52,7 @@ impl WorkerConfig {
             prefetch: env_or("WORKER_PREFETCH", 64)?,
             context_budget_chars: env_or("CONTEXT_BUDGET_CHARS", 12_000)?,
             shutdown_grace: Duration::from_secs(env_or("SHUTDOWN_GRACE_SECS", 30)?),
+            conversation_lease: Duration::from_secs(env_or("CONVERSATION_LEASE_SECS", 10)?),
         })
     }
 }

@@ -1,26 +1,62 @@
-//! One delivery's life: decode, trace, answer, then settle it with the broker.
+//! One delivery's life: read, trace, answer, then settle it with the broker.
 //!
 //! - answered (or nothing left to answer): ack, after the reply's commit;
 //! - the database is down: the responder waits it out in place (a delivery is not
 //!   spent on an outage); if the worker is stopping meanwhile, or another database
-//!   error persists, requeue after a pause, and the queue's delivery limit
-//!   dead-letters a message that keeps failing;
-//! - undecodable (poison): reject without requeue, straight to the dead letters.
+//!   error persists, requeue, and the queue's delivery limit dead-letters a
+//!   message that keeps failing;
+//! - unreadable: requeue, since a newer worker of a rolling deploy may read it; the
+//!   delivery limit dead-letters it if none can;
+//! - dead-lettered: [`handle_dead_letter`] records `BotReplyFailed`, so that the
+//!   message ends as `failed` rather than `pending` forever.
+//!
+//! A delivery is read only as far as the worker needs (its message id, user and
+//! bot, see [`MessageRef`]); the answer comes from the read models.
 
 use std::time::Duration;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde::Deserialize;
 use tracing::Instrument;
 
 use events::bus::correlation_id;
 use events::event::DomainEvent;
 use events::store::RecordedEvent;
 
-use crate::responder::Responder;
+use crate::responder::{MessageRef, Responder};
 
 /// Pause before requeueing after a transient failure, so an outage is not a hot loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// What a dead-lettered message's sender is told.
+const GIVEN_UP: &str =
+    "This message could not be processed after several attempts. Please send it again.";
+
+/// What a delivery holds, as far as the worker is concerned.
+enum Read {
+    Message(MessageRef),
+    /// Another event type (not for this queue): nothing to do.
+    Other(String),
+    Unreadable(String),
+}
+
+fn read(delivery: &Delivery) -> Read {
+    let event = match serde_json::from_slice::<RecordedEvent>(&delivery.data) {
+        Ok(event) => event,
+        Err(e) => return Read::Unreadable(format!("not an event: {e}")),
+    };
+    if event.event_type != DomainEvent::USER_MESSAGE_POSTED {
+        return Read::Other(event.event_type);
+    }
+    match MessageRef::deserialize(&event.payload) {
+        Ok(message) => Read::Message(message),
+        Err(e) => Read::Unreadable(format!(
+            "{} (schema version {}) lacks what the worker needs: {e}",
+            event.event_type, event.schema_version
+        )),
+    }
+}
 
 pub async fn handle_delivery(responder: Responder, delivery: Delivery) {
     let correlation = correlation_id(&delivery);
@@ -31,59 +67,91 @@ pub async fn handle_delivery(responder: Responder, delivery: Delivery) {
         redelivered = delivery.redelivered,
     );
     async move {
-        let message = serde_json::from_slice::<RecordedEvent>(&delivery.data)
-            .map_err(|e| e.to_string())
-            .and_then(|event| DomainEvent::decode(&event).map_err(|e| e.to_string()));
-        let message = match message {
-            Ok(DomainEvent::UserMessagePosted(m)) => m,
-            Ok(other) => {
-                tracing::warn!(
-                    event = other.event_type(),
-                    "unexpected event on the work queue; dropping it"
-                );
-                settle(delivery.acker.ack(BasicAckOptions::default()).await);
+        let message = match read(&delivery) {
+            Read::Message(message) => message,
+            Read::Other(event_type) => {
+                tracing::warn!(event = %event_type, "unexpected event on the work queue; dropping it");
+                ack(&delivery).await;
                 return;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable message; dead-lettering it");
-                settle(
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await,
-                );
+            Read::Unreadable(why) => {
+                tracing::warn!(%why, "cannot read this message; requeueing it for another worker");
+                requeue(&delivery, REQUEUE_PAUSE).await;
                 return;
             }
         };
         tracing::Span::current().record("message_id", tracing::field::display(message.message_id));
         match responder.answer(&message, correlation).await {
-            Ok(()) => settle(delivery.acker.ack(BasicAckOptions::default()).await),
+            Ok(()) => ack(&delivery).await,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "could not answer now; requeueing");
-                tokio::time::sleep(REQUEUE_PAUSE).await;
-                settle(
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        })
-                        .await,
-                );
+                let pause = match e {
+                    crate::responder::RespondError::Stopping => Duration::ZERO,
+                    _ => REQUEUE_PAUSE,
+                };
+                requeue(&delivery, pause).await;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot answer this message; dead-lettering it");
-                settle(
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await,
-                );
+                tracing::error!(error = %e, "cannot answer this message; recording its failure");
+                match responder.give_up(&message, GIVEN_UP).await {
+                    Ok(()) => ack(&delivery).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not record the failure; requeueing");
+                        requeue(&delivery, REQUEUE_PAUSE).await;
+                    }
+                }
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// A message given up on: record its failure (once), so that it is not left
+/// `pending` and a waiting `new_chat` hears about it.
+pub async fn handle_dead_letter(responder: Responder, delivery: Delivery) {
+    let span = tracing::info_span!(
+        "handle_dead_letter",
+        correlation_id = correlation_id(&delivery).as_deref().unwrap_or("-")
+    );
+    async move {
+        match read(&delivery) {
+            Read::Message(message) => match responder.give_up(&message, GIVEN_UP).await {
+                Ok(()) => ack(&delivery).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record a dead letter's failure; retrying");
+                    requeue(&delivery, REQUEUE_PAUSE).await;
+                }
+            },
+            Read::Other(event_type) => {
+                tracing::warn!(event = %event_type, "dead-lettered event needs no outcome");
+                ack(&delivery).await;
+            }
+            Read::Unreadable(why) => {
+                tracing::error!(%why, "a dead letter names no message; it is dropped and needs a person to look at it");
+                ack(&delivery).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn ack(delivery: &Delivery) {
+    settle(delivery.acker.ack(BasicAckOptions::default()).await);
+}
+
+async fn requeue(delivery: &Delivery, pause: Duration) {
+    tokio::time::sleep(pause).await;
+    settle(
+        delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await,
+    );
 }
 
 /// A failed ack means the channel is gone; the broker redelivers the message, and

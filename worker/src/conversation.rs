@@ -1,133 +1,98 @@
-//! One chat stream, folded into what the worker needs: the turns so far, and which
-//! user messages have no outcome (reply or failure) yet.
+//! A conversation as the worker needs it, read from the `chat_history` read model:
+//! which message to answer next, and the turns before it.
+//!
+//! Reading the read model rather than folding the event stream means that
+//! - the oldest unanswered message is found however long ago it was posted (a
+//!   backlog longer than any window is still answered in order);
+//! - an event this worker cannot decode (a newer schema during a rolling deploy)
+//!   does not stop it from answering the rest of the conversation.
 
-use uuid::Uuid;
+use sqlx::MySqlPool;
 
-use events::event::{DecodeError, DomainEvent, UserMessagePosted};
-use events::store::RecordedEvent;
+use events::event::{BotId, UserId};
+use events::projections::{ChatHistoryProjection, Exchange, HistoryRow};
 
 use crate::prompt::{Role, Turn};
 
-#[derive(Debug, Clone, PartialEq)]
-enum Entry {
-    User(UserMessagePosted),
-    Reply { reply_to: Uuid, content: String },
-    Failed { reply_to: Uuid },
+/// Most earlier messages read for one prompt: about what a context budget holds.
+const RECENT_EXCHANGES: u32 = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationId {
+    pub user_id: UserId,
+    pub bot_id: BotId,
 }
 
-#[derive(Debug, Default, Clone)]
-pub struct Conversation {
-    entries: Vec<Entry>,
+impl ConversationId {
+    /// The oldest message that still waits for an outcome.
+    pub async fn oldest_pending(
+        &self,
+        pool: &MySqlPool,
+    ) -> Result<Option<HistoryRow>, sqlx::Error> {
+        ChatHistoryProjection::oldest_pending(pool, self.user_id, self.bot_id).await
+    }
+
+    /// The turns up to and including the message at `seq`, oldest first.
+    pub async fn turns_through(
+        &self,
+        pool: &MySqlPool,
+        seq: i64,
+    ) -> Result<Vec<Turn>, sqlx::Error> {
+        let exchanges = ChatHistoryProjection::exchanges_through(
+            pool,
+            self.user_id,
+            self.bot_id,
+            seq,
+            RECENT_EXCHANGES,
+        )
+        .await?;
+        Ok(turns(&exchanges, seq))
+    }
 }
 
-impl Conversation {
-    pub fn from_events(events: &[RecordedEvent]) -> Result<Self, DecodeError> {
-        let mut entries = Vec::with_capacity(events.len());
-        for event in events {
-            entries.push(match DomainEvent::decode(event)? {
-                DomainEvent::UserMessagePosted(m) => Entry::User(m),
-                DomainEvent::BotReplyGenerated(r) => Entry::Reply {
-                    reply_to: r.reply_to,
-                    content: r.content,
-                },
-                DomainEvent::BotReplyFailed(f) => Entry::Failed {
-                    reply_to: f.reply_to,
-                },
-                _ => continue,
-            });
+/// Each message followed by its answer; the message at `seq` is the last turn.
+fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
+    let mut turns = Vec::with_capacity(exchanges.len() * 2);
+    for exchange in exchanges {
+        turns.push(Turn {
+            role: Role::User,
+            content: exchange.content.clone(),
+        });
+        if exchange.seq == seq {
+            break;
         }
-        Ok(Self { entries })
-    }
-
-    pub fn contains(&self, message_id: Uuid) -> bool {
-        self.entries
-            .iter()
-            .any(|e| matches!(e, Entry::User(m) if m.message_id == message_id))
-    }
-
-    fn is_answered(&self, message_id: Uuid) -> bool {
-        self.entries.iter().any(|e| match e {
-            Entry::Reply { reply_to, .. } | Entry::Failed { reply_to } => *reply_to == message_id,
-            Entry::User(_) => false,
-        })
-    }
-
-    /// The oldest unanswered message up to and including `message_id`: earlier
-    /// messages are answered first, so every reply sees the replies before it.
-    pub fn next_unanswered_up_to(&self, message_id: Uuid) -> Option<&UserMessagePosted> {
-        for entry in &self.entries {
-            if let Entry::User(m) = entry {
-                if !self.is_answered(m.message_id) {
-                    return Some(m);
-                }
-                if m.message_id == message_id {
-                    return None;
-                }
-            }
-        }
-        None
-    }
-
-    /// The turns up to and including `message_id`, for the prompt: each message
-    /// followed by its reply, even when the reply was recorded after later messages
-    /// (a user who posts twice quickly). Failures are left out.
-    pub fn turns_until(&self, message_id: Uuid) -> Vec<Turn> {
-        let mut turns = Vec::new();
-        for entry in &self.entries {
-            let Entry::User(m) = entry else { continue };
+        if let Some(answer) = exchange.answer() {
             turns.push(Turn {
-                role: Role::User,
-                content: m.content.clone(),
+                role: Role::Assistant,
+                content: answer.to_string(),
             });
-            if m.message_id == message_id {
-                break;
-            }
-            let reply = self.entries.iter().find_map(|e| match e {
-                Entry::Reply { reply_to, content } if *reply_to == m.message_id => Some(content),
-                _ => None,
-            });
-            if let Some(content) = reply {
-                turns.push(Turn {
-                    role: Role::Assistant,
-                    content: content.clone(),
-                });
-            }
         }
-        turns
     }
+    turns
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn user(id: Uuid, content: &str) -> Entry {
-        Entry::User(UserMessagePosted {
-            message_id: id,
-            user_id: 1,
-            bot_id: 1,
+    fn exchange(seq: i64, content: &str, reply: Option<(&str, &str)>) -> Exchange {
+        Exchange {
+            seq,
             content: content.into(),
-            client_msg_id: None,
-        })
+            created_at: chrono::NaiveDateTime::default(),
+            reply: reply.map(|(r, _)| r.to_string()),
+            reply_status: reply.map(|(_, s)| s.to_string()),
+        }
     }
 
     #[test]
-    fn replies_follow_their_messages_and_earlier_messages_come_first() {
-        let (m1, m2, m3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let conversation = Conversation {
-            entries: vec![
-                user(m1, "first"),
-                user(m2, "second"),
-                Entry::Reply {
-                    reply_to: m1,
-                    content: "one".into(),
-                },
-                user(m3, "third"),
-                Entry::Failed { reply_to: m2 },
-            ],
-        };
-        let turns: Vec<(Role, String)> = conversation
-            .turns_until(m3)
+    fn answers_follow_their_messages_and_failures_are_left_out() {
+        let exchanges = [
+            exchange(1, "first", Some(("one", "done"))),
+            exchange(2, "second", Some(("the model failed", "failed"))),
+            exchange(4, "third", None),
+        ];
+        let turns: Vec<(Role, String)> = turns(&exchanges, 4)
             .into_iter()
             .map(|t| (t.role, t.content))
             .collect();
@@ -139,17 +104,5 @@ mod tests {
         ]
         .map(|(r, c)| (r, c.to_string()));
         assert_eq!(turns, expected.to_vec());
-        assert_eq!(
-            conversation.next_unanswered_up_to(m3).map(|m| m.message_id),
-            Some(m3)
-        );
-        assert!(conversation.next_unanswered_up_to(m1).is_none());
-        let pending = Conversation {
-            entries: vec![user(m1, "a"), user(m2, "b")],
-        };
-        assert_eq!(
-            pending.next_unanswered_up_to(m2).map(|m| m.message_id),
-            Some(m1)
-        );
     }
 }

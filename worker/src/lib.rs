@@ -3,21 +3,23 @@
 //! workers run.
 //!
 //! - [`config`]: typed settings (`OPENAI_*`, `WORKER_PREFETCH`, retry budget, ...).
-//! - [`conversation`]: a chat stream folded into turns, and which messages still
-//!   wait for an answer.
+//! - [`conversation`]: a conversation read from the history read model: which
+//!   message to answer next, and the turns before it.
+//! - [`lease`]: one answerer per conversation at a time, across processes.
 //! - [`prompt`]: the one function that builds what the model sees, from (bot,
 //!   memory, recent turns, now).
 //! - [`model`]: the model behind async-openai, or the offline responder, and the
 //!   single retry layer around it.
 //! - [`responder`]: answers a message: load, prompt, call, append, publish.
-//! - [`consumer`]: a delivery's life: decode, trace, answer, then ack, requeue or
-//!   dead-letter.
+//! - [`consumer`]: a delivery's life: read, trace, answer, then ack or requeue;
+//!   and dead letters, which get their failure recorded.
 //! - [`replay`]: `worker replay rebuild` and `worker replay export`, for operators.
 //! - [`startup`]: wires it together and runs until SIGTERM.
 
 pub mod config;
 pub mod consumer;
 pub mod conversation;
+pub mod lease;
 pub mod model;
 pub mod prompt;
 pub mod replay;

@@ -21,7 +21,10 @@ use async_openai::Client;
 use crate::config::ModelSettings;
 use crate::prompt::{Prompt, Role};
 
-/// How one attempt failed.
+/// How one attempt failed. The text is safe to show a user and to store in the
+/// history: it names the kind of failure and the HTTP status, never the provider's
+/// own message, which can carry account details ("Incorrect API key provided:
+/// sk-..."). That message goes to the log only.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AttemptError {
     /// Worth another attempt: rate limits, 5xx, timeouts, network errors.
@@ -110,13 +113,14 @@ impl Model {
                 Err(AttemptError::Permanent(reason)) => {
                     tracing::warn!(attempt, %reason, "model refused the request");
                     return Err(ModelFailure(format!(
-                        "The model could not answer this message: {reason}"
+                        "The model could not answer this message: {reason}."
                     )));
                 }
                 Err(AttemptError::Transient(reason)) if attempt >= self.max_attempts => {
                     tracing::warn!(attempt, %reason, "model still failing; giving up");
                     return Err(ModelFailure(format!(
-                        "The model is unavailable right now ({reason}; tried {attempt} times). Please send the message again later."
+                        "The model is unavailable right now ({reason}; tried {attempt} times). \
+                         Please send the message again later."
                     )));
                 }
                 Err(AttemptError::Transient(reason)) => {
@@ -167,30 +171,50 @@ fn to_messages(prompt: &Prompt) -> Vec<ChatCompletionRequestMessage> {
     messages
 }
 
-/// Sorts an async-openai error into "try again" or "give up".
+/// Sorts an async-openai error into "try again" or "give up", with a reason safe
+/// for users; the provider's own text is logged here and goes nowhere else.
 pub fn classify(error: OpenAIError) -> AttemptError {
     match error {
         OpenAIError::ApiError(response) => {
             let status = response.status_code.as_u16();
             let api = response.api_error;
+            tracing::warn!(status, provider_message = %api.message, code = ?api.code,
+                kind = ?api.r#type, "the model provider returned an error");
             let no_quota = api.code.as_deref() == Some("insufficient_quota")
                 || api.r#type.as_deref() == Some("insufficient_quota");
-            let reason = format!("HTTP {status}: {}", api.message);
             if no_quota {
                 AttemptError::Permanent(format!(
-                    "the model provider's quota is exhausted ({reason})"
+                    "the model provider's quota is exhausted (HTTP {status})"
                 ))
-            } else if status == 429 || status == 408 || status >= 500 {
-                AttemptError::Transient(reason)
+            } else if status == 429 {
+                AttemptError::Transient(format!("the model is rate limited (HTTP {status})"))
+            } else if status == 408 || status >= 500 {
+                AttemptError::Transient(format!("the model server failed (HTTP {status})"))
+            } else if status == 401 || status == 403 {
+                AttemptError::Permanent(format!(
+                    "the model provider refused this server's credentials (HTTP {status})"
+                ))
             } else {
-                AttemptError::Permanent(reason)
+                AttemptError::Permanent(format!("the model refused the request (HTTP {status})"))
             }
         }
-        OpenAIError::Reqwest(e) => AttemptError::Transient(format!("network error: {e}")),
-        OpenAIError::JSONDeserialize(e, _) => {
-            AttemptError::Transient(format!("unreadable answer from the model server: {e}"))
+        OpenAIError::Reqwest(e) => {
+            tracing::warn!(error = %e, "network error calling the model");
+            let reason = if e.is_timeout() {
+                "the model did not answer in time"
+            } else {
+                "the model server could not be reached"
+            };
+            AttemptError::Transient(reason.into())
         }
-        other => AttemptError::Permanent(other.to_string()),
+        OpenAIError::JSONDeserialize(e, _) => {
+            tracing::warn!(error = %e, "unreadable answer from the model server");
+            AttemptError::Transient("the model server sent an unreadable answer".into())
+        }
+        other => {
+            tracing::warn!(error = %other, "the model call failed");
+            AttemptError::Permanent("the model call failed".into())
+        }
     }
 }
 

@@ -1,10 +1,14 @@
-//! Answering one user message, exactly once.
+//! Answering one user message, exactly once, with one model call.
 //!
-//! The reply's idempotency key is derived from the message it answers, so however
-//! many deliveries or workers race on a message, only one `BotReplyGenerated` (or
-//! `BotReplyFailed`) can be appended; the losers see `Duplicate` and move on. Older
-//! unanswered messages of the same conversation are answered first, so that every
-//! reply is generated with the replies before it in its context.
+//! - Exactly once: the reply's idempotency key is derived from the message it
+//!   answers, so however many deliveries or workers race on a message, only one
+//!   `BotReplyGenerated` (or `BotReplyFailed`) can be appended.
+//! - One model call: a delivery first takes the conversation's lease (see
+//!   [`crate::lease`]), so only one delivery at a time calls the model for a
+//!   conversation, and it answers the oldest unanswered messages up to its own, in
+//!   order. The deliveries behind it mostly find their message answered already.
+//! - In order: the next message is found in the `chat_history` read model, however
+//!   old it is, and every reply is generated with the replies before it in context.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,18 +19,27 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use events::bus::Backoff;
-use events::db::is_unavailable;
+use events::db::{is_lock_contention, is_unavailable};
 use events::event::{
-    stream, BotReplyFailed, BotReplyGenerated, DecodeError, DomainEvent, EventMetadata,
-    UserMessagePosted,
+    stream, BotId, BotReplyFailed, BotReplyGenerated, DomainEvent, EventMetadata, UserId,
 };
 use events::outbox::OutboxRelay;
-use events::projections::BotsProjection;
+use events::projections::{BotsProjection, ChatHistoryProjection, HistoryRow, MessageStatus};
 use events::store::{AppendError, EventStore, ExpectedVersion};
 
-use crate::conversation::Conversation;
+use crate::conversation::ConversationId;
+use crate::lease::ConversationLeases;
 use crate::model::Model;
-use crate::prompt::{build_prompt, BotProfile};
+use crate::prompt::{build_prompt, BotProfile, Turn};
+
+/// What the worker needs of a delivered `UserMessagePosted`, whatever its schema
+/// version: any version that still names these three fields can be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct MessageRef {
+    pub message_id: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RespondError {
@@ -35,34 +48,36 @@ pub enum RespondError {
     Database(#[from] sqlx::Error),
     #[error("append failed: {0}")]
     Append(#[from] AppendError),
-    /// The stream holds an event this worker cannot read: retrying will not help.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
     #[error("cannot encode the reply: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the read model holds a malformed message id {0:?}")]
+    MalformedId(String),
+    /// The worker is shutting down: the message goes back to the queue.
+    #[error("the worker is stopping")]
+    Stopping,
 }
 
 impl RespondError {
     /// Worth another try later (the delivery is requeued), as opposed to a message
     /// that can never be answered (dead-lettered).
     pub fn is_transient(&self) -> bool {
-        matches!(self, RespondError::Database(_) | RespondError::Append(_))
+        matches!(
+            self,
+            RespondError::Database(_) | RespondError::Append(_) | RespondError::Stopping
+        )
     }
 
-    /// The database is unreachable: wait it out rather than spend deliveries.
+    /// The database is unreachable or contended: wait it out rather than spend
+    /// deliveries.
     fn is_outage(&self) -> bool {
         match self {
             RespondError::Database(e) | RespondError::Append(AppendError::Database(e)) => {
-                is_unavailable(e)
+                is_unavailable(e) || is_lock_contention(e)
             }
             _ => false,
         }
     }
 }
-
-/// How much of a conversation is read to answer a message: about as many turns as
-/// a prompt's context budget holds, and reading more costs every message.
-const RECENT_EVENTS: u32 = 100;
 
 /// Other database errors (a deadlock, say) are retried this often in place.
 const IN_PLACE_ATTEMPTS: u32 = 3;
@@ -72,6 +87,7 @@ pub struct Responder {
     store: EventStore,
     relay: OutboxRelay,
     model: Arc<Model>,
+    leases: ConversationLeases,
     context_budget_chars: usize,
     shutdown: CancellationToken,
 }
@@ -81,6 +97,7 @@ impl Responder {
         store: EventStore,
         relay: OutboxRelay,
         model: Arc<Model>,
+        leases: ConversationLeases,
         context_budget_chars: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -88,6 +105,7 @@ impl Responder {
             store,
             relay,
             model,
+            leases,
             context_budget_chars,
             shutdown,
         }
@@ -128,42 +146,74 @@ impl Responder {
     /// outcome. Safe to call any number of times, from any number of workers.
     pub async fn answer(
         &self,
-        message: &UserMessagePosted,
+        message: &MessageRef,
         correlation_id: Option<String>,
     ) -> Result<(), RespondError> {
+        let id = message.message_id.to_string();
+        let pool = self.store.pool();
+        let row = self
+            .persist("find the message", || async {
+                Ok(ChatHistoryProjection::find_message(pool, &id).await?)
+            })
+            .await?;
+        let Some(row) = row else {
+            tracing::warn!("message not found in the history; nothing to answer");
+            return Ok(());
+        };
+        if row.status != MessageStatus::Pending.as_str() {
+            return Ok(());
+        }
+        let conversation = ConversationId {
+            user_id: message.user_id,
+            bot_id: message.bot_id,
+        };
         let stream_id = stream::chat(message.user_id, message.bot_id);
+        let lease = self
+            .persist("take the conversation's lease", || async {
+                Ok(self.leases.acquire(&stream_id, &self.shutdown).await?)
+            })
+            .await?
+            .ok_or(RespondError::Stopping)?;
+        let answered = self
+            .answer_through(conversation, row.seq, correlation_id)
+            .await;
+        lease.release().await;
+        answered
+    }
+
+    /// Answers the conversation's unanswered messages, oldest first, up to the one
+    /// at `seq`. Runs under the conversation's lease.
+    async fn answer_through(
+        &self,
+        conversation: ConversationId,
+        seq: i64,
+        correlation_id: Option<String>,
+    ) -> Result<(), RespondError> {
+        let pool = self.store.pool();
+        let stream_id = stream::chat(conversation.user_id, conversation.bot_id);
         loop {
-            // The recent part of the conversation is all a prompt can use; the whole
-            // stream is read only for a message older than that.
-            let recent = self
-                .persist("read the conversation", || async {
-                    Ok(self
-                        .store
-                        .read_stream_tail(&stream_id, RECENT_EVENTS)
-                        .await?)
+            let next = self
+                .persist("find the oldest unanswered message", || async {
+                    Ok(conversation.oldest_pending(pool).await?)
                 })
                 .await?;
-            let mut conversation = Conversation::from_events(&recent)?;
-            if !conversation.contains(message.message_id) && recent.len() as u32 == RECENT_EVENTS {
-                let events = self
-                    .persist("read the whole conversation", || async {
-                        Ok(self.store.read_stream(&stream_id).await?)
-                    })
-                    .await?;
-                conversation = Conversation::from_events(&events)?;
-            }
-            if !conversation.contains(message.message_id) {
-                tracing::warn!(message_id = %message.message_id, "message not found in its stream; nothing to answer");
-                return Ok(());
-            }
-            let Some(next) = conversation.next_unanswered_up_to(message.message_id) else {
+            let Some(next) = next.filter(|next| next.seq <= seq) else {
                 return Ok(());
             };
-            let outcome = self.outcome_for(next, &conversation).await?;
+            let reply_to = Uuid::parse_str(&next.message_id)
+                .map_err(|_| RespondError::MalformedId(next.message_id.clone()))?;
+            let turns = self
+                .persist("read the conversation", || async {
+                    Ok(conversation.turns_through(pool, next.seq).await?)
+                })
+                .await?;
+            let outcome = self
+                .outcome_for(conversation, reply_to, &next, &turns)
+                .await?;
             let metadata = EventMetadata {
                 correlation_id: correlation_id.clone(),
-                causation_id: Some(next.message_id),
-                user_id: Some(next.user_id),
+                causation_id: Some(reply_to),
+                user_id: Some(conversation.user_id),
             };
             let event = outcome.to_new_event(metadata)?;
             let appended = self
@@ -184,11 +234,11 @@ impl Responder {
                 .await?;
             match appended {
                 Some(recorded) => {
-                    tracing::info!(reply_to = %next.message_id, event = outcome.event_type(), "reply recorded");
+                    tracing::info!(%reply_to, event = outcome.event_type(), "reply recorded");
                     self.relay.publish_now(&recorded).await;
                 }
                 None => {
-                    tracing::info!(reply_to = %next.message_id, "another delivery answered this message first");
+                    tracing::info!(%reply_to, "another delivery answered this message first");
                 }
             }
         }
@@ -197,25 +247,29 @@ impl Responder {
     /// Calls the model (or explains why not) for one message.
     async fn outcome_for(
         &self,
-        message: &UserMessagePosted,
-        conversation: &Conversation,
+        conversation: ConversationId,
+        reply_to: Uuid,
+        message: &HistoryRow,
+        turns: &[Turn],
     ) -> Result<DomainEvent, RespondError> {
         let failed = |reason: String| {
             DomainEvent::BotReplyFailed(BotReplyFailed {
                 message_id: Uuid::now_v7(),
-                reply_to: message.message_id,
-                user_id: message.user_id,
-                bot_id: message.bot_id,
+                reply_to,
+                user_id: conversation.user_id,
+                bot_id: conversation.bot_id,
                 reason,
             })
         };
+        let pool = self.store.pool();
         let bot = self
             .persist("load the bot", || async {
-                Ok(BotsProjection::find(self.store.pool(), message.bot_id).await?)
+                Ok(BotsProjection::find(pool, conversation.bot_id).await?)
             })
             .await?;
         let bot = match bot {
-            Some(bot) if bot.deleted_at.is_none() && bot.user_id == message.user_id => bot,
+            Some(bot) if bot.deleted_at.is_none() && bot.user_id == conversation.user_id => bot,
+            // Posted just as the bot was deleted: answered without calling the model.
             _ => {
                 return Ok(failed(
                     "This chatbot has been deleted, so it cannot reply.".into(),
@@ -227,23 +281,58 @@ impl Responder {
             name: bot.chatbot_name,
             persona: bot.chatbot_persona,
         };
-        let prompt = build_prompt(
-            &profile,
-            None,
-            &conversation.turns_until(message.message_id),
-            Utc::now(),
-            self.context_budget_chars,
-        );
+        let prompt = build_prompt(&profile, None, turns, Utc::now(), self.context_budget_chars);
+        tracing::debug!(seq = message.seq, "calling the model");
         Ok(match self.model.complete(&prompt).await {
             Ok(content) => DomainEvent::BotReplyGenerated(BotReplyGenerated {
                 message_id: Uuid::now_v7(),
-                reply_to: message.message_id,
-                user_id: message.user_id,
-                bot_id: message.bot_id,
+                reply_to,
+                user_id: conversation.user_id,
+                bot_id: conversation.bot_id,
                 content,
                 model: self.model.name().to_string(),
             }),
             Err(failure) => failed(failure.0),
         })
+    }
+
+    /// Records that `message` was given up on (dead-lettered), unless it already has
+    /// an outcome, so that nobody waits for it forever.
+    pub async fn give_up(&self, message: &MessageRef, reason: &str) -> Result<(), RespondError> {
+        let id = message.message_id.to_string();
+        match ChatHistoryProjection::find_message(self.store.pool(), &id).await? {
+            Some(row) if row.status == MessageStatus::Pending.as_str() => {}
+            Some(_) => return Ok(()),
+            None => {
+                tracing::error!(message_id = %id, "a dead-lettered message is not in any history; dropping it");
+                return Ok(());
+            }
+        }
+        let event = DomainEvent::BotReplyFailed(BotReplyFailed {
+            message_id: Uuid::now_v7(),
+            reply_to: message.message_id,
+            user_id: message.user_id,
+            bot_id: message.bot_id,
+            reason: reason.to_string(),
+        })
+        .to_new_event(EventMetadata {
+            correlation_id: None,
+            causation_id: Some(message.message_id),
+            user_id: Some(message.user_id),
+        })?;
+        let stream_id = stream::chat(message.user_id, message.bot_id);
+        match self
+            .store
+            .append_to_stream(&stream_id, ExpectedVersion::Any, &[event])
+            .await
+        {
+            Ok(recorded) => {
+                tracing::warn!(message_id = %message.message_id, %reason, "gave up on a message; recorded its failure");
+                self.relay.publish_now(&recorded).await;
+                Ok(())
+            }
+            Err(AppendError::Duplicate(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -3,6 +3,11 @@
 //! [`Caller`] serves the chat and bot routes and follows `AUTH_MODE`; [`TokenUser`]
 //! serves the user routes, which always need an access token. Handlers receive the
 //! result and never read headers themselves.
+//!
+//! A token is refused when its signature, type or expiry is wrong, when its
+//! session was revoked (logout, password change, a reused refresh token), and when
+//! its user does not exist. The last two are answered from memory (see
+//! `sessions` and `known_users`), so a valid token costs no database round trip.
 
 use std::sync::atomic::Ordering;
 
@@ -12,6 +17,7 @@ use axum::http::request::Parts;
 
 use events::event::UserId;
 
+use super::jwt::Claims;
 use super::{AuthMode, TokenKind};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -49,11 +55,18 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         match bearer(parts) {
-            Some(Ok(token)) => state
-                .jwt
-                .verify(token, TokenKind::Access)
-                .map(|claims| Caller::Token(claims.user_id))
-                .map_err(|e| ApiError::Unauthorized(format!("Access token rejected: {e}. Log in again or refresh the token."))),
+            Some(Ok(token)) => {
+                let claims = state
+                    .jwt
+                    .verify(token, TokenKind::Access)
+                    .map_err(|e| ApiError::Unauthorized(format!("Access token rejected: {e}. Log in again or refresh the token.")))?;
+                match check_session(&claims, state).await? {
+                    Ok(()) => Ok(Caller::Token(claims.user_id)),
+                    Err(why) => Err(ApiError::Unauthorized(format!(
+                        "Access token rejected: {why}. Log in again."
+                    ))),
+                }
+            }
             Some(Err(())) => Err(ApiError::Unauthorized(
                 "The Authorization header must be `Bearer <access token>`.".into(),
             )),
@@ -65,9 +78,25 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// Whether a validly signed access token may still act: `Ok(Err(why))` when not.
+async fn check_session(
+    claims: &Claims,
+    state: &AppState,
+) -> Result<Result<(), &'static str>, ApiError> {
+    if state.sessions.is_revoked(&claims.sid) {
+        return Ok(Err("its session was signed out"));
+    }
+    if !state.users.exists(&state.pool, claims.user_id).await? {
+        return Ok(Err("its user does not exist"));
+    }
+    Ok(Ok(()))
+}
+
 impl Caller {
-    /// The user this request acts for, given the `user_id` it names (if any).
-    pub fn acting_for(
+    /// The user this request acts for, given the `user_id` it names (if any). A
+    /// legacy request naming a user that does not exist gets the route's usual
+    /// "not found", and nothing is stored for nobody.
+    pub async fn acting_for(
         self,
         requested: Option<UserId>,
         state: &AppState,
@@ -78,6 +107,11 @@ impl Caller {
             ),
             (Caller::Token(user), _) => Ok(user),
             (Caller::Legacy, Some(requested)) => {
+                if !state.users.exists(&state.pool, requested).await? {
+                    return Err(ApiError::NotFound(format!(
+                        "No user with user_id {requested}."
+                    )));
+                }
                 let served = state.legacy_requests.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(
                     legacy_request = true,
@@ -112,11 +146,19 @@ impl FromRequestParts<AppState> for TokenUser {
         match bearer(parts) {
             None => Err(ApiError::NotAuthenticated),
             Some(Err(())) => Err(invalid),
-            Some(Ok(token)) => state
-                .jwt
-                .verify(token, TokenKind::Access)
-                .map(|claims| TokenUser(claims.user_id))
-                .map_err(|_| invalid),
+            Some(Ok(token)) => {
+                let claims = state
+                    .jwt
+                    .verify(token, TokenKind::Access)
+                    .map_err(|_| invalid)?;
+                match check_session(&claims, state).await? {
+                    Ok(()) => Ok(TokenUser(claims.user_id)),
+                    Err(_) => Err(ApiError::TokenNotValid {
+                        detail: "Given token not valid for any token type",
+                        access_messages: true,
+                    }),
+                }
+            }
         }
     }
 }

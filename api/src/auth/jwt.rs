@@ -1,5 +1,6 @@
 //! Access and refresh tokens: HS256 JWTs carrying simplejwt's claims
-//! (`token_type`, `user_id`, `exp`, `iat`, `jti`).
+//! (`token_type`, `user_id`, `exp`, `iat`, `jti`) and the login session they belong
+//! to (`sid`), so that a session can be revoked with all its tokens.
 //!
 //! Only HS256 is accepted, so `alg: none` and algorithm-confusion tokens fail, and
 //! the `token_type` claim keeps a refresh token from ever working as an access token
@@ -27,6 +28,8 @@ pub struct Claims {
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
+    /// The session (one login) that issued this token.
+    pub sid: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +70,18 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(&self, user_id: UserId, kind: TokenKind) -> Result<String, TokenError> {
+    /// A fresh random token id.
+    pub fn new_jti() -> String {
+        Uuid::new_v4().simple().to_string()
+    }
+
+    pub fn issue(
+        &self,
+        user_id: UserId,
+        sid: &str,
+        kind: TokenKind,
+        jti: String,
+    ) -> Result<String, TokenError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = match kind {
             TokenKind::Access => self.access_ttl,
@@ -78,16 +92,22 @@ impl JwtKeys {
             user_id,
             iat: now,
             exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
-            jti: Uuid::new_v4().simple().to_string(),
+            jti,
+            sid: sid.to_string(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Sign)
     }
 
-    /// A fresh access and refresh token.
-    pub fn pair(&self, user_id: UserId) -> Result<(String, String), TokenError> {
+    /// A fresh access token and the refresh token `refresh_jti` of session `sid`.
+    pub fn pair(
+        &self,
+        user_id: UserId,
+        sid: &str,
+        refresh_jti: &str,
+    ) -> Result<(String, String), TokenError> {
         Ok((
-            self.issue(user_id, TokenKind::Access)?,
-            self.issue(user_id, TokenKind::Refresh)?,
+            self.issue(user_id, sid, TokenKind::Access, Self::new_jti())?,
+            self.issue(user_id, sid, TokenKind::Refresh, refresh_jti.to_string())?,
         ))
     }
 
@@ -117,8 +137,10 @@ mod tests {
     #[test]
     fn a_real_token_round_trips_and_kinds_do_not_mix() {
         let keys = keys();
-        let (access, refresh) = keys.pair(42).unwrap();
+        let (access, refresh) = keys.pair(42, "s1", "j1").unwrap();
         assert_eq!(keys.verify(&access, TokenKind::Access).unwrap().user_id, 42);
+        let claims = keys.verify(&refresh, TokenKind::Refresh).unwrap();
+        assert_eq!((claims.sid.as_str(), claims.jti.as_str()), ("s1", "j1"));
         assert_eq!(
             keys.verify(&refresh, TokenKind::Refresh).unwrap().user_id,
             42
@@ -133,15 +155,19 @@ mod tests {
     #[test]
     fn tampered_foreign_and_unsigned_tokens_fail() {
         let keys = keys();
-        let access = keys.issue(1, TokenKind::Access).unwrap();
+        let access = keys
+            .issue(1, "s", TokenKind::Access, JwtKeys::new_jti())
+            .unwrap();
         let mut parts: Vec<String> = access.split('.').map(str::to_string).collect();
         // Re-sign nothing: swap the payload for one naming another user.
-        let other = keys.issue(2, TokenKind::Access).unwrap();
+        let other = keys
+            .issue(2, "s", TokenKind::Access, JwtKeys::new_jti())
+            .unwrap();
         parts[1] = other.split('.').nth(1).unwrap().to_string();
         assert!(keys.verify(&parts.join("."), TokenKind::Access).is_err());
 
         let foreign = JwtKeys::new("other", Duration::from_secs(60), Duration::from_secs(60))
-            .issue(1, TokenKind::Access)
+            .issue(1, "s", TokenKind::Access, JwtKeys::new_jti())
             .unwrap();
         assert!(keys.verify(&foreign, TokenKind::Access).is_err());
 

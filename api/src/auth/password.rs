@@ -1,37 +1,86 @@
-//! argon2id password hashes. Hashing is deliberately slow, so it runs on the blocking
-//! pool rather than stalling the request threads.
+//! argon2id password hashes.
+//!
+//! Hashing is deliberately slow and memory-hungry (19 MiB each), so it runs on the
+//! blocking pool, at most one per core at a time: 500 concurrent logins queue for
+//! a permit instead of costing 10 GB at once.
+//!
+//! A login for an unknown user still verifies (against a fixed dummy hash), so the
+//! answer takes as long as for a real one and does not reveal which usernames
+//! exist.
+
+use std::sync::LazyLock;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 
+static PERMITS: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+
+/// A hash of a password nobody has, computed once, to verify unknown users against.
+static DUMMY_HASH: LazyLock<Option<String>> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(b"no user has this password", &salt)
+        .map(|h| h.to_string())
+        .ok()
+});
+
+/// Computes the dummy hash now, so the first unknown login is not slower.
+pub async fn warm_up() {
+    let _ = tokio::task::spawn_blocking(|| LazyLock::force(&DUMMY_HASH).is_some()).await;
+}
+
+async fn bounded<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = PERMITS
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing permits closed: {e}")))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))
+}
+
 pub async fn hash(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    bounded(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
             .map_err(|e| ApiError::Internal(format!("hashing failed: {e}")))
     })
-    .await
-    .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))?
+    .await?
 }
 
 /// `true` when `password` matches the stored hash. An unreadable hash never matches.
 pub async fn verify(password: String, stored_hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&stored_hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
+    bounded(move || matches(&password, &stored_hash)).await
+}
+
+/// Spends the same work as [`verify`] and always fails: for unknown users.
+pub async fn verify_nobody(password: String) -> Result<bool, ApiError> {
+    bounded(move || {
+        if let Some(dummy) = DUMMY_HASH.as_deref() {
+            let _ = matches(&password, dummy);
+        }
+        false
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("verification task failed: {e}")))
+}
+
+fn matches(password: &str, stored_hash: &str) -> bool {
+    PasswordHash::new(stored_hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -47,5 +96,6 @@ mod tests {
         assert!(!super::verify("x".into(), "not a hash".into())
             .await
             .unwrap());
+        assert!(!super::verify_nobody("s3cret pass".into()).await.unwrap());
     }
 }

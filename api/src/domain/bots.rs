@@ -26,7 +26,7 @@ impl NewBot {
         persona: Option<String>,
     ) -> Result<Self, DomainError> {
         let name = required(name, "chatbot_name")?.trim().to_string();
-        if name.is_empty() {
+        if super::is_blank(&name) {
             return Err(DomainError::Invalid(
                 "chatbot_name must not be empty".into(),
             ));
@@ -49,7 +49,7 @@ impl NewBot {
             BotKind::Assistant => String::new(),
             BotKind::Cosplay => {
                 let persona = persona.unwrap_or_default().trim().to_string();
-                if persona.is_empty() {
+                if super::is_blank(&persona) {
                     return Err(DomainError::Invalid(
                         "chatbot_persona is required when chatbot_type is 1".into(),
                     ));

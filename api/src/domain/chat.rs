@@ -17,7 +17,7 @@ pub struct MessageInput(String);
 impl MessageInput {
     pub fn parse(input: Option<String>, max_chars: usize) -> Result<Self, DomainError> {
         let input = required(input, "input")?;
-        if input.trim().is_empty() {
+        if super::is_blank(&input) {
             return Err(DomainError::Invalid("input must not be empty".into()));
         }
         if input.chars().count() > max_chars {
@@ -99,12 +99,13 @@ pub async fn post_message(
         return Err(DomainError::BotNotFound);
     }
     let message_id = Uuid::now_v7();
+    let content = command.input.0;
     let event = DomainEvent::UserMessagePosted(UserMessagePosted {
         message_id,
         user_id: command.user_id,
         bot_id: command.bot_id,
-        content: command.input.0,
-        client_msg_id: command.client_msg_id,
+        content: content.clone(),
+        client_msg_id: command.client_msg_id.clone(),
     });
     match store
         .append_to_stream(
@@ -121,6 +122,15 @@ pub async fn post_message(
                 .await?
                 .ok_or(DomainError::Append(AppendError::Duplicate(key)))?;
             match DomainEvent::decode(&existing) {
+                // A retry must be the same message: a key reused for other content
+                // is a client bug, and answering with the first reply would hide it.
+                Ok(DomainEvent::UserMessagePosted(m)) if m.content != content => {
+                    Err(DomainError::KeyReused(format!(
+                        "client_msg_id {:?} was already used for a different message; \
+                         use a new client_msg_id for new content",
+                        command.client_msg_id.unwrap_or_default()
+                    )))
+                }
                 Ok(DomainEvent::UserMessagePosted(m)) => Ok(Posted::Existing {
                     message_id: m.message_id,
                 }),

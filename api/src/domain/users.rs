@@ -27,7 +27,7 @@ pub fn check_username(value: Option<&str>, required: bool, errors: &mut FieldErr
     match value.map(str::trim) {
         None if required => add(errors, "username", "This field is required."),
         None => {}
-        Some("") => add(errors, "username", "This field may not be blank."),
+        Some(name) if super::is_blank(name) => add(errors, "username", "This field may not be blank."),
         Some(name) if name.chars().count() > MAX_USERNAME_CHARS => add(
             errors,
             "username",
@@ -52,7 +52,7 @@ pub fn check_password(value: Option<&str>, required: bool, errors: &mut FieldErr
     match value {
         None if required => add(errors, "password", "This field is required."),
         None => {}
-        Some(p) if p.trim().is_empty() => add(errors, "password", "This field may not be blank."),
+        Some(p) if super::is_blank(p) => add(errors, "password", "This field may not be blank."),
         Some(p) if p.chars().count() > MAX_PASSWORD_CHARS => add(
             errors,
             "password",
@@ -85,34 +85,104 @@ fn add(errors: &mut FieldErrors, field: &'static str, message: &str) {
 }
 
 pub const USERNAME_TAKEN: &str = "A user with that username already exists.";
+pub const EMAIL_TAKEN: &str = "A user with that email already exists.";
+pub const USERNAME_IS_AN_EMAIL: &str =
+    "This username is another account's email address; choose another.";
+pub const EMAIL_IS_A_USERNAME: &str =
+    "This email address is another account's username; use another.";
 
-pub async fn username_taken(
-    pool: &MySqlPool,
-    username: &str,
+/// Login names must stay unambiguous: a username may not be another account's
+/// email nor an email another account's username, and neither may be taken
+/// (the columns' collation compares them case-insensitively). Adds the field
+/// errors for `username` and `email` (either may be absent) to `errors`.
+pub async fn check_identity_free(
+    conn: &mut sqlx::MySqlConnection,
+    username: Option<&str>,
+    email: Option<&str>,
     except: Option<UserId>,
-) -> Result<bool, sqlx::Error> {
-    let id: Option<UserId> = sqlx::query_scalar("SELECT id FROM users WHERE username = ?")
-        .bind(username)
-        .fetch_optional(pool)
-        .await?;
-    Ok(id.is_some_and(|id| Some(id) != except))
+    errors: &mut FieldErrors,
+) -> Result<(), sqlx::Error> {
+    let others = |column: &'static str, value: &str| {
+        sqlx::query_scalar::<_, UserId>(match column {
+            "username" => "SELECT id FROM users WHERE username = ?",
+            _ => "SELECT id FROM users WHERE email = ?",
+        })
+        .bind(value.to_string())
+    };
+    let taken = |ids: Vec<UserId>| ids.into_iter().any(|id| Some(id) != except);
+    if let Some(username) = username {
+        if taken(others("username", username).fetch_all(&mut *conn).await?) {
+            add(errors, "username", USERNAME_TAKEN);
+        } else if taken(others("email", username).fetch_all(&mut *conn).await?) {
+            add(errors, "username", USERNAME_IS_AN_EMAIL);
+        }
+    }
+    if let Some(email) = email.filter(|e| !e.is_empty()) {
+        if taken(others("email", email).fetch_all(&mut *conn).await?) {
+            add(errors, "email", EMAIL_TAKEN);
+        } else if taken(others("username", email).fetch_all(&mut *conn).await?) {
+            add(errors, "email", EMAIL_IS_A_USERNAME);
+        }
+    }
+    Ok(())
 }
 
-/// Inserts the user; `Ok(None)` when the username was taken in a race.
+/// This database's accounts lock, held on its own connection, so that the checks
+/// of [`check_identity_free`] and the write that follows them are not interleaved
+/// with another registration or rename. Released by [`AccountsLock::release`], or
+/// by the server when the connection closes.
+pub struct AccountsLock {
+    conn: sqlx::pool::PoolConnection<sqlx::MySql>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("too many account changes at once")]
+    Busy,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl AccountsLock {
+    pub async fn acquire(pool: &MySqlPool) -> Result<Self, LockError> {
+        let mut conn = pool.acquire().await?;
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('accounts:', DATABASE()), 10)")
+                .fetch_one(&mut *conn)
+                .await?;
+        if locked != Some(1) {
+            return Err(LockError::Busy);
+        }
+        Ok(Self { conn })
+    }
+
+    pub fn conn(&mut self) -> &mut sqlx::MySqlConnection {
+        &mut self.conn
+    }
+
+    pub async fn release(mut self) {
+        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('accounts:', DATABASE()))")
+            .execute(&mut *self.conn)
+            .await;
+    }
+}
+
+/// Inserts the user; `Ok(None)` when the username or email was taken in a race.
 pub async fn insert(
-    pool: &MySqlPool,
+    conn: &mut sqlx::MySqlConnection,
     username: &str,
     email: &str,
     password_hash: &str,
 ) -> Result<Option<UserId>, sqlx::Error> {
     let result = sqlx::query(
-        "INSERT INTO users (username, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO users (username, email, password_hash, created_at) \
+         VALUES (?, NULLIF(?, ''), ?, ?)",
     )
     .bind(username)
     .bind(email)
     .bind(password_hash)
     .bind(events::store::now_micros())
-    .execute(pool)
+    .execute(conn)
     .await;
     match result {
         Ok(done) => Ok(Some(done.last_insert_id() as UserId)),
@@ -127,48 +197,52 @@ pub fn is_duplicate(e: &sqlx::Error) -> bool {
         .is_some_and(|db| db.number() == 1062)
 }
 
+/// An absent email reads as `""`, as the contract shows it.
+const SELECT_USER: &str =
+    "SELECT id, username, COALESCE(email, '') AS email, password_hash FROM users";
+
 /// Finds a user by username, or else by email (the login form takes either).
 pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User>, sqlx::Error> {
-    let by_name: Option<User> =
-        sqlx::query_as("SELECT id, username, email, password_hash FROM users WHERE username = ?")
-            .bind(login)
-            .fetch_optional(pool)
-            .await?;
+    let by_name: Option<User> = sqlx::query_as(&format!("{SELECT_USER} WHERE username = ?"))
+        .bind(login)
+        .fetch_optional(pool)
+        .await?;
     if by_name.is_some() || !login.contains('@') {
         return Ok(by_name);
     }
-    sqlx::query_as(
-        "SELECT id, username, email, password_hash FROM users WHERE email = ? ORDER BY id LIMIT 1",
-    )
-    .bind(login)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(&format!("{SELECT_USER} WHERE email = ?"))
+        .bind(login)
+        .fetch_optional(pool)
+        .await
 }
 
 pub async fn find(pool: &MySqlPool, id: UserId) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as("SELECT id, username, email, password_hash FROM users WHERE id = ?")
+    sqlx::query_as(&format!("{SELECT_USER} WHERE id = ?"))
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
-/// Applies the given changes; `Ok(false)` when the new username was taken in a race.
+/// Applies the given changes (`Some("")` clears the email); `Ok(false)` when the
+/// new username or email was taken in a race.
 pub async fn update(
-    pool: &MySqlPool,
+    conn: &mut sqlx::MySqlConnection,
     id: UserId,
     username: Option<&str>,
     email: Option<&str>,
     password_hash: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
-        "UPDATE users SET username = COALESCE(?, username), email = COALESCE(?, email), \
+        "UPDATE users SET username = COALESCE(?, username), \
+         email = IF(?, NULLIF(?, ''), email), \
          password_hash = COALESCE(?, password_hash) WHERE id = ?",
     )
     .bind(username)
+    .bind(email.is_some())
     .bind(email)
     .bind(password_hash)
     .bind(id)
-    .execute(pool)
+    .execute(conn)
     .await;
     match result {
         Ok(_) => Ok(true),

@@ -41,7 +41,10 @@ pub async fn create(
     correlation: CorrelationId,
     BotPayload(body): BotPayload<CreateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller.acting_for(body.user_id, &state)?;
+    let user = caller
+        .acting_for(body.user_id, &state)
+        .await
+        .map_err(ApiError::into_bot_module)?;
     let bot = NewBot::parse(body.chatbot_name, body.chatbot_type, body.chatbot_persona)
         .map_err(bot_failure)?;
     let (bot_id, events) = bots::create_bot(&state.store, user, bot, metadata(correlation, user))
@@ -64,7 +67,10 @@ pub async fn detail(
     caller: Caller,
     BotPayload(body): BotPayload<BotRef>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller.acting_for(body.user_id, &state)?;
+    let user = caller
+        .acting_for(body.user_id, &state)
+        .await
+        .map_err(|e| not_found_as(e, DETAILS_NOT_FOUND))?;
     let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
     match BotsProjection::find_owned(&state.pool, user, bot_id).await? {
         Some(bot) => Ok(ok(json!([bot_detail(&bot)]))),
@@ -83,7 +89,10 @@ pub async fn list(
     caller: Caller,
     BotPayload(body): BotPayload<ListBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller.acting_for(body.user_id, &state)?;
+    let user = caller
+        .acting_for(body.user_id, &state)
+        .await
+        .map_err(ApiError::into_bot_module)?;
     let bots = BotsProjection::list(&state.pool, user).await?;
     Ok(ok(Value::Array(bots.iter().map(bot_summary).collect())))
 }
@@ -94,7 +103,10 @@ pub async fn delete(
     correlation: CorrelationId,
     BotPayload(body): BotPayload<BotRef>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller.acting_for(body.user_id, &state)?;
+    let user = caller
+        .acting_for(body.user_id, &state)
+        .await
+        .map_err(|e| not_found_as(e, CHATBOT_NOT_FOUND))?;
     let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
     match bots::delete_bot(&state.store, user, bot_id, metadata(correlation, user)).await {
         Ok(events) => {
@@ -104,6 +116,14 @@ pub async fn delete(
         }
         Err(DomainError::BotNotFound) => Err(ApiError::BotModule(CHATBOT_NOT_FOUND.into())),
         Err(e) => Err(bot_failure(e)),
+    }
+}
+
+/// An unknown user (legacy mode) gets the route's usual "not found".
+fn not_found_as(error: ApiError, reason: &str) -> ApiError {
+    match error {
+        ApiError::NotFound(_) => ApiError::BotModule(reason.into()),
+        other => other,
     }
 }
 

@@ -45,12 +45,25 @@ pub struct NewChatParams {
 }
 
 impl NewChatParams {
-    fn wait(&self) -> bool {
-        !matches!(
-            self.wait.as_deref().map(str::to_ascii_lowercase).as_deref(),
-            Some("false" | "0" | "no")
-        )
+    /// `wait` is a yes or a no; anything else is refused rather than guessed.
+    fn wait(&self) -> Result<bool, ApiError> {
+        match self
+            .wait
+            .as_deref()
+            .map(|w| w.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "wait must be true or false (also 1/0, yes/no), not {other:?}"
+            ))),
+        }
     }
+}
+
+fn row_format(format: Option<&str>) -> Result<RowFormat, ApiError> {
+    RowFormat::from_param(format).map_err(ApiError::BadRequest)
 }
 
 pub async fn new_chat(
@@ -60,7 +73,8 @@ pub async fn new_chat(
     Params(params): Params<NewChatParams>,
     Payload(body): Payload<NewChatBody>,
 ) -> Result<Response, ApiError> {
-    let user = caller.acting_for(body.user_id, &state)?;
+    let user = caller.acting_for(body.user_id, &state).await?;
+    let wait = params.wait()?;
     let command = PostMessage::parse(
         user,
         body.chatbot_id,
@@ -88,7 +102,7 @@ pub async fn new_chat(
         )
             .into_response()
     };
-    if !params.wait() {
+    if !wait {
         return Ok(pending());
     }
     let reply = feed::wait_for_reply(
@@ -128,7 +142,7 @@ pub async fn history(
     caller: Caller,
     Params(params): Params<HistoryParams>,
 ) -> Result<Response, ApiError> {
-    let user = caller.acting_for(params.user_id, &state)?;
+    let user = caller.acting_for(params.user_id, &state).await?;
     let bot_id = required(params.chatbot_id, "chatbot_id")?;
     let after = params.after.unwrap_or(0).max(0);
     let limit = match params.limit {
@@ -140,15 +154,12 @@ pub async fn history(
     };
     let wait =
         Duration::from_secs(params.wait.unwrap_or(0).max(0).unsigned_abs()).min(MAX_LONG_POLL);
-    let format = RowFormat::from_param(params.format.as_deref());
-    let key = ReadKey::History {
-        bot_id,
-        after,
-        limit,
-        format,
-    };
-    if wait.is_zero() {
-        if let Some(body) = state.read_cache.get(user, &key) {
+    let format = row_format(params.format.as_deref())?;
+    // Only what polling asks for is cached: the whole conversation, right now.
+    let key = (after == 0 && params.limit.is_none() && wait.is_zero())
+        .then_some(ReadKey::History { bot_id, format });
+    if let Some(key) = &key {
+        if let Some(body) = state.read_cache.get(user, key) {
             return Ok(json_body(body));
         }
     }
@@ -165,8 +176,11 @@ pub async fn history(
                 feed::wait_for_stream(notices, &stream_id, deadline).await
             }
             _ => {
+                let empty = rows.is_empty();
                 let body = chat_ok_bytes(history_rows(rows, format));
-                state.read_cache.put(user, key, ticket, body.clone());
+                if let Some(key) = key.filter(|_| !empty) {
+                    state.read_cache.put(user, key, ticket, body.clone());
+                }
                 return Ok(json_body(body));
             }
         }
@@ -185,15 +199,18 @@ pub async fn list(
     caller: Caller,
     Params(params): Params<ListParams>,
 ) -> Result<Response, ApiError> {
-    let user = caller.acting_for(params.user_id, &state)?;
-    let format = RowFormat::from_param(params.format.as_deref());
+    let user = caller.acting_for(params.user_id, &state).await?;
+    let format = row_format(params.format.as_deref())?;
     let key = ReadKey::List { format };
     if let Some(body) = state.read_cache.get(user, &key) {
         return Ok(json_body(body));
     }
     let ticket = state.read_cache.ticket(user);
     let rows = ChatListProjection::list(&state.pool, user).await?;
+    let empty = rows.is_empty();
     let body = chat_ok_bytes(chat_list_rows(rows, format));
-    state.read_cache.put(user, key, ticket, body.clone());
+    if !empty {
+        state.read_cache.put(user, key, ticket, body.clone());
+    }
     Ok(json_body(body))
 }

@@ -6,12 +6,14 @@ pub mod chat;
 pub mod health;
 pub mod users;
 
+use axum::http::{Method, Uri};
 use axum::routing::{get, patch, post};
 use axum::Router;
 
 use events::event::{EventMetadata, UserId};
 use events::store::RecordedEvent;
 
+use crate::error::ApiError;
 use crate::extract::CorrelationId;
 use crate::state::AppState;
 
@@ -20,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .route("/users/register", post(users::register))
         .route("/login", post(users::login))
         .route("/login/refresh", post(users::refresh))
+        .route("/logout", post(users::logout))
         .route("/users/users/{id}", patch(users::update))
         .route("/bots/create", post(bots::create))
         .route("/bots/detail", post(bots::detail))
@@ -31,7 +34,21 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/list", get(chat::list))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
+}
+
+/// Unknown routes answer in the envelope too, so clients parse every failure alike.
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "No route for {method} {}; see the API documentation.",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not accept {method}.", uri.path()))
 }
 
 /// Metadata for the events a request records.

@@ -1,5 +1,5 @@
-//! `users/register/`, `login/`, `login/refresh/` and `PATCH users/users/<id>/`, in
-//! simplejwt's and Django REST framework's shapes.
+//! `users/register/`, `login/`, `login/refresh/`, `logout/` and
+//! `PATCH users/users/<id>/`, in simplejwt's and Django REST framework's shapes.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,10 +8,14 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use events::store::RecordedEvent;
+
+use super::{metadata, publish_in_background};
 use crate::auth::{password, TokenKind, TokenUser};
-use crate::domain::users::{self, FieldErrors, USERNAME_TAKEN};
+use crate::domain::sessions::{self, RefreshRefused};
+use crate::domain::users::{self, AccountsLock, FieldErrors, LockError, USERNAME_TAKEN};
 use crate::error::ApiError;
-use crate::extract::Payload;
+use crate::extract::{CorrelationId, Payload};
 use crate::state::AppState;
 use crate::views::ok;
 
@@ -37,6 +41,17 @@ fn fail_on(errors: FieldErrors) -> Result<(), ApiError> {
     }
 }
 
+impl From<LockError> for ApiError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Busy => {
+                ApiError::Unavailable("Too many account changes at once; please try again.".into())
+            }
+            LockError::Database(e) => e.into(),
+        }
+    }
+}
+
 pub async fn register(
     State(state): State<AppState>,
     Payload(body): Payload<Credentials>,
@@ -53,16 +68,27 @@ pub async fn register(
     };
     let username = username.trim().to_string();
     let email = body.email.unwrap_or_default().trim().to_string();
-    if users::username_taken(&state.pool, &username, None).await? {
-        return Err(taken());
-    }
+    // Hash before taking the lock: the lock is held for the checks and the insert only.
     let hash = password::hash(password).await?;
-    if users::insert(&state.pool, &username, &email, &hash)
-        .await?
-        .is_none()
-    {
-        return Err(taken());
-    }
+    let mut lock = AccountsLock::acquire(&state.pool).await?;
+    let mut errors = FieldErrors::new();
+    let checked = users::check_identity_free(
+        lock.conn(),
+        Some(&username),
+        Some(&email),
+        None,
+        &mut errors,
+    )
+    .await;
+    let inserted = match checked {
+        Ok(()) if errors.is_empty() => users::insert(lock.conn(), &username, &email, &hash).await,
+        Ok(()) => Ok(None),
+        Err(e) => Err(e),
+    };
+    lock.release().await;
+    fail_on(errors)?;
+    let user_id = inserted?.ok_or_else(taken)?;
+    state.users.remember(user_id);
     Ok((
         StatusCode::CREATED,
         Json(json!({ "code": 201, "msg": "OK", "data": { "username": username, "email": email } })),
@@ -71,6 +97,7 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    correlation: CorrelationId,
     Payload(body): Payload<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut errors = FieldErrors::new();
@@ -84,16 +111,25 @@ pub async fn login(
     let (Some(login), Some(password)) = (body.username, body.password) else {
         return Err(ApiError::InvalidCredentials);
     };
-    let user = users::find_for_login(&state.pool, login.trim())
-        .await?
-        .ok_or(ApiError::InvalidCredentials)?;
+    let Some(user) = users::find_for_login(&state.pool, login.trim()).await? else {
+        // As slow as a real check, so the answer does not tell which names exist.
+        password::verify_nobody(password).await?;
+        return Err(ApiError::InvalidCredentials);
+    };
     if !password::verify(password, user.password_hash.clone()).await? {
         return Err(ApiError::InvalidCredentials);
     }
+    let session = sessions::start(&state.store, user.id, metadata(correlation, user.id)).await?;
     let (access, refresh) = state
         .jwt
-        .pair(user.id)
+        .pair(
+            user.id,
+            &session.session_id.to_string(),
+            &session.refresh_jti,
+        )
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.users.remember(user.id);
+    publish_in_background(&state, session.events);
     Ok(Json(json!({
         "code": 200,
         "msg": "OK",
@@ -110,37 +146,94 @@ pub struct RefreshBody {
     refresh: Option<String>,
 }
 
-pub async fn refresh(
-    State(state): State<AppState>,
-    Payload(body): Payload<RefreshBody>,
-) -> Result<impl IntoResponse, ApiError> {
+fn refresh_token_not_valid() -> ApiError {
+    ApiError::TokenNotValid {
+        detail: "Token is invalid or expired",
+        access_messages: false,
+    }
+}
+
+/// The refresh token of a body, checked for signature, type and expiry.
+fn refresh_claims(
+    state: &AppState,
+    body: RefreshBody,
+) -> Result<crate::auth::jwt::Claims, ApiError> {
     let Some(token) = body.refresh.filter(|t| !t.trim().is_empty()) else {
         return Err(ApiError::FieldErrors(FieldErrors::from([(
             "refresh",
             vec!["This field is required.".to_string()],
         )])));
     };
-    let invalid = || ApiError::TokenNotValid {
-        detail: "Token is invalid or expired",
-        access_messages: false,
-    };
-    let claims = state
+    state
         .jwt
         .verify(token.trim(), TokenKind::Refresh)
-        .map_err(|_| invalid())?;
-    if users::find(&state.pool, claims.user_id).await?.is_none() {
-        return Err(invalid());
+        .map_err(|_| refresh_token_not_valid())
+}
+
+/// Revocations take effect in this process at once, and in the others through the
+/// bus (or their next reload).
+fn revoked(state: &AppState, events: Vec<RecordedEvent>, sessions: &[String]) {
+    for sid in sessions {
+        state.sessions.revoke(sid);
     }
+    publish_in_background(state, events);
+}
+
+pub async fn refresh(
+    State(state): State<AppState>,
+    correlation: CorrelationId,
+    Payload(body): Payload<RefreshBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let claims = refresh_claims(&state, body)?;
+    let refreshed = sessions::refresh(
+        &state.store,
+        &claims.sid,
+        &claims.jti,
+        claims.user_id,
+        metadata(correlation, claims.user_id),
+    )
+    .await?;
+    let session = match refreshed {
+        Ok(session) => session,
+        Err(RefreshRefused::NoSession) => return Err(refresh_token_not_valid()),
+        Err(RefreshRefused::Reused { revoked: events }) => {
+            tracing::warn!(user_id = claims.user_id, session = %claims.sid,
+                "a spent refresh token was presented again; the session is revoked");
+            revoked(&state, events, &[claims.sid]);
+            return Err(refresh_token_not_valid());
+        }
+    };
     let (access, refresh) = state
         .jwt
-        .pair(claims.user_id)
+        .pair(claims.user_id, &claims.sid, &session.refresh_jti)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    publish_in_background(&state, session.events);
     Ok(Json(json!({ "access": access, "refresh": refresh })))
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    correlation: CorrelationId,
+    Payload(body): Payload<RefreshBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let claims = refresh_claims(&state, body)?;
+    let session_id = uuid::Uuid::parse_str(&claims.sid).map_err(|_| refresh_token_not_valid())?;
+    let events = sessions::revoke(
+        &state.store,
+        session_id,
+        claims.user_id,
+        sessions::REASON_LOGOUT,
+        metadata(correlation, claims.user_id),
+    )
+    .await?;
+    revoked(&state, events, &[claims.sid]);
+    Ok(Json(json!({ "code": 200, "msg": "OK" })))
 }
 
 pub async fn update(
     State(state): State<AppState>,
     TokenUser(caller): TokenUser,
+    correlation: CorrelationId,
     Path(id): Path<String>,
     Payload(body): Payload<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -156,26 +249,51 @@ pub async fn update(
     users::check_email(body.email.as_deref(), &mut errors);
     fail_on(errors)?;
     let username = body.username.map(|u| u.trim().to_string());
-    if let Some(name) = &username {
-        if users::username_taken(&state.pool, name, Some(id)).await? {
-            return Err(taken());
-        }
-    }
+    let email = body.email.map(|e| e.trim().to_string());
     let hash = match body.password {
         Some(p) => Some(password::hash(p).await?),
         None => None,
     };
-    let email = body.email.map(|e| e.trim().to_string());
-    if !users::update(
-        &state.pool,
-        id,
+    let mut lock = AccountsLock::acquire(&state.pool).await?;
+    let mut errors = FieldErrors::new();
+    let checked = users::check_identity_free(
+        lock.conn(),
         username.as_deref(),
         email.as_deref(),
-        hash.as_deref(),
+        Some(id),
+        &mut errors,
     )
-    .await?
-    {
+    .await;
+    let updated = match checked {
+        Ok(()) if errors.is_empty() => {
+            users::update(
+                lock.conn(),
+                id,
+                username.as_deref(),
+                email.as_deref(),
+                hash.as_deref(),
+            )
+            .await
+        }
+        Ok(()) => Ok(true),
+        Err(e) => Err(e),
+    };
+    lock.release().await;
+    fail_on(errors)?;
+    if !updated? {
         return Err(taken());
+    }
+    if hash.is_some() {
+        // Whoever held a token of this account before the change holds nothing now.
+        let (ids, events) = sessions::revoke_all(
+            &state.store,
+            id,
+            sessions::REASON_PASSWORD_CHANGED,
+            metadata(correlation, id),
+        )
+        .await?;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        revoked(&state, events, &ids);
     }
     let user = users::find(&state.pool, id)
         .await?

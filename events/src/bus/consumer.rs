@@ -8,8 +8,12 @@
 //! more unacked deliveries than that), and each acks or rejects its own delivery.
 //!
 //! On shutdown it cancels the subscription, lets the running handlers finish within
-//! a grace period, then closes the channel; anything still unacked goes back to the
-//! queue for another consumer.
+//! one grace period, then cancels the ones still running (dropping a model call
+//! mid-flight) and closes the channel; anything still unacked goes back to the queue
+//! for another consumer.
+//!
+//! The reconnect backoff starts over after every session that got as far as
+//! consuming, so a blip costs a fast reconnect however many came before it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,15 +29,21 @@ use tokio_util::task::TaskTracker;
 
 use super::{connect, Backoff, BusError, Topology};
 use crate::config::BusSettings;
+use crate::episode::Episode;
 
 /// How often the connection's health is checked besides the stream itself.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(2);
+/// The first reconnect delay, and the longest.
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// Which queue to consume.
 #[derive(Debug, Clone)]
 pub enum Subscription {
     /// The shared, durable work queue of user messages (workers).
     UserMessages,
+    /// Messages given up on (the delivery limit, or rejected as poison).
+    DeadLetters,
     /// A private queue that lives as long as this connection and receives the given
     /// event types (an api process's reply notifications), delivered without acks.
     Private { routing_keys: Vec<String> },
@@ -72,28 +82,52 @@ impl ConsumerSupervisor {
     }
 
     /// Consumes until `shutdown` is cancelled, reconnecting as often as needed.
-    /// `on_connected` runs after every successful (re)subscription.
+    /// `on_connected(true)` runs after every successful (re)subscription, and
+    /// `on_connected(false)` whenever a session is lost.
     pub async fn run<H, Fut>(
         &self,
         shutdown: CancellationToken,
         handler: H,
-        on_connected: impl Fn(),
+        on_connected: impl Fn(bool),
     ) where
         H: Fn(Delivery) -> Fut + Send + Sync + Clone + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let tracker = TaskTracker::new();
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let stop_handlers = CancellationToken::new();
+        let lost = Episode::new("the consumer lost its broker session; reconnecting");
+        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+        let mut drained = false;
         loop {
-            match self
-                .session(&shutdown, &handler, &tracker, &on_connected)
-                .await
-            {
-                Ok(()) => break,
+            let mut established = false;
+            let outcome = self
+                .session(
+                    &shutdown,
+                    &handler,
+                    &tracker,
+                    &stop_handlers,
+                    &on_connected,
+                    &mut established,
+                )
+                .await;
+            if established {
+                lost.recovered();
+                backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
+            }
+            match outcome {
+                Ok(()) => {
+                    drained = true;
+                    break;
+                }
                 Err(e) => {
+                    on_connected(false);
                     let delay = backoff.next_delay();
-                    tracing::warn!(consumer = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "consumer lost its broker session; reconnecting");
+                    lost.failed(&format_args!(
+                        "{e} (consumer {}, retry in {} ms)",
+                        self.name,
+                        delay.as_millis()
+                    ));
+                    tracing::debug!(consumer = %self.name, retry_in_ms = delay.as_millis() as u64, "reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => break,
@@ -104,12 +138,23 @@ impl ConsumerSupervisor {
                 break;
             }
         }
+        if !drained {
+            // Stopped between sessions: handlers of the lost session may still run.
+            self.drain(&tracker, &stop_handlers).await;
+        }
+    }
+
+    /// Lets running handlers finish within the grace period, then cancels the rest.
+    async fn drain(&self, tracker: &TaskTracker, stop_handlers: &CancellationToken) {
         tracker.close();
         if tokio::time::timeout(self.grace, tracker.wait())
             .await
             .is_err()
         {
-            tracing::warn!(consumer = %self.name, "handlers still running after the grace period");
+            tracing::warn!(consumer = %self.name, grace_secs = self.grace.as_secs_f64(),
+                "handlers still running after the grace period; cancelling them, their messages return to the queue");
+            stop_handlers.cancel();
+            tracker.wait().await;
         }
     }
 
@@ -119,7 +164,9 @@ impl ConsumerSupervisor {
         shutdown: &CancellationToken,
         handler: &H,
         tracker: &TaskTracker,
-        on_connected: &impl Fn(),
+        stop_handlers: &CancellationToken,
+        on_connected: &impl Fn(bool),
+        established: &mut bool,
     ) -> Result<(), BusError>
     where
         H: Fn(Delivery) -> Fut + Send + Sync + Clone + 'static,
@@ -137,6 +184,7 @@ impl ConsumerSupervisor {
         self.topology.declare(&channel).await?;
         let queue = match &self.subscription {
             Subscription::UserMessages => self.topology.user_messages_queue.clone(),
+            Subscription::DeadLetters => self.topology.dead_letter_queue.clone(),
             Subscription::Private { routing_keys } => {
                 let queue = channel
                     .queue_declare(
@@ -177,7 +225,8 @@ impl ConsumerSupervisor {
             )
             .await?;
         tracing::info!(consumer = %self.name, queue = %queue, "consuming");
-        on_connected();
+        *established = true;
+        on_connected(true);
 
         let mut watchdog = tokio::time::interval(WATCHDOG_INTERVAL);
         let outcome = loop {
@@ -185,7 +234,13 @@ impl ConsumerSupervisor {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let handler = handler.clone();
-                        tracker.spawn(async move { handler(delivery).await });
+                        let stop = stop_handlers.clone();
+                        tracker.spawn(async move {
+                            tokio::select! {
+                                _ = handler(delivery) => {}
+                                _ = stop.cancelled() => {}
+                            }
+                        });
                     }
                     Some(Err(e)) => break Err(BusError::Amqp(e)),
                     None => break Err(BusError::Unavailable("consumer stream ended".into())),
@@ -207,13 +262,7 @@ impl ConsumerSupervisor {
             let _ = channel
                 .basic_cancel(&self.name, BasicCancelOptions::default())
                 .await;
-            tracker.close();
-            if tokio::time::timeout(self.grace, tracker.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(consumer = %self.name, "shutting down with handlers unfinished; their messages return to the queue");
-            }
+            self.drain(tracker, stop_handlers).await;
             let _ = channel.close(200, "shutdown").await;
             let _ = connection.close(200, "shutdown").await;
         }

@@ -35,6 +35,9 @@ pub struct Publisher {
 struct Link {
     connection: Option<Connection>,
     channel: Option<Channel>,
+    /// Which connection `channel` belongs to, so that a late failure from an older
+    /// one cannot tear down its replacement.
+    generation: u64,
     retry_after: Option<Instant>,
 }
 
@@ -54,10 +57,15 @@ impl Publisher {
 
     /// A live confirm-mode channel, connecting (and declaring the topology) if needed.
     pub async fn channel(&self) -> Result<Channel, BusError> {
+        self.current().await.map(|(channel, _)| channel)
+    }
+
+    /// The live channel and its generation.
+    async fn current(&self) -> Result<(Channel, u64), BusError> {
         let mut link = self.link.lock().await;
         if let Some(channel) = &link.channel {
             if channel.status().connected() {
-                return Ok(channel.clone());
+                return Ok((channel.clone(), link.generation));
             }
         }
         if link.retry_after.is_some_and(|at| Instant::now() < at) {
@@ -72,8 +80,9 @@ impl Publisher {
                 tracing::info!(publisher = %self.name, "connected to the message broker");
                 link.connection = Some(connection);
                 link.channel = Some(channel.clone());
+                link.generation += 1;
                 link.retry_after = None;
-                Ok(channel)
+                Ok((channel, link.generation))
             }
             Err(e) => {
                 link.retry_after = Some(Instant::now() + RECONNECT_PAUSE);
@@ -102,26 +111,29 @@ impl Publisher {
         }
     }
 
-    /// Forgets the current channel so the next call reconnects.
-    async fn reset(&self) {
+    /// Forgets the channel of `generation`, if it is still the current one, so the
+    /// next call reconnects. A newer channel is left alone.
+    async fn reset(&self, generation: u64) {
         let mut link = self.link.lock().await;
-        link.channel = None;
+        if link.generation == generation {
+            link.channel = None;
+        }
     }
 
     /// Publishes one event and waits for the broker's confirm.
     pub async fn publish(&self, event: &RecordedEvent) -> Result<(), BusError> {
-        let result = self.try_publish(event).await;
+        let (channel, generation) = self.current().await?;
+        let result = self.publish_on(&channel, event).await;
         if matches!(
             result,
             Err(BusError::Amqp(_) | BusError::Unavailable(_) | BusError::ConnectTimeout)
         ) {
-            self.reset().await;
+            self.reset(generation).await;
         }
         result
     }
 
-    async fn try_publish(&self, event: &RecordedEvent) -> Result<(), BusError> {
-        let channel = self.channel().await?;
+    async fn publish_on(&self, channel: &Channel, event: &RecordedEvent) -> Result<(), BusError> {
         let body = serde_json::to_vec(event)?;
         // Only the messages a worker must act on are mandatory: for them "no queue
         // bound" is a failure to retry, not a success.

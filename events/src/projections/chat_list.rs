@@ -41,7 +41,7 @@ impl ChatListProjection {
                 .await?;
                 return Ok(());
             }
-            DomainEvent::BotCreated(_) => return Ok(()),
+            _ => return Ok(()),
         };
         // The bot's name comes from the bots read model; a deleted bot matches no row,
         // so a late reply cannot bring its conversation back into the list.

@@ -38,6 +38,26 @@ pub struct HistoryRow {
     pub created_at: NaiveDateTime,
 }
 
+/// A user message and, once there is one, its outcome.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Exchange {
+    pub seq: i64,
+    pub content: String,
+    pub created_at: NaiveDateTime,
+    pub reply: Option<String>,
+    pub reply_status: Option<String>,
+}
+
+impl Exchange {
+    /// The bot's answer, if it gave one (a failure is not part of the conversation).
+    pub fn answer(&self) -> Option<&str> {
+        match self.reply_status.as_deref() {
+            Some(status) if status == MessageStatus::Done.as_str() => self.reply.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 const SELECT_HISTORY: &str = "SELECT seq, message_id, reply_to, by_user, content, status, \
     created_at FROM chat_history";
 
@@ -126,6 +146,61 @@ impl ChatHistoryProjection {
         .bind(limit)
         .fetch_all(pool)
         .await
+    }
+
+    /// A user message's row, by its id.
+    pub async fn find_message(
+        pool: &MySqlPool,
+        message_id: &str,
+    ) -> Result<Option<HistoryRow>, sqlx::Error> {
+        sqlx::query_as(&format!("{SELECT_HISTORY} WHERE message_id = ?"))
+            .bind(message_id)
+            .fetch_optional(pool)
+            .await
+    }
+
+    /// The oldest message of a conversation that has no outcome yet, however far
+    /// back it is (an index on `status` makes this one short range read).
+    pub async fn oldest_pending(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+    ) -> Result<Option<HistoryRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND status = ? \
+             ORDER BY seq LIMIT 1"
+        ))
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(MessageStatus::Pending.as_str())
+        .fetch_optional(pool)
+        .await
+    }
+
+    /// The user's last `limit` messages up to and including `seq`, oldest first, each
+    /// with its reply when it has one: the conversation as a prompt needs it, with
+    /// replies paired to their messages even when they were recorded later.
+    pub async fn exchanges_through(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Exchange>, sqlx::Error> {
+        let mut exchanges: Vec<Exchange> = sqlx::query_as(
+            "SELECT m.seq, m.content, m.created_at, r.content AS reply, r.status AS reply_status \
+             FROM chat_history m LEFT JOIN chat_history r ON r.reply_to = m.message_id \
+             WHERE m.user_id = ? AND m.chatbot_id = ? AND m.by_user = 1 AND m.seq <= ? \
+             ORDER BY m.seq DESC LIMIT ?",
+        )
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        exchanges.reverse();
+        Ok(exchanges)
     }
 
     /// The row that answers `message_id` (a reply or a failure), once there is one.

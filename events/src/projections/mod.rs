@@ -9,6 +9,7 @@ pub mod bots;
 pub mod chat_list;
 pub mod history;
 pub mod rebuild;
+pub mod sessions;
 
 use futures::future::BoxFuture;
 use sqlx::mysql::MySqlConnection;
@@ -18,7 +19,8 @@ use crate::store::{InlineProjector, RecordedEvent};
 
 pub use bots::{Bot, BotsProjection};
 pub use chat_list::{ChatListProjection, ChatListRow};
-pub use history::{ChatHistoryProjection, HistoryRow, MessageStatus};
+pub use history::{ChatHistoryProjection, Exchange, HistoryRow, MessageStatus};
+pub use sessions::{Session, SessionsProjection};
 
 /// The checkpoint row shared by the read models: the last global position applied.
 pub const CHECKPOINT_NAME: &str = "read_models";
@@ -30,6 +32,7 @@ pub struct Tables {
     pub bots: &'static str,
     pub chat_history: &'static str,
     pub chat_list: &'static str,
+    pub sessions: &'static str,
 }
 
 impl Tables {
@@ -37,19 +40,22 @@ impl Tables {
         bots: "bots",
         chat_history: "chat_history",
         chat_list: "chat_list",
+        sessions: "sessions",
     };
     pub const SHADOW: Tables = Tables {
         bots: "bots_rebuild",
         chat_history: "chat_history_rebuild",
         chat_list: "chat_list_rebuild",
+        sessions: "sessions_rebuild",
     };
 
     /// `(live, shadow)` name pairs.
-    pub fn pairs() -> [(&'static str, &'static str); 3] {
+    pub fn pairs() -> [(&'static str, &'static str); 4] {
         [
             (Self::LIVE.bots, Self::SHADOW.bots),
             (Self::LIVE.chat_history, Self::SHADOW.chat_history),
             (Self::LIVE.chat_list, Self::SHADOW.chat_list),
+            (Self::LIVE.sessions, Self::SHADOW.sessions),
         ]
     }
 }
@@ -68,6 +74,7 @@ impl ReadModels {
         BotsProjection::apply(conn, tables, event, &decoded).await?;
         ChatHistoryProjection::apply(conn, tables, event, &decoded).await?;
         ChatListProjection::apply(conn, tables, event, &decoded).await?;
+        SessionsProjection::apply(conn, tables, event, &decoded).await?;
         Ok(())
     }
 

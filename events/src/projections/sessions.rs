@@ -1,0 +1,105 @@
+//! The `sessions` read model: each login, the refresh token it may spend next, and
+//! whether it was revoked. Refreshing reads it; access tokens are checked against
+//! an in-memory view of recent revocations instead (see the api's `sessions`).
+
+use chrono::NaiveDateTime;
+use sqlx::mysql::{MySqlConnection, MySqlPool};
+
+use super::Tables;
+use crate::event::{DomainEvent, UserId};
+use crate::store::RecordedEvent;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Session {
+    pub session_id: String,
+    pub user_id: UserId,
+    pub refresh_jti: String,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+pub struct SessionsProjection;
+
+impl SessionsProjection {
+    pub async fn apply(
+        conn: &mut MySqlConnection,
+        tables: &Tables,
+        event: &RecordedEvent,
+        decoded: &DomainEvent,
+    ) -> Result<(), sqlx::Error> {
+        match decoded {
+            DomainEvent::SessionStarted(e) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {} (session_id, user_id, refresh_jti, created_at) \
+                     VALUES (?, ?, ?, ?)",
+                    tables.sessions
+                ))
+                .bind(e.session_id.to_string())
+                .bind(e.user_id)
+                .bind(&e.refresh_jti)
+                .bind(event.recorded_at)
+                .execute(conn)
+                .await?;
+            }
+            DomainEvent::SessionRefreshed(e) => {
+                sqlx::query(&format!(
+                    "UPDATE {} SET refresh_jti = ? WHERE session_id = ?",
+                    tables.sessions
+                ))
+                .bind(&e.refresh_jti)
+                .bind(e.session_id.to_string())
+                .execute(conn)
+                .await?;
+            }
+            DomainEvent::SessionRevoked(e) => {
+                sqlx::query(&format!(
+                    "UPDATE {} SET revoked_at = ?, revoked_reason = ? \
+                     WHERE session_id = ? AND revoked_at IS NULL",
+                    tables.sessions
+                ))
+                .bind(event.recorded_at)
+                .bind(&e.reason)
+                .bind(e.session_id.to_string())
+                .execute(conn)
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub async fn find(pool: &MySqlPool, session_id: &str) -> Result<Option<Session>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT session_id, user_id, refresh_jti, revoked_at FROM sessions WHERE session_id = ?",
+        )
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await
+    }
+
+    /// Every session of `user_id` that still works.
+    pub async fn active_for_user(
+        pool: &MySqlPool,
+        user_id: UserId,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT session_id FROM sessions WHERE user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+    }
+
+    /// Sessions revoked within the last `within`, by the database's clock: the ones
+    /// whose access tokens may still be unexpired.
+    pub async fn revoked_since(
+        pool: &MySqlPool,
+        within: std::time::Duration,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT session_id FROM sessions WHERE revoked_at > NOW(6) - INTERVAL ? SECOND",
+        )
+        .bind(within.as_secs())
+        .fetch_all(pool)
+        .await
+    }
+}

@@ -1,0 +1,204 @@
+//! One answerer per conversation at a time, across every worker process.
+//!
+//! Without it, every in-flight delivery of a conversation answers the oldest
+//! unanswered message, and all but one of those model calls are thrown away as
+//! duplicates: a burst of N messages cost N(N+1)/2 calls. With it, a delivery first
+//! takes the conversation's lease, then answers the oldest unanswered messages up
+//! to its own, one model call each; the deliveries behind it wait, and most find
+//! their message already answered when their turn comes.
+//!
+//! Two levels, so that waiting costs nothing:
+//! - in this process, an async mutex per conversation (waiters hold no database
+//!   connection and make no queries);
+//! - across processes, a row in `conversation_leases` with an expiry on the
+//!   database's clock. The holder renews it while it works; a holder that crashed
+//!   simply lets it expire, and the redelivered message's worker takes over.
+//!
+//! A lease is an optimization of cost, not of correctness: if a holder stalls past
+//! its expiry and a second one starts, both may call the model, and the reply's
+//! idempotency key still lets only one answer be recorded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::MySqlPool;
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+/// How often a waiting process checks whether another process's lease is gone.
+const POLL: Duration = Duration::from_millis(150);
+
+#[derive(Clone)]
+pub struct ConversationLeases {
+    pool: MySqlPool,
+    ttl: Duration,
+    local: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A held lease; renewed in the background until [`Lease::release`].
+pub struct Lease {
+    leases: ConversationLeases,
+    stream_id: String,
+    holder: String,
+    renewing: CancellationToken,
+    _local: OwnedMutexGuard<()>,
+}
+
+impl ConversationLeases {
+    pub fn new(pool: MySqlPool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            ttl: ttl.max(Duration::from_secs(1)),
+            local: Arc::default(),
+        }
+    }
+
+    /// Waits until this caller holds the conversation's lease, or `stop` fires
+    /// (`Ok(None)`). Database errors are returned for the caller to retry.
+    pub async fn acquire(
+        &self,
+        stream_id: &str,
+        stop: &CancellationToken,
+    ) -> Result<Option<Lease>, sqlx::Error> {
+        let local = self.local_mutex(stream_id);
+        let guard = tokio::select! {
+            guard = local.lock_owned() => guard,
+            _ = stop.cancelled() => return Ok(None),
+        };
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        loop {
+            if self.try_take(stream_id, &holder).await? {
+                let lease = Lease {
+                    leases: self.clone(),
+                    stream_id: stream_id.to_string(),
+                    holder,
+                    renewing: CancellationToken::new(),
+                    _local: guard,
+                };
+                lease.renew_in_background();
+                return Ok(Some(lease));
+            }
+            let pause = POLL.mul_f64(rand::thread_rng().gen_range(0.7..1.3));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    fn local_mutex(&self, stream_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut local) = self.local.lock() else {
+            return Arc::default();
+        };
+        local.entry(stream_id.to_string()).or_default().clone()
+    }
+
+    /// Forgets the in-process mutex of a conversation nobody holds or waits for.
+    fn forget_idle(&self, stream_id: &str) {
+        if let Ok(mut local) = self.local.lock() {
+            // One reference is the map's own, one the caller's guard about to drop.
+            if local
+                .get(stream_id)
+                .is_some_and(|m| Arc::strong_count(m) <= 2)
+            {
+                local.remove(stream_id);
+            }
+        }
+    }
+
+    fn ttl_micros(&self) -> u64 {
+        u64::try_from(self.ttl.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes the lease if it is free, expired, or already ours.
+    async fn try_take(&self, stream_id: &str, holder: &str) -> Result<bool, sqlx::Error> {
+        // Assignments apply left to right: `holder` is decided first, and the
+        // expiry moves only if the row is now ours.
+        sqlx::query(
+            "INSERT INTO conversation_leases (stream_id, holder, expires_at) \
+             VALUES (?, ?, NOW(6) + INTERVAL ? MICROSECOND) \
+             ON DUPLICATE KEY UPDATE \
+             holder = IF(expires_at < NOW(6) OR holder = ?, ?, holder), \
+             expires_at = IF(holder = ?, NOW(6) + INTERVAL ? MICROSECOND, expires_at)",
+        )
+        .bind(stream_id)
+        .bind(holder)
+        .bind(self.ttl_micros())
+        .bind(holder)
+        .bind(holder)
+        .bind(holder)
+        .bind(self.ttl_micros())
+        .execute(&self.pool)
+        .await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM conversation_leases WHERE stream_id = ?")
+                .bind(stream_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(current.as_deref() == Some(holder))
+    }
+}
+
+impl Lease {
+    fn renew_in_background(&self) {
+        let (leases, stream_id, holder, stop) = (
+            self.leases.clone(),
+            self.stream_id.clone(),
+            self.holder.clone(),
+            self.renewing.clone(),
+        );
+        tokio::spawn(async move {
+            let every = leases.ttl / 3;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let renewed = sqlx::query(
+                    "UPDATE conversation_leases SET expires_at = NOW(6) + INTERVAL ? MICROSECOND \
+                     WHERE stream_id = ? AND holder = ?",
+                )
+                .bind(leases.ttl_micros())
+                .bind(&stream_id)
+                .bind(&holder)
+                .execute(&leases.pool)
+                .await;
+                match renewed {
+                    Ok(done) if done.rows_affected() == 0 => {
+                        tracing::warn!(%stream_id, "conversation lease expired and was taken over");
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(%stream_id, error = %e, "could not renew the conversation lease")
+                    }
+                }
+            }
+        });
+    }
+
+    /// Gives the lease up at once, rather than leaving it to expire.
+    pub async fn release(self) {
+        self.renewing.cancel();
+        let released =
+            sqlx::query("DELETE FROM conversation_leases WHERE stream_id = ? AND holder = ?")
+                .bind(&self.stream_id)
+                .bind(&self.holder)
+                .execute(&self.leases.pool)
+                .await;
+        if let Err(e) = released {
+            tracing::debug!(stream_id = %self.stream_id, error = %e, "lease not released; it will expire");
+        }
+        self.leases.forget_idle(&self.stream_id);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Dropped without `release` (cancelled at the end of a shutdown's grace):
+        // stop renewing, and the row expires on its own.
+        self.renewing.cancel();
+    }
+}

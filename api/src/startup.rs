@@ -17,7 +17,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use events::bus::Publisher;
-use events::db::{connect_and_migrate, DbSetupError};
+use events::db::{connect_and_migrate_patiently, DbSetupError};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::EventStore;
@@ -52,7 +52,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ApiConfig) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(&config.database).await?;
+        let pool = connect_and_migrate_patiently(&config.database).await?;
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| StartupError::Bind {

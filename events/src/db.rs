@@ -36,6 +36,38 @@ pub enum DbSetupError {
     MigrationLockTimeout,
 }
 
+/// [`connect_and_migrate`], waiting with backoff (and a WARN per attempt) while the
+/// database server cannot be reached, so that a process started before its
+/// database (or during a restart) comes up when the database does, rather than
+/// exiting for a supervisor to restart. Other errors (a malformed URL, a failed
+/// migration) are returned at once.
+pub async fn connect_and_migrate_patiently(
+    settings: &DatabaseSettings,
+) -> Result<MySqlPool, DbSetupError> {
+    let mut backoff = crate::bus::Backoff::new(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(5),
+    );
+    let mut attempt = 1u32;
+    loop {
+        match connect_and_migrate(settings).await {
+            Err(DbSetupError::Connect(e)) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "the database is not reachable yet; waiting for it");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            other => {
+                if attempt > 1 && other.is_ok() {
+                    tracing::info!(attempts = attempt, "connected to the database");
+                }
+                return other;
+            }
+        }
+    }
+}
+
 /// Creates the database if needed, migrates it, and returns a pool.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<MySqlPool, DbSetupError> {
     let options = MySqlConnectOptions::from_str(&settings.url).map_err(DbSetupError::Url)?;
@@ -43,6 +75,14 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<MySqlPoo
     let pool = pool(settings, options);
     migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Whether a migration failed because the server went away mid-way.
+fn migrate_error(error: sqlx::migrate::MigrateError) -> DbSetupError {
+    match error {
+        sqlx::migrate::MigrateError::Execute(e) if is_unavailable(&e) => DbSetupError::Connect(e),
+        other => DbSetupError::Migrate(other),
+    }
 }
 
 /// A pool against an existing database, without migrating (for tools and tests).
@@ -121,7 +161,7 @@ pub async fn migrate(pool: &MySqlPool) -> Result<(), DbSetupError> {
         .bind(&lock_name)
         .execute(&mut *conn)
         .await;
-    result.map_err(DbSetupError::from)
+    result.map_err(migrate_error)
 }
 
 async fn create_database_if_missing(

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use events::bus::consumer::Subscription;
 use events::bus::{ConsumerSupervisor, Publisher};
-use events::db::{connect_and_migrate, DbSetupError};
+use events::db::{connect_and_migrate_patiently, DbSetupError};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::EventStore;
@@ -35,7 +35,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn build(config: WorkerConfig) -> Result<Self, StartupError> {
-        let pool = connect_and_migrate(&config.database).await?;
+        let pool = connect_and_migrate_patiently(&config.database).await?;
         let publisher = Arc::new(Publisher::new(config.bus.clone(), "worker-publisher"));
         let relay = OutboxRelay::new(pool.clone(), publisher);
         let store = EventStore::with_commit_timeout(

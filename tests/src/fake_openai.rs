@@ -87,12 +87,27 @@ impl FakeOpenAi {
 
     /// The next call answers with `status` and an OpenAI-style error body.
     pub fn fail_next(&self, status: u16, error_type: &str, code: Option<&str>) {
-        let body = json!({ "error": {
-            "message": format!("injected {status} {error_type}"),
-            "type": error_type,
-            "param": null,
-            "code": code,
-        }});
+        self.fail_next_body(
+            status,
+            json!({ "error": {
+                "message": format!("injected {status} {error_type}"),
+                "type": error_type,
+                "param": null,
+                "code": code,
+            }}),
+        );
+    }
+
+    /// The next call fails with the provider's own `message` (which may hold
+    /// account details, as OpenAI's "Incorrect API key provided: sk-..." does).
+    pub fn fail_next_with(&self, status: u16, message: &str, error_type: &str) {
+        self.fail_next_body(
+            status,
+            json!({ "error": { "message": message, "type": error_type, "param": null, "code": null }}),
+        );
+    }
+
+    fn fail_next_body(&self, status: u16, body: Value) {
         if let Ok(mut failures) = self.inner.failures.lock() {
             failures.push_back((status, body));
         }

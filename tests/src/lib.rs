@@ -126,6 +126,20 @@ impl Default for Isolation {
     }
 }
 
+/// A projector that projects nothing: the store is generic, and its own tests
+/// store plain events with no read models.
+pub struct NoProjection;
+
+impl events::store::InlineProjector for NoProjection {
+    fn apply<'a>(
+        &'a self,
+        _conn: &'a mut sqlx::mysql::MySqlConnection,
+        _events: &'a [events::store::RecordedEvent],
+    ) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// How many events the log holds (to prove that bad input wrote nothing).
 pub async fn event_count(pool: &MySqlPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events")

@@ -6,29 +6,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::json;
-use sqlx::mysql::MySqlConnection;
 use uuid::Uuid;
 
 use events::event::EventMetadata;
-use events::store::{
-    AppendError, EventStore, ExpectedVersion, InlineProjector, NewEvent, RecordedEvent,
-};
-use system_tests::{event_count, Isolation};
-
-/// The store is generic; these tests store plain events with no read models.
-struct NoProjection;
-
-impl InlineProjector for NoProjection {
-    fn apply<'a>(
-        &'a self,
-        _conn: &'a mut MySqlConnection,
-        _events: &'a [RecordedEvent],
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        Box::pin(async { Ok(()) })
-    }
-}
+use events::store::{AppendError, EventStore, ExpectedVersion, NewEvent};
+use system_tests::{event_count, Isolation, NoProjection};
 
 fn event(n: usize, key: Option<String>) -> NewEvent {
     NewEvent {

@@ -1,0 +1,126 @@
+//! The appender under the faults the review found (items 2 and 10): one bad append
+//! in a group commit must fail alone, idempotency keys are compared exactly, and a
+//! database connection that hangs inside a commit must not block every append.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use events::config::DatabaseSettings;
+use events::event::EventMetadata;
+use events::store::{AppendError, EventStore, ExpectedVersion, NewEvent};
+use system_tests::{Isolation, NoProjection, TcpProxy};
+
+fn event(key: Option<&str>) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "TestHappened".into(),
+        schema_version: 1,
+        payload: json!({}),
+        metadata: EventMetadata::default(),
+        idempotency_key: key.map(str::to_string),
+    }
+}
+
+#[tokio::test]
+async fn one_bad_append_fails_alone_and_keys_are_compared_exactly() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    let store = EventStore::new(isolation.migrated_pool().await?, Arc::new(NoProjection));
+    let first = store
+        .append_to_stream("keys", ExpectedVersion::Any, &[event(Some("abc-key"))])
+        .await?;
+
+    // Many appends at once, so that they share group commits with two bad ones: an
+    // event id that exists already (the database refuses the whole insert), and a
+    // key that differs from a recorded one only in case (a different key).
+    let mut reused_id = event(None);
+    reused_id.event_id = first[0].event_id;
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let store = store.clone();
+        jobs.push(tokio::spawn(async move {
+            store
+                .append_to_stream(
+                    &format!("user-{i}"),
+                    ExpectedVersion::Any,
+                    &[event(Some(&format!("key-{i}")))],
+                )
+                .await
+        }));
+    }
+    let bad = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append_to_stream("bad", ExpectedVersion::Any, &[reused_id])
+                .await
+        })
+    };
+    let other_case = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append_to_stream("keys", ExpectedVersion::Any, &[event(Some("ABC-KEY"))])
+                .await
+        })
+    };
+    for job in jobs {
+        job.await??;
+    }
+    assert!(other_case.await?.is_ok(), "ABC-KEY is not abc-key");
+    assert!(bad.await?.is_err(), "the bad append fails");
+    let again = store
+        .append_to_stream("keys", ExpectedVersion::Any, &[event(Some("abc-key"))])
+        .await;
+    assert!(matches!(again, Err(AppendError::Duplicate(_))), "{again:?}");
+    isolation.teardown().await
+}
+
+#[tokio::test]
+async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    isolation.migrated_pool().await?.close().await;
+    let proxy = TcpProxy::start("127.0.0.1:3306").await?;
+    let settings = DatabaseSettings {
+        url: isolation
+            .database
+            .url
+            .replace(":3306/", &format!(":{}/", proxy.port)),
+        max_connections: 1,
+        ..isolation.database.clone()
+    };
+    let pool = events::db::pool(&settings, settings.url.parse()?);
+    let store =
+        EventStore::with_commit_timeout(pool, Arc::new(NoProjection), Duration::from_secs(1));
+    let first = store
+        .append_to_stream("s", ExpectedVersion::Any, &[event(None)])
+        .await;
+    first?;
+    // Let the connection go back to the pool first (sqlx pings it on release).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.freeze(); // the pooled connection now hangs without erroring
+    let started = Instant::now();
+    let hung = store
+        .append_to_stream("s", ExpectedVersion::Any, &[event(None)])
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    match &hung {
+        Err(AppendError::Database(e)) => assert!(events::db::is_unavailable(&e), "{e}"),
+        other => anyhow::bail!("expected an unavailable error, got {other:?}"),
+    }
+    // The hung connection was dropped; a fresh one (the proxy lets new ones
+    // through) serves the next append.
+    let next = store
+        .append_to_stream("s", ExpectedVersion::Any, &[event(None)])
+        .await;
+    let next = next?;
+    assert_eq!(next[0].stream_version, 2, "the hung append did not commit");
+    drop(proxy);
+    isolation.teardown().await
+}

@@ -111,7 +111,7 @@ async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> 
         started.elapsed()
     );
     match &hung {
-        Err(AppendError::Database(e)) => assert!(events::db::is_unavailable(&e), "{e}"),
+        Err(AppendError::Database(e)) => assert!(events::db::is_unavailable(e), "{e}"),
         other => anyhow::bail!("expected an unavailable error, got {other:?}"),
     }
     // The hung connection was dropped; a fresh one (the proxy lets new ones

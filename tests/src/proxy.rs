@@ -8,6 +8,9 @@
 //! - `freeze`: existing connections stay open but nothing more gets through in
 //!   either direction, the way a dead peer behind a NAT looks; new connections
 //!   work normally.
+//!
+//! It also counts the bytes it forwards, so a test can see how much a process
+//! talks to the service behind it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +34,7 @@ pub struct TcpProxy {
     pub port: u16,
     control: watch::Sender<Control>,
     generation: Arc<AtomicU64>,
+    forwarded: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -44,9 +48,11 @@ impl TcpProxy {
             frozen_upto: 0,
         });
         let generation = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new(AtomicU64::new(0));
         let target = target.to_string();
         let task = tokio::spawn({
             let generation = generation.clone();
+            let forwarded = forwarded.clone();
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
                     if watcher.borrow().refusing {
@@ -56,6 +62,7 @@ impl TcpProxy {
                     let id = generation.fetch_add(1, Ordering::SeqCst) + 1;
                     let watcher = watcher.clone();
                     let target = target.clone();
+                    let forwarded = forwarded.clone();
                     tokio::spawn(async move {
                         if let Ok(outbound) = TcpStream::connect(&target).await {
                             let _ = inbound.set_nodelay(true);
@@ -63,8 +70,8 @@ impl TcpProxy {
                             let (ri, wi) = inbound.into_split();
                             let (ro, wo) = outbound.into_split();
                             tokio::join!(
-                                pump(ri, wo, watcher.clone(), id),
-                                pump(ro, wi, watcher, id)
+                                pump(ri, wo, watcher.clone(), id, forwarded.clone()),
+                                pump(ro, wi, watcher, id, forwarded)
                             );
                         }
                     });
@@ -75,6 +82,7 @@ impl TcpProxy {
             port,
             control,
             generation,
+            forwarded,
             task,
         })
     }
@@ -89,6 +97,11 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.control.send_modify(|c| c.refusing = false);
+    }
+
+    /// Bytes forwarded so far, both ways.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::SeqCst)
     }
 
     pub fn freeze(&self) {
@@ -109,6 +122,7 @@ async fn pump(
     mut to: OwnedWriteHalf,
     mut control: watch::Receiver<Control>,
     id: u64,
+    forwarded: Arc<AtomicU64>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -125,6 +139,7 @@ async fn pump(
                     if to.write_all(&buf[..n]).await.is_err() {
                         return;
                     }
+                    forwarded.fetch_add(n as u64, Ordering::SeqCst);
                 }
             },
             changed = control.changed() => if changed.is_err() { return },

@@ -17,7 +17,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 pub use client::{Client, Reply};
 pub use fake_openai::FakeOpenAi;
 pub use proxy::TcpProxy;
-pub use stack::{Stack, StackOptions};
+pub use stack::{free_port, Stack, StackOptions};
 
 /// The server the tests use; `TEST_DATABASE_SERVER` overrides it.
 pub fn database_server() -> String {

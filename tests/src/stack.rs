@@ -107,7 +107,8 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -210,6 +211,31 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()?;
         Ok((child, log))
+    }
+
+    /// Starts `binary_name` (`api` or `worker`) with the stack's environment plus
+    /// `env`, without waiting for it to become ready (to watch how it starts).
+    pub fn start_process(
+        &self,
+        binary_name: &str,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
+        let extra: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let port = extra
+            .iter()
+            .find(|(k, _)| k == "BIND_ADDR")
+            .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok());
+        let (child, log) = self.spawn(binary_name, name, &extra)?;
+        Ok(Process {
+            name: name.to_string(),
+            log,
+            port,
+            child,
+        })
     }
 
     /// Starts another api process and waits until it is ready.

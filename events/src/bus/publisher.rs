@@ -34,11 +34,50 @@ pub struct Publisher {
 #[derive(Default)]
 struct Link {
     connection: Option<Connection>,
-    channel: Option<Channel>,
-    /// Which connection `channel` belongs to, so that a late failure from an older
-    /// one cannot tear down its replacement.
-    generation: u64,
+    /// Numbered, so that a late failure from an older channel cannot tear down
+    /// its replacement.
+    channel: Generational<Channel>,
     retry_after: Option<Instant>,
+}
+
+/// A value that is replaced over time, each replacement numbered: whoever reports
+/// that a value failed names the one it used, and only that one is forgotten.
+#[derive(Debug)]
+struct Generational<T> {
+    value: Option<T>,
+    generation: u64,
+}
+
+impl<T> Default for Generational<T> {
+    fn default() -> Self {
+        Self {
+            value: None,
+            generation: 0,
+        }
+    }
+}
+
+impl<T: Clone> Generational<T> {
+    fn current(&self) -> Option<(&T, u64)> {
+        self.value.as_ref().map(|v| (v, self.generation))
+    }
+
+    fn replace(&mut self, value: T) -> u64 {
+        self.generation += 1;
+        self.value = Some(value);
+        self.generation
+    }
+
+    /// Forgets the value of `generation`, if it is still the current one.
+    fn forget(&mut self, generation: u64) {
+        if self.generation == generation {
+            self.value = None;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.value = None;
+    }
 }
 
 impl Publisher {
@@ -63,15 +102,15 @@ impl Publisher {
     /// The live channel and its generation.
     async fn current(&self) -> Result<(Channel, u64), BusError> {
         let mut link = self.link.lock().await;
-        if let Some(channel) = &link.channel {
+        if let Some((channel, generation)) = link.channel.current() {
             if channel.status().connected() {
-                return Ok((channel.clone(), link.generation));
+                return Ok((channel.clone(), generation));
             }
         }
         if link.retry_after.is_some_and(|at| Instant::now() < at) {
             return Err(BusError::Unavailable("reconnect pending".into()));
         }
-        link.channel = None;
+        link.channel.clear();
         if let Some(old) = link.connection.take() {
             let _ = old.close(0, "reconnecting").await;
         }
@@ -79,10 +118,9 @@ impl Publisher {
             Ok((connection, channel)) => {
                 tracing::info!(publisher = %self.name, "connected to the message broker");
                 link.connection = Some(connection);
-                link.channel = Some(channel.clone());
-                link.generation += 1;
+                let generation = link.channel.replace(channel.clone());
                 link.retry_after = None;
-                Ok((channel, link.generation))
+                Ok((channel, generation))
             }
             Err(e) => {
                 link.retry_after = Some(Instant::now() + RECONNECT_PAUSE);
@@ -105,7 +143,7 @@ impl Publisher {
     /// abrupt disconnect.
     pub async fn close(&self) {
         let mut link = self.link.lock().await;
-        link.channel = None;
+        link.channel.clear();
         if let Some(connection) = link.connection.take() {
             let _ = connection.close(200, "shutdown").await;
         }
@@ -114,10 +152,7 @@ impl Publisher {
     /// Forgets the channel of `generation`, if it is still the current one, so the
     /// next call reconnects. A newer channel is left alone.
     async fn reset(&self, generation: u64) {
-        let mut link = self.link.lock().await;
-        if link.generation == generation {
-            link.channel = None;
-        }
+        self.link.lock().await.channel.forget(generation);
     }
 
     /// Publishes one event and waits for the broker's confirm.
@@ -176,5 +211,21 @@ impl Publisher {
             }
             Confirmation::Nack(_) => Err(BusError::Nacked),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Generational;
+
+    #[test]
+    fn a_late_failure_of_an_old_channel_leaves_its_replacement_alone() {
+        let mut channel = Generational::default();
+        let old = channel.replace("first connection");
+        let new = channel.replace("second connection");
+        channel.forget(old); // the first connection's publish failed late
+        assert_eq!(channel.current(), Some((&"second connection", new)));
+        channel.forget(new);
+        assert_eq!(channel.current(), None);
     }
 }

@@ -24,6 +24,10 @@ struct Inner {
     /// Extra random latency, up to this many milliseconds.
     jitter_ms: AtomicU64,
     calls: AtomicU64,
+    /// Calls answered with a reply, and with an injected failure. A call counted
+    /// in neither was abandoned by its caller (a worker killed mid-call).
+    answered: AtomicU64,
+    failed: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -60,6 +64,21 @@ impl FakeOpenAi {
 
     pub fn calls(&self) -> u64 {
         self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls that got a reply back to the caller.
+    pub fn answered(&self) -> u64 {
+        self.inner.answered.load(Ordering::SeqCst)
+    }
+
+    /// Calls that got an injected failure back.
+    pub fn failed(&self) -> u64 {
+        self.inner.failed.load(Ordering::SeqCst)
+    }
+
+    /// Injected failures not yet handed out.
+    pub fn failures_queued(&self) -> usize {
+        self.inner.failures.lock().map(|f| f.len()).unwrap_or(0)
     }
 
     /// Waits until at least `n` calls have arrived (a call is then in flight).
@@ -132,8 +151,10 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
     let failure = inner.failures.lock().ok().and_then(|mut f| f.pop_front());
     if let Some((status, body)) = failure {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        inner.failed.fetch_add(1, Ordering::SeqCst);
         return (status, Json(body)).into_response();
     }
+    inner.answered.fetch_add(1, Ordering::SeqCst);
     let model = request["model"].as_str().unwrap_or("unknown").to_string();
     let last_user = request["messages"]
         .as_array()

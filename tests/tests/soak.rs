@@ -1,0 +1,421 @@
+//! The soak: two apis and two workers under steady load while processes are killed
+//! and stopped, the broker and the database are cut away, and the model fails in
+//! bursts, all at random; then a checker proves that nothing was lost, doubled,
+//! reordered or left pending.
+//!
+//! Run on demand, with a seed (to replay a run) and a duration:
+//!
+//! ```sh
+//! SOAK_SEED=42 SOAK_SECS=300 scripts/test.sh --test soak -- --nocapture
+//! ```
+//!
+//! CI runs it for `SOAK_SECS` (default 20) with a fresh seed, printed first.
+//!
+//! The broker and the database "restart" through the test's TCP proxies: every
+//! connection is closed and new ones are refused for a while, which is what a
+//! restart looks like to the processes (the servers roll back and redeliver what
+//! those connections held), without restarting the services other tests share.
+//! `tests/broker_restart.rs` and `tests/database_restart.rs` restart them for real.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use system_tests::stack::Process;
+use system_tests::{eventually, free_port, Client, Stack, StackOptions};
+
+const USERS: usize = 8;
+const CLIENTS: usize = 8;
+const APIS: usize = 2;
+const WORKERS: usize = 2;
+/// Fewer injected failures in a row than a message's attempts, so every message can
+/// end answered; a burst is at most this many.
+const MAX_BURST: usize = 3;
+
+#[derive(Default)]
+struct Ledger {
+    /// client_msg_id → (user, bot), for every message a client got accepted.
+    accepted: Mutex<HashMap<String, (i64, i64)>>,
+    posts: AtomicU64,
+    retries: AtomicU64,
+}
+
+#[derive(Default)]
+struct Faults {
+    worker_stops: AtomicU64,
+    injected: AtomicU64,
+    log: Mutex<Vec<String>>,
+}
+
+impl Faults {
+    fn record(&self, what: String) {
+        println!("fault: {what}");
+        if let Ok(mut log) = self.log.lock() {
+            log.push(what);
+        }
+    }
+}
+
+struct Processes {
+    apis: Vec<(u16, Process)>,
+    workers: Vec<Process>,
+    restarts: usize,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn start_api(stack: &Stack, port: u16, n: usize) -> anyhow::Result<Process> {
+    stack.start_process(
+        "api",
+        &format!("soak-api-{port}-{n}"),
+        &[("BIND_ADDR", &format!("127.0.0.1:{port}"))],
+    )
+}
+
+fn start_worker(stack: &Stack, slot: usize, n: usize) -> anyhow::Result<Process> {
+    stack.start_process("worker", &format!("soak-worker-{slot}-{n}"), &[])
+}
+
+/// One client: posts to random conversations through random apis, each message with
+/// its own `client_msg_id`, retried until accepted.
+async fn client_loop(
+    seed: u64,
+    ports: Vec<u16>,
+    conversations: Arc<Vec<(i64, String, i64)>>,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let (user, token, bot) = conversations[rng.gen_range(0..conversations.len())].clone();
+        let key = format!("soak-{seed}-{n}");
+        n += 1;
+        loop {
+            let port = ports[rng.gen_range(0..ports.len())];
+            let client = Client::new(format!("http://127.0.0.1:{port}"));
+            ledger.posts.fetch_add(1, Ordering::SeqCst);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.post_json(
+                    "/chat/new_chat?wait=false",
+                    &json!({ "chatbot_id": bot, "input": format!("message {key}"), "client_msg_id": key }),
+                    Some(&token),
+                ),
+            )
+            .await;
+            if let Ok(Ok(reply)) = answer {
+                if matches!(reply.status, 200 | 202) {
+                    if let Ok(mut accepted) = ledger.accepted.lock() {
+                        accepted.insert(key.clone(), (user, bot));
+                    }
+                    break;
+                }
+            }
+            // Not accepted (api down, database away, ...): the same key again, so a
+            // post that did land is not recorded twice.
+            ledger.retries.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..120))).await;
+    }
+}
+
+/// One random fault, seeded; returns when the system is whole again.
+async fn inject(
+    rng: &mut StdRng,
+    stack: &Stack,
+    processes: &mut Processes,
+    faults: &Faults,
+) -> anyhow::Result<()> {
+    let outage = Duration::from_millis(rng.gen_range(500..3000));
+    match rng.gen_range(0..6) {
+        0 => {
+            let slot = rng.gen_range(0..WORKERS);
+            faults.record(format!("SIGKILL worker {slot}"));
+            processes.workers[slot].signal("KILL")?;
+            processes.workers[slot]
+                .wait(Duration::from_secs(10))
+                .await?;
+            faults.worker_stops.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(outage).await;
+            processes.restarts += 1;
+            processes.workers[slot] = start_worker(stack, slot, processes.restarts)?;
+        }
+        1 => {
+            let slot = rng.gen_range(0..WORKERS);
+            faults.record(format!("SIGTERM worker {slot}"));
+            processes.workers[slot].signal("TERM")?;
+            processes.workers[slot]
+                .wait(Duration::from_secs(20))
+                .await?;
+            faults.worker_stops.fetch_add(1, Ordering::SeqCst);
+            processes.restarts += 1;
+            processes.workers[slot] = start_worker(stack, slot, processes.restarts)?;
+        }
+        2 => {
+            let slot = rng.gen_range(0..APIS);
+            let signal = if rng.gen_bool(0.5) { "KILL" } else { "TERM" };
+            faults.record(format!("SIG{signal} api {slot}"));
+            let port = processes.apis[slot].0;
+            processes.apis[slot].1.signal(signal)?;
+            processes.apis[slot].1.wait(Duration::from_secs(30)).await?;
+            tokio::time::sleep(outage).await;
+            processes.restarts += 1;
+            processes.apis[slot] = (port, start_api(stack, port, processes.restarts)?);
+        }
+        3 => {
+            faults.record(format!("broker away for {outage:?}"));
+            let proxy = stack
+                .broker_proxy
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no broker proxy"))?;
+            proxy.cut();
+            tokio::time::sleep(outage).await;
+            proxy.restore();
+        }
+        4 => {
+            faults.record(format!("database away for {outage:?}"));
+            let proxy = stack
+                .database_proxy
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no database proxy"))?;
+            proxy.cut();
+            tokio::time::sleep(outage).await;
+            proxy.restore();
+        }
+        _ => {
+            let burst = rng.gen_range(1..=MAX_BURST);
+            // One burst at a time, so no message can meet more failures in a row
+            // than its attempts.
+            if stack.model.failures_queued() == 0 {
+                faults.record(format!("model fails the next {burst} calls"));
+                for _ in 0..burst {
+                    stack.model.fail_next(500, "server_error", None);
+                }
+                faults.injected.fetch_add(burst as u64, Ordering::SeqCst);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn soak_under_random_faults() -> anyhow::Result<()> {
+    let seed: u64 = env_or("SOAK_SEED", rand::random());
+    let secs: u64 = env_or("SOAK_SECS", 20);
+    println!(
+        "soak: seed {seed}, {secs} s of faults (rerun with SOAK_SEED={seed} SOAK_SECS={secs})"
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let stack = Stack::start(StackOptions {
+        apis: 0,
+        workers: 0,
+        proxy_broker: true,
+        proxy_database: true,
+        env: vec![
+            ("SHUTDOWN_GRACE_SECS".into(), "2".into()),
+            ("MODEL_MAX_ATTEMPTS".into(), (MAX_BURST + 3).to_string()),
+            ("DB_ACQUIRE_TIMEOUT_MS".into(), "1000".into()),
+            ("CONVERSATION_LEASE_SECS".into(), "5".into()),
+            ("REPLY_WAIT_SECS".into(), "5".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    stack
+        .model
+        .set_latency_range(Duration::from_millis(20), Duration::from_millis(200));
+    let ports: Vec<u16> = (0..APIS).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let mut processes = Processes {
+        apis: Vec::new(),
+        workers: Vec::new(),
+        restarts: 0,
+    };
+    for &port in &ports {
+        processes.apis.push((port, start_api(&stack, port, 0)?));
+    }
+    for slot in 0..WORKERS {
+        processes.workers.push(start_worker(&stack, slot, 0)?);
+    }
+    let first = Client::new(format!("http://127.0.0.1:{}", ports[0]));
+    for port in &ports {
+        Client::new(format!("http://127.0.0.1:{port}"))
+            .wait_for_ok("/readyz", None, Duration::from_secs(30))
+            .await?;
+    }
+    let mut conversations = Vec::new();
+    for u in 0..USERS {
+        let (user, token, bot) = first.user_with_bot(&format!("soak{u}")).await?;
+        conversations.push((user, token, bot));
+    }
+    let conversations = Arc::new(conversations);
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(client_loop(
+                seed.wrapping_add(c as u64 + 1),
+                ports.clone(),
+                conversations.clone(),
+                ledger.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let faults = Faults::default();
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
+        inject(&mut rng, &stack, &mut processes, &faults).await?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        tokio::time::timeout(Duration::from_secs(120), client).await??;
+    }
+
+    // The checker.
+    let accepted = ledger
+        .accepted
+        .lock()
+        .map(|a| a.clone())
+        .unwrap_or_default();
+    let pool = stack.pool()?;
+    let keys: Vec<String> = accepted.keys().cloned().collect();
+    let posted_ids = eventually(
+        Duration::from_secs(180),
+        "every accepted message to be answered",
+        || {
+            let (pool, keys) = (pool.clone(), keys.clone());
+            async move {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT m.message_id, COUNT(r.message_id) FROM chat_history m \
+                 LEFT JOIN chat_history r ON r.reply_to = m.message_id \
+                 WHERE m.by_user = 1 GROUP BY m.message_id",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                let unanswered = rows.iter().filter(|(_, n)| *n == 0).count();
+                Ok((rows.len() >= keys.len() && unanswered == 0).then_some(rows))
+            }
+        },
+    )
+    .await?;
+    let messages = posted_ids.len();
+    assert!(
+        posted_ids.iter().all(|(_, n)| *n == 1),
+        "every message has exactly one outcome"
+    );
+
+    // Each accepted client_msg_id was recorded exactly once.
+    let recorded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.client_msg_id')) AS CHAR), COUNT(*) FROM events \
+         WHERE event_type = 'UserMessagePosted' GROUP BY 1",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let recorded: HashMap<String, i64> = recorded.into_iter().collect();
+    for key in &keys {
+        assert_eq!(recorded.get(key), Some(&1), "{key} recorded once");
+    }
+    assert_eq!(messages, keys.len(), "no message beyond those accepted");
+
+    // In order, per conversation: each outcome after the previous message's.
+    for (user, _, bot) in conversations.iter() {
+        let rows = system_tests::history_rows(&pool, *user, *bot).await?;
+        let mut last = 0;
+        for message in rows.iter().filter(|r| r.by_user == 1) {
+            let outcome = rows
+                .iter()
+                .find(|r| r.reply_to.as_deref() == Some(message.message_id.as_str()))
+                .map(|r| r.seq)
+                .unwrap_or_default();
+            assert!(
+                outcome > last,
+                "user {user}: the outcome of seq {} is out of order",
+                message.seq
+            );
+            last = outcome;
+        }
+        assert!(
+            rows.iter().all(|r| r.status != "pending"),
+            "nothing pending"
+        );
+    }
+
+    // Positions gapless; head, checkpoint and outbox agree.
+    let (count, max): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), CAST(COALESCE(MAX(global_position), 0) AS SIGNED) FROM events",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(count, max, "positions 1..={max} without a gap");
+    let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(head, max);
+    eventually(Duration::from_secs(30), "the outbox to empty", || {
+        let pool = pool.clone();
+        async move {
+            let unsent: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+                    .fetch_one(&pool)
+                    .await?;
+            Ok((unsent == 0).then_some(()))
+        }
+    })
+    .await?;
+
+    // Model calls: one answer per message, plus the injected failures; a worker
+    // stopped mid-call can waste at most the call it was making.
+    let done: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM chat_history WHERE by_user = 0 AND status = 'done'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let failed_outcomes = messages as i64 - done;
+    let injected = faults.injected.load(Ordering::SeqCst) as i64;
+    let handed_out = injected - stack.model.failures_queued() as i64;
+    let answered = stack.model.answered() as i64;
+    let stops = faults.worker_stops.load(Ordering::SeqCst) as i64;
+    println!(
+        "soak: seed {seed}: {messages} messages accepted ({} posts, {} retried), {} faults; \
+         model: {} calls = {answered} answered + {} failed + {} abandoned; {done} replies, \
+         {failed_outcomes} failed; {handed_out} injected failures handed out; {stops} worker stops",
+        ledger.posts.load(Ordering::SeqCst),
+        ledger.retries.load(Ordering::SeqCst),
+        faults.log.lock().map(|l| l.len()).unwrap_or(0),
+        stack.model.calls(),
+        stack.model.failed(),
+        stack.model.calls() as i64 - answered - stack.model.failed() as i64,
+    );
+    assert_eq!(
+        failed_outcomes, 0,
+        "every message was answered (bursts are shorter than the attempts)"
+    );
+    assert_eq!(
+        stack.model.failed() as i64,
+        handed_out,
+        "every model failure was an injected one"
+    );
+    assert!(
+        answered >= done && answered - done <= stops,
+        "model answers {answered} = replies {done} + at most one per worker stop ({stops})"
+    );
+    drop(processes);
+    stack.teardown().await
+}

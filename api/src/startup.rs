@@ -141,6 +141,7 @@ impl Application {
                 reject_oversized_bodies,
             ))
             .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
+            .layer(axum::middleware::from_fn(crate::error::end_outage_episodes))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
                 TraceLayer::new_for_http()

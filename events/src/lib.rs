@@ -10,8 +10,8 @@
 //!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
 //!   append's events to an [`store::InlineProjector`] inside the same transaction.
 //! - [`appender`]: group commit: concurrent appends share one transaction.
-//! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`) and the
-//!   queries the GET routes use.
+//! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`,
+//!   `sessions`) and the queries the GET routes and the worker use.
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.

@@ -68,7 +68,7 @@ impl OutboxRelay {
             unpublished: Arc::new(Episode::new(
                 "publishing to the broker fails; events wait in the outbox",
             )),
-            sweep_failures: Arc::new(Episode::new("the outbox sweep cannot reach the database")),
+            sweep_failures: Arc::new(Episode::new("the outbox sweep fails on the database")),
         }
     }
 

@@ -178,6 +178,20 @@ pub async fn history_rows(
     Ok(events::projections::ChatHistoryProjection::read(pool, user_id, bot_id, 0, 10_000).await?)
 }
 
+/// The ids of the user's messages in a conversation, oldest first.
+pub async fn user_message_ids(
+    pool: &MySqlPool,
+    user_id: i64,
+    bot_id: i64,
+) -> anyhow::Result<Vec<String>> {
+    Ok(history_rows(pool, user_id, bot_id)
+        .await?
+        .into_iter()
+        .filter(|r| r.by_user == 1)
+        .map(|r| r.message_id)
+        .collect())
+}
+
 /// How many reply events (generated or failed) answer `message_id`.
 pub async fn outcomes_for(pool: &MySqlPool, message_id: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(

@@ -89,9 +89,19 @@ pub struct Stack {
     pub isolation: Isolation,
 }
 
+/// `CHATBOT_BIN_DIR` runs the system tests against other builds of the binaries,
+/// e.g. an older commit's, to see a test fail before its fix. Those binaries then
+/// create and migrate the test database themselves, with their own migrations.
+pub fn other_binaries() -> Option<PathBuf> {
+    std::env::var_os("CHATBOT_BIN_DIR").map(PathBuf::from)
+}
+
 /// Where cargo put the binaries: beside this executable, or beside the `deps`
-/// folder when this is a test.
+/// folder when this is a test (or in `CHATBOT_BIN_DIR`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = other_binaries() {
+        return Ok(dir.join(name));
+    }
     let exe = std::env::current_exe()?;
     let mut dir = exe
         .parent()
@@ -124,7 +134,9 @@ impl Stack {
         std::fs::create_dir_all(&log_dir)?;
         // Create and migrate the database directly, so that processes started
         // behind a proxy do not depend on it for that.
-        isolation.migrated_pool().await?.close().await;
+        if other_binaries().is_none() {
+            isolation.migrated_pool().await?.close().await;
+        }
         let broker_proxy = match options.proxy_broker {
             true => Some(TcpProxy::start("127.0.0.1:5672").await?),
             false => None,

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use system_tests::{history_rows, wait_until_answered, Client, Stack, StackOptions};
+use system_tests::{
+    history_rows, user_message_ids, wait_until_answered, Client, Stack, StackOptions,
+};
 
 /// Posts `n` messages at once; with `wait`, each request waits for its reply.
 async fn burst(client: &Client, token: &str, bot: i64, n: usize, wait: bool) -> anyhow::Result<()> {
@@ -92,12 +94,7 @@ async fn a_burst_costs_one_model_call_per_message() -> anyhow::Result<()> {
     assert_eq!(for_40, 40, "a burst of 40 costs 40 model calls");
 
     burst(&client, &token, bot, 8, false).await?;
-    let ids: Vec<String> = history_rows(&stack.pool()?, user, bot)
-        .await?
-        .into_iter()
-        .filter(|r| r.by_user == 1)
-        .map(|r| r.message_id)
-        .collect();
+    let ids = user_message_ids(&stack.pool()?, user, bot).await?;
     wait_until_answered(&stack.pool()?, &ids, Duration::from_secs(60)).await?;
     assert_eq!(
         stack.model.calls() - after_10 - for_40,
@@ -162,12 +159,7 @@ async fn model_failures_are_retried_per_message_not_per_delivery() -> anyhow::Re
         stack.model.fail_next(500, "server_error", None);
     }
     burst(&client, &token, bot, 5, false).await?;
-    let ids: Vec<String> = history_rows(&stack.pool()?, user, bot)
-        .await?
-        .into_iter()
-        .filter(|r| r.by_user == 1)
-        .map(|r| r.message_id)
-        .collect();
+    let ids = user_message_ids(&stack.pool()?, user, bot).await?;
     wait_until_answered(&stack.pool()?, &ids, Duration::from_secs(60)).await?;
     answered_in_order(&stack, user, bot).await?;
     assert_eq!(

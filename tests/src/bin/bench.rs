@@ -95,7 +95,8 @@ fn report(name: &str, figures: &Figures, original: f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // BENCH_SCENARIOS=history,uncached,list,chat,slow picks scenarios (all by default).
+    // BENCH_SCENARIOS=history,healthz,uncached,list,chat,slow picks scenarios (all by
+    // default).
     let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -174,6 +175,26 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         report("chat/history, 50 messages, 64 clients", &figures, 2000.0);
+        if wanted("healthz") {
+            // The same process's ceiling: a route that does nothing. A cached
+            // history read (token verified, session and user checked in memory)
+            // should come close to it.
+            let ceiling = load(64, duration, {
+                let (http, url) = (http.clone(), format!("{base}/healthz"));
+                move |_| {
+                    let request = http.get(&url);
+                    async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+                }
+            })
+            .await;
+            println!(
+                "{:<44} {:>9.0} req/s  p50 {:>6.1} ms; cached history is {:.2} of it",
+                "/healthz, 64 clients (one process's ceiling)",
+                ceiling.per_second(),
+                ceiling.percentile(0.5).as_secs_f64() * 1000.0,
+                figures.per_second() / ceiling.per_second().max(1.0),
+            );
+        }
     }
     if wanted("uncached") {
         // The same, on an api whose read cache is off: every request reads MySQL.

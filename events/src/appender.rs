@@ -27,14 +27,47 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlPool, MySqlRow};
+use futures::future::BoxFuture;
+use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::types::Json;
 use sqlx::{Acquire, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{
-    now_micros, AppendError, ExpectedVersion, InlineProjector, NewEvent, RecordedEvent,
-};
+use crate::record::{now_micros, NewEvent, RecordedEvent};
+
+/// What the appender believes the stream's current version is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append after whatever is there; conflicts are retried inside the store.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream_id} moved past the expected version {expected:?}")]
+    Conflict {
+        stream_id: String,
+        expected: ExpectedVersion,
+    },
+    /// An event with this idempotency key was recorded before; nothing was written.
+    #[error("an event with idempotency key {0} is already recorded")]
+    Duplicate(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Updates read models from freshly appended events, inside the append's transaction.
+pub trait InlineProjector: Send + Sync + 'static {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut MySqlConnection,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
 
 /// Most appends committed together.
 const MAX_BATCH: usize = 64;

@@ -9,7 +9,10 @@
 //! - [`store`]: the append-only event store (`append_to_stream`, `read_stream`,
 //!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
 //!   append's events to an [`store::InlineProjector`] inside the same transaction.
-//! - [`appender`]: group commit: concurrent appends share one transaction.
+//! - [`record`]: what the log stores: new and recorded events, their metadata.
+//! - [`appender`]: how an append goes (expected versions, the errors, the inline
+//!   projector it calls), and group commit: concurrent appends share one
+//!   transaction.
 //! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`,
 //!   `sessions`) and the queries the GET routes and the worker use.
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
@@ -31,6 +34,7 @@ pub mod episode;
 pub mod event;
 pub mod outbox;
 pub mod projections;
+pub mod record;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,6 @@
-//! The append-only event store on MySQL/MariaDB.
+//! The append-only event store on MySQL/MariaDB: [`EventStore`] appends through the
+//! [`crate::appender`] and reads here. Its types are re-exported from where they
+//! live (`record` for what is stored, `appender` for how an append can go).
 //!
 //! An append happens in a transaction (shared with other appends of the same
 //! process, see [`crate::appender`]) that
@@ -19,89 +21,15 @@
 
 use std::sync::Arc;
 
-use chrono::{NaiveDateTime, Utc};
-use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlRow};
+use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::types::Json;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::appender::Appender;
-
-/// Who and what caused an event, for tracing a message across processes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EventMetadata {
-    /// Carried from the HTTP request (its `x-request-id`) through the broker's headers
-    /// into the worker, and into the reply's metadata.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    /// The event that caused this one (a reply's triggering message).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<i64>,
-}
-
-/// An event ready to be appended.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub schema_version: u16,
-    pub payload: Value,
-    pub metadata: EventMetadata,
-    pub idempotency_key: Option<String>,
-}
-
-/// An event as stored, with its place in its stream and in the global order.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RecordedEvent {
-    pub global_position: i64,
-    pub event_id: Uuid,
-    pub stream_id: String,
-    pub stream_version: i64,
-    pub event_type: String,
-    pub schema_version: u16,
-    pub payload: Value,
-    pub metadata: EventMetadata,
-    pub recorded_at: NaiveDateTime,
-}
-
-/// What the appender believes the stream's current version is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// Append after whatever is there; conflicts are retried inside the store.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream's last event must have exactly this version.
-    Exact(i64),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    #[error("stream {stream_id} moved past the expected version {expected:?}")]
-    Conflict {
-        stream_id: String,
-        expected: ExpectedVersion,
-    },
-    /// An event with this idempotency key was recorded before; nothing was written.
-    #[error("an event with idempotency key {0} is already recorded")]
-    Duplicate(String),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-/// Updates read models from freshly appended events, inside the append's transaction.
-pub trait InlineProjector: Send + Sync + 'static {
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut MySqlConnection,
-        events: &'a [RecordedEvent],
-    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
-}
+pub use crate::appender::{AppendError, ExpectedVersion, InlineProjector};
+pub use crate::record::{now_micros, EventMetadata, NewEvent, RecordedEvent};
 
 /// Retries of an `ExpectedVersion::Any` append that hit a version conflict.
 const ANY_VERSION_ATTEMPTS: usize = 5;
@@ -262,11 +190,4 @@ pub(crate) fn recorded_from_row(row: &MySqlRow) -> Result<RecordedEvent, sqlx::E
         metadata,
         recorded_at: row.try_get("recorded_at")?,
     })
-}
-
-/// UTC now, truncated to the microseconds that `DATETIME(6)` keeps, so that what an
-/// append returns equals what a later read returns.
-pub fn now_micros() -> NaiveDateTime {
-    let now = Utc::now().naive_utc();
-    chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::microseconds(1)).unwrap_or(now)
 }

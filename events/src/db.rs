@@ -44,7 +44,7 @@ pub enum DbSetupError {
 pub async fn connect_and_migrate_patiently(
     settings: &DatabaseSettings,
 ) -> Result<MySqlPool, DbSetupError> {
-    let mut backoff = crate::bus::Backoff::new(
+    let mut backoff = crate::backoff::Backoff::new(
         std::time::Duration::from_millis(250),
         std::time::Duration::from_secs(5),
     );

@@ -12,8 +12,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use crate::store::EventMetadata;
-use crate::store::{NewEvent, RecordedEvent};
+pub use crate::record::EventMetadata;
+use crate::record::{NewEvent, RecordedEvent};
 
 pub type UserId = i64;
 pub type BotId = i64;

@@ -19,6 +19,7 @@
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.
 //! - [`episode`]: expected, handled conditions logged once per episode.
+//! - [`backoff`]: exponential backoff with jitter, for retry loops.
 //! - [`outbox`]: the relay that moves committed events from the outbox table to the bus.
 //!
 //! The flow: a command appends events (event rows, outbox rows and read models in
@@ -27,6 +28,7 @@
 //! replies on the bus and answer waiting requests from the read models.
 
 pub mod appender;
+pub mod backoff;
 pub mod bus;
 pub mod config;
 pub mod db;

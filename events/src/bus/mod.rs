@@ -25,6 +25,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use crate::config::BusSettings;
 use crate::event::DomainEvent;
 
+pub use crate::backoff::Backoff;
 pub use consumer::ConsumerSupervisor;
 pub use publisher::Publisher;
 
@@ -189,26 +190,5 @@ pub async fn connect(settings: &BusSettings, name: &str) -> Result<Connection, B
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
         Err(_) => Err(BusError::ConnectTimeout),
-    }
-}
-
-/// Exponential backoff with jitter, for reconnect loops.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Self { next: first, max }
-    }
-
-    /// The delay to wait now; the one after it doubles, up to the maximum.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let jitter = rand::random::<f64>() * 0.25 + 0.875;
-        base.mul_f64(jitter)
     }
 }

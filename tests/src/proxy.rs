@@ -99,6 +99,11 @@ impl TcpProxy {
         self.control.send_modify(|c| c.refusing = false);
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Bytes forwarded so far, both ways.
     pub fn forwarded(&self) -> u64 {
         self.forwarded.load(Ordering::SeqCst)

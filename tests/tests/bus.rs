@@ -72,3 +72,64 @@ async fn a_message_nacked_past_the_delivery_limit_is_dead_lettered() -> anyhow::
     let _ = connection.close(200, "done").await;
     isolation.teardown().await
 }
+
+/// Review item 6: a publish that fails late, on a connection that was already
+/// replaced, must not tear down its replacement (which would cost every caller
+/// another reconnect, and under load a reconnect storm).
+#[tokio::test]
+async fn a_late_failure_on_an_old_connection_leaves_the_new_one_alone() -> anyhow::Result<()> {
+    use events::bus::Publisher;
+    use system_tests::TcpProxy;
+
+    let isolation = Isolation::new();
+    let proxy = TcpProxy::start("127.0.0.1:5672").await?;
+    let mut settings = isolation.bus.clone();
+    settings.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    // Heartbeats far apart, so that only the confirm timeout notices the hang.
+    settings.heartbeat_secs = 120;
+    let publisher = std::sync::Arc::new(Publisher::new(settings, "late-failure-test"));
+    let event = |n: i64| events::store::RecordedEvent {
+        global_position: n,
+        event_id: uuid::Uuid::now_v7(),
+        stream_id: "s".into(),
+        stream_version: n,
+        event_type: "TestHappened".into(),
+        schema_version: 1,
+        payload: serde_json::json!({}),
+        metadata: Default::default(),
+        recorded_at: events::store::now_micros(),
+    };
+    publisher.publish(&event(1)).await?;
+    assert_eq!(proxy.connections(), 1);
+
+    // The connection hangs: two publishes wait on it, the second a little later.
+    proxy.freeze();
+    let first = tokio::spawn({
+        let (publisher, e) = (publisher.clone(), event(2));
+        async move { publisher.publish(&e).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = tokio::spawn({
+        let (publisher, e) = (publisher.clone(), event(3));
+        async move { publisher.publish(&e).await }
+    });
+    // The first times out; the next publish opens a new connection and succeeds,
+    // at once: nobody waits on the hung connection's close.
+    assert!(first.await?.is_err());
+    let started = std::time::Instant::now();
+    publisher.publish(&event(4)).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.connections(), 2);
+    // The second fails late, on the old connection...
+    assert!(second.await?.is_err());
+    // ... and the new one is still in use: no reconnect.
+    publisher.publish(&event(5)).await?;
+    assert_eq!(proxy.connections(), 2, "the new connection was torn down");
+    publisher.close().await;
+    drop(proxy);
+    isolation.teardown().await
+}

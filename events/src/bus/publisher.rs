@@ -23,6 +23,8 @@ use crate::store::RecordedEvent;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// A broker that neither confirms nor fails within this is treated as down.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a replaced connection gets to close cleanly.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Publisher {
     settings: BusSettings,
@@ -112,7 +114,11 @@ impl Publisher {
         }
         link.channel.clear();
         if let Some(old) = link.connection.take() {
-            let _ = old.close(0, "reconnecting").await;
+            // A hung connection may never answer a close: never make callers wait
+            // on it (this lock is held), and give up on it after a while.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.close(0, "reconnecting")).await;
+            });
         }
         match self.open().await {
             Ok((connection, channel)) => {
@@ -145,7 +151,7 @@ impl Publisher {
         let mut link = self.link.lock().await;
         link.channel.clear();
         if let Some(connection) = link.connection.take() {
-            let _ = connection.close(200, "shutdown").await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "shutdown")).await;
         }
     }
 

@@ -170,18 +170,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// Ends a database outage episode at the first request answered without a 5xx
-/// (`/healthz` aside, which never touches the database).
-pub async fn end_outage_episodes(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let liveness = request.uri().path() == "/healthz";
-    let response = next.run(request).await;
-    if DATABASE_DOWN.ongoing() > 0 && !liveness && !response.status().is_server_error() {
+/// A request was answered without a 5xx: a database outage, if one was going on,
+/// is over (`/healthz` aside, which never touches the database).
+pub fn database_reached() {
+    if DATABASE_DOWN.ongoing() > 0 {
         DATABASE_DOWN.recovered();
     }
-    response
 }
 
 impl From<AppendError> for ApiError {

@@ -6,7 +6,7 @@
 //! - [`Params`]: the query string, failing with a 400 envelope.
 //! - [`lenient`]: integers that arrive as numbers or numeric strings.
 //! - [`normalize_path`]: merges `//` and drops the trailing slash before routing.
-//! - [`reject_oversized_bodies`]: 413 at once for a declared length over the limit.
+//! - [`guard_edges`]: 413 at once for a declared length over the limit.
 //! - [`CorrelationId`]: the request id, carried into events and the broker.
 
 use axum::body::Bytes;
@@ -74,10 +74,11 @@ fn body_rejection(rejection: BytesRejection) -> ApiError {
     ApiError::BadRequest(format!("Cannot read the request body: {rejection}"))
 }
 
-/// Answers 413 as soon as a request declares a body over `MAX_BODY_BYTES`, rather
-/// than waiting for a body that may never come.
-pub async fn reject_oversized_bodies(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+/// Answers 413 as soon as a request declares a body over `MAX_BODY_BYTES` (the
+/// state), rather than waiting for a body that may never come; and ends a
+/// database outage episode at the first answer that is not a 5xx.
+pub async fn guard_edges(
+    axum::extract::State(max_body_bytes): axum::extract::State<usize>,
     request: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -87,14 +88,19 @@ pub async fn reject_oversized_bodies(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let limit = state.config.max_body_bytes as u64;
-    match declared {
-        Some(length) if length > limit => ApiError::PayloadTooLarge(format!(
+    let limit = max_body_bytes as u64;
+    if let Some(length) = declared.filter(|&length| length > limit) {
+        return ApiError::PayloadTooLarge(format!(
             "The request body ({length} bytes) is larger than the limit of {limit} bytes."
         ))
-        .into_response(),
-        _ => next.run(request).await,
+        .into_response();
     }
+    let liveness = request.uri().path() == "/healthz";
+    let response = next.run(request).await;
+    if !liveness && !response.status().is_server_error() {
+        crate::error::database_reached();
+    }
+    response
 }
 
 /// Decodes `application/x-www-form-urlencoded` text strictly: a percent-encoded

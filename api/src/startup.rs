@@ -24,7 +24,7 @@ use events::store::EventStore;
 
 use crate::auth::{password, AuthMode, JwtKeys};
 use crate::config::ApiConfig;
-use crate::extract::{normalize_path, reject_oversized_bodies, REQUEST_ID_HEADER};
+use crate::extract::{guard_edges, normalize_path, REQUEST_ID_HEADER};
 use crate::feed::ChatFeed;
 use crate::known_users::KnownUsers;
 use crate::read_cache::ReadCache;
@@ -134,14 +134,13 @@ impl Application {
 
         let config = state.config.clone();
         let publisher = state.relay.publisher().clone();
-        let routes = router(state.clone())
+        let routes = router(state)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(
-                state,
-                reject_oversized_bodies,
+                config.max_body_bytes,
+                guard_edges,
             ))
             .layer(RequestBodyTimeoutLayer::new(config.body_read_timeout))
-            .layer(axum::middleware::from_fn(crate::error::end_outage_episodes))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
                 TraceLayer::new_for_http()

@@ -2,7 +2,9 @@
 //!
 //! Streams: `bot-<bot_id>` holds `BotCreated` and `BotDeleted`;
 //! `chat-<user_id>-<bot_id>` holds one conversation's `UserMessagePosted`,
-//! `BotReplyGenerated` and `BotReplyFailed`; `session-<session_id>` holds one
+//! `BotReplyGenerated` and `BotReplyFailed`, and what the bot remembers of it
+//! (`ConversationSummarized`, `UserProfileUpdated`, `MemoryErased`);
+//! `session-<session_id>` holds one
 //! login's `SessionStarted`, `SessionRefreshed` and `SessionRevoked`.
 //!
 //! Events are immutable once written. Each type carries a `schema_version`; when a
@@ -112,6 +114,33 @@ pub struct BotReplyFailed {
     pub reason: String,
 }
 
+/// A rolling summary of what the user told the bot, through `covers_version` of the
+/// chat stream. It replaces an earlier summary only if it covers more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummarized {
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    pub summary: String,
+    pub covers_version: i64,
+}
+
+/// A short description of the user, through `covers_version` of the chat stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserProfileUpdated {
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    pub profile: String,
+    pub covers_version: i64,
+}
+
+/// The user asked the bot to forget: nothing at or before this event's own stream
+/// version is remembered again, by any job or prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryErased {
+    pub user_id: UserId,
+    pub bot_id: BotId,
+}
+
 /// A login: the refresh token it issued may be spent once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionStarted {
@@ -149,6 +178,9 @@ pub enum DomainEvent {
     SessionStarted(SessionStarted),
     SessionRefreshed(SessionRefreshed),
     SessionRevoked(SessionRevoked),
+    ConversationSummarized(ConversationSummarized),
+    UserProfileUpdated(UserProfileUpdated),
+    MemoryErased(MemoryErased),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +205,9 @@ impl DomainEvent {
     pub const SESSION_STARTED: &'static str = "SessionStarted";
     pub const SESSION_REFRESHED: &'static str = "SessionRefreshed";
     pub const SESSION_REVOKED: &'static str = "SessionRevoked";
+    pub const CONVERSATION_SUMMARIZED: &'static str = "ConversationSummarized";
+    pub const USER_PROFILE_UPDATED: &'static str = "UserProfileUpdated";
+    pub const MEMORY_ERASED: &'static str = "MemoryErased";
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -184,6 +219,9 @@ impl DomainEvent {
             DomainEvent::SessionStarted(_) => Self::SESSION_STARTED,
             DomainEvent::SessionRefreshed(_) => Self::SESSION_REFRESHED,
             DomainEvent::SessionRevoked(_) => Self::SESSION_REVOKED,
+            DomainEvent::ConversationSummarized(_) => Self::CONVERSATION_SUMMARIZED,
+            DomainEvent::UserProfileUpdated(_) => Self::USER_PROFILE_UPDATED,
+            DomainEvent::MemoryErased(_) => Self::MEMORY_ERASED,
         }
     }
 
@@ -206,10 +244,20 @@ impl DomainEvent {
             DomainEvent::SessionRefreshed(e) => {
                 Some(format!("refresh:{}:{}", e.session_id, e.spent_jti))
             }
+            // A repeated memory job records the same texts once.
+            DomainEvent::ConversationSummarized(e) => Some(format!(
+                "summary:{}:{}:{}",
+                e.user_id, e.bot_id, e.covers_version
+            )),
+            DomainEvent::UserProfileUpdated(e) => Some(format!(
+                "profile:{}:{}:{}",
+                e.user_id, e.bot_id, e.covers_version
+            )),
             DomainEvent::BotCreated(_)
             | DomainEvent::BotDeleted(_)
             | DomainEvent::SessionStarted(_)
-            | DomainEvent::SessionRevoked(_) => None,
+            | DomainEvent::SessionRevoked(_)
+            | DomainEvent::MemoryErased(_) => None,
         }
     }
 
@@ -223,6 +271,9 @@ impl DomainEvent {
             DomainEvent::SessionStarted(e) => serde_json::to_value(e),
             DomainEvent::SessionRefreshed(e) => serde_json::to_value(e),
             DomainEvent::SessionRevoked(e) => serde_json::to_value(e),
+            DomainEvent::ConversationSummarized(e) => serde_json::to_value(e),
+            DomainEvent::UserProfileUpdated(e) => serde_json::to_value(e),
+            DomainEvent::MemoryErased(e) => serde_json::to_value(e),
         }
     }
 
@@ -256,6 +307,11 @@ impl DomainEvent {
             (Self::SESSION_STARTED, 1) => parse(event).map(DomainEvent::SessionStarted),
             (Self::SESSION_REFRESHED, 1) => parse(event).map(DomainEvent::SessionRefreshed),
             (Self::SESSION_REVOKED, 1) => parse(event).map(DomainEvent::SessionRevoked),
+            (Self::CONVERSATION_SUMMARIZED, 1) => {
+                parse(event).map(DomainEvent::ConversationSummarized)
+            }
+            (Self::USER_PROFILE_UPDATED, 1) => parse(event).map(DomainEvent::UserProfileUpdated),
+            (Self::MEMORY_ERASED, 1) => parse(event).map(DomainEvent::MemoryErased),
             (other, version) => Err(DecodeError::Unknown {
                 event_type: other.to_string(),
                 schema_version: version,

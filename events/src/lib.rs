@@ -14,7 +14,8 @@
 //!   projector it calls), and group commit: concurrent appends share one
 //!   transaction.
 //! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`,
-//!   `sessions`) and the queries the GET routes and the worker use.
+//!   `sessions`, `conversation_memory`) and the queries the GET routes and the
+//!   worker use.
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.

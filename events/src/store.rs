@@ -86,6 +86,16 @@ impl EventStore {
         }
     }
 
+    /// The version of a stream's last event (0 for a stream with none).
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(stream_version), 0) AS SIGNED) FROM events WHERE stream_id = ?",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// Every event of one stream, oldest first.
     pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         sqlx::query(&format!(

@@ -28,6 +28,8 @@ struct Inner {
     /// in neither was abandoned by its caller (a worker killed mid-call).
     answered: AtomicU64,
     failed: AtomicU64,
+    /// Requests whose JSON contains this text fail with 500.
+    failing_marker: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -74,6 +76,14 @@ impl FakeOpenAi {
     /// Calls that got an injected failure back.
     pub fn failed(&self) -> u64 {
         self.inner.failed.load(Ordering::SeqCst)
+    }
+
+    /// Every request whose JSON contains `marker` fails with a 500 from now on
+    /// (`None` stops it): to fail one kind of call, e.g. memory refreshes.
+    pub fn fail_requests_containing(&self, marker: Option<&str>) {
+        if let Ok(mut failing) = self.inner.failing_marker.lock() {
+            *failing = marker.map(str::to_string);
+        }
     }
 
     /// Injected failures not yet handed out.
@@ -148,7 +158,21 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let failure = inner.failures.lock().ok().and_then(|mut f| f.pop_front());
+    let marked = inner
+        .failing_marker
+        .lock()
+        .ok()
+        .and_then(|m| m.clone())
+        .is_some_and(|marker| request.to_string().contains(&marker));
+    let failure = if marked {
+        Some((
+            500,
+            json!({ "error": { "message": "injected failure for marked requests",
+            "type": "server_error", "param": null, "code": null }}),
+        ))
+    } else {
+        inner.failures.lock().ok().and_then(|mut f| f.pop_front())
+    };
     if let Some((status, body)) = failure {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         inner.failed.fetch_add(1, Ordering::SeqCst);

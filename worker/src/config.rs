@@ -20,6 +20,20 @@ pub struct ModelSettings {
     pub retry_base: Duration,
 }
 
+/// Long-term memory (see `memory`).
+#[derive(Debug, Clone)]
+pub struct MemorySettings {
+    /// `MEMORY_EVERY_MESSAGES`: user messages that make a refresh due.
+    pub every_messages: u32,
+    /// `MEMORY_IDLE_SECS` (read with the bus settings): an idle conversation with
+    /// anything unsummarized is refreshed after this.
+    pub idle: Duration,
+    /// `MEMORY_MAX_CHARS`: the longest summary or profile.
+    pub max_chars: usize,
+    /// `MEMORY_PREFETCH`: memory jobs handled at once by this process.
+    pub prefetch: u16,
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub database: DatabaseSettings,
@@ -34,13 +48,21 @@ pub struct WorkerConfig {
     /// `CONVERSATION_LEASE_SECS`: how long a crashed worker's hold on a
     /// conversation keeps others waiting (a live one renews it).
     pub conversation_lease: Duration,
+    pub memory: MemorySettings,
 }
 
 impl WorkerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let bus = BusSettings::from_env()?;
         Ok(Self {
             database: DatabaseSettings::from_env()?,
-            bus: BusSettings::from_env()?,
+            memory: MemorySettings {
+                every_messages: env_or("MEMORY_EVERY_MESSAGES", 6)?.max(1),
+                idle: Duration::from_secs(u64::from(bus.memory_idle_secs)),
+                max_chars: env_or("MEMORY_MAX_CHARS", 2000)?.max(1),
+                prefetch: env_or("MEMORY_PREFETCH", 8)?,
+            },
+            bus,
             model: ModelSettings {
                 api_key: env_opt("OPENAI_API_KEY"),
                 base_url: env_or("OPENAI_BASE_URL", "https://api.openai.com/v1".to_string())?,

@@ -12,6 +12,10 @@
 //!
 //! A delivery is read only as far as the worker needs (its message id, user and
 //! bot, see [`MessageRef`]); the answer comes from the read models.
+//!
+//! Memory jobs ([`handle_memory_job`]) are reply events; one that fails for good
+//! (the model, after its bounded retries) goes to the memory dead letters, and the
+//! conversation keeps the memory it had.
 
 use std::time::Duration;
 
@@ -24,6 +28,7 @@ use events::bus::correlation_id;
 use events::event::DomainEvent;
 use events::store::RecordedEvent;
 
+use crate::memory::{MemoryJob, MemoryKeeper};
 use crate::responder::{MessageRef, Responder};
 
 /// Pause before requeueing after a transient failure, so an outage is not a hot loop.
@@ -135,6 +140,69 @@ pub async fn handle_dead_letter(responder: Responder, delivery: Delivery) {
     }
     .instrument(span)
     .await
+}
+
+/// A reply event on the memory queue: refresh the conversation's memory if due.
+pub async fn handle_memory_job(keeper: MemoryKeeper, delivery: Delivery) {
+    let span = tracing::info_span!(
+        "memory_job",
+        correlation_id = correlation_id(&delivery).as_deref().unwrap_or("-"),
+        user_id = tracing::field::Empty,
+        bot_id = tracing::field::Empty,
+    );
+    async move {
+        let Some(job) = memory_job(&delivery) else {
+            tracing::warn!("not a reply event; dropping it from the memory queue");
+            ack(&delivery).await;
+            return;
+        };
+        tracing::Span::current().record("user_id", job.user_id);
+        tracing::Span::current().record("bot_id", job.bot_id);
+        match keeper.handle(job).await {
+            Ok(()) => ack(&delivery).await,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "memory job failed; requeueing it");
+                requeue(&delivery, REQUEUE_PAUSE).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "memory job failed for good; dead-lettering it, the memory stays as it was");
+                settle(
+                    delivery
+                        .acker
+                        .reject(lapin::options::BasicRejectOptions { requeue: false })
+                        .await,
+                );
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The job a reply event makes: which conversation, and whether this is the
+/// delayed delivery (it came through the idle queue, so it carries `x-death`).
+fn memory_job(delivery: &Delivery) -> Option<MemoryJob> {
+    #[derive(Deserialize)]
+    struct Conversation {
+        user_id: events::event::UserId,
+        bot_id: events::event::BotId,
+    }
+    let event = serde_json::from_slice::<RecordedEvent>(&delivery.data).ok()?;
+    if event.event_type != DomainEvent::BOT_REPLY_GENERATED {
+        return None;
+    }
+    let conversation = Conversation::deserialize(&event.payload).ok()?;
+    let idle_check = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key("x-death"));
+    Some(MemoryJob {
+        user_id: conversation.user_id,
+        bot_id: conversation.bot_id,
+        seq: event.stream_version,
+        idle_check,
+    })
 }
 
 async fn ack(delivery: &Delivery) {

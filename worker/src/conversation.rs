@@ -10,7 +10,9 @@
 use sqlx::MySqlPool;
 
 use events::event::{BotId, UserId};
-use events::projections::{ChatHistoryProjection, Exchange, HistoryRow};
+use events::projections::{
+    ChatHistoryProjection, ConversationMemory, Exchange, HistoryRow, MemoryProjection,
+};
 
 use crate::prompt::{Role, Turn};
 
@@ -32,17 +34,24 @@ impl ConversationId {
         ChatHistoryProjection::oldest_pending(pool, self.user_id, self.bot_id).await
     }
 
-    /// The turns up to and including the message at `seq`, oldest first.
+    /// What the bot remembers of this conversation.
+    pub async fn memory(&self, pool: &MySqlPool) -> Result<ConversationMemory, sqlx::Error> {
+        MemoryProjection::find(pool, self.user_id, self.bot_id).await
+    }
+
+    /// The turns after `after` (the last memory erasure) up to and including the
+    /// message at `seq`, oldest first.
     pub async fn turns_through(
         &self,
         pool: &MySqlPool,
+        after: i64,
         seq: i64,
     ) -> Result<Vec<Turn>, sqlx::Error> {
         let exchanges = ChatHistoryProjection::exchanges_through(
             pool,
             self.user_id,
             self.bot_id,
-            seq,
+            (after, seq),
             RECENT_EXCHANGES,
         )
         .await?;
@@ -57,6 +66,7 @@ fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
         turns.push(Turn {
             role: Role::User,
             content: exchange.content.clone(),
+            at: Some(exchange.created_at),
         });
         if exchange.seq == seq {
             break;
@@ -65,6 +75,7 @@ fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
             turns.push(Turn {
                 role: Role::Assistant,
                 content: answer.to_string(),
+                at: None,
             });
         }
     }

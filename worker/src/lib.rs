@@ -6,6 +6,9 @@
 //! - [`conversation`]: a conversation read from the history read model: which
 //!   message to answer next, and the turns before it.
 //! - [`lease`]: one answerer per conversation at a time, across processes.
+//! - [`memory`]: the bot's long-term memory of a user (a summary and a profile),
+//!   refreshed by jobs on their own queue; [`memory_prompt`] is what the model
+//!   sees for it.
 //! - [`prompt`]: the one function that builds what the model sees, from (bot,
 //!   memory, recent turns, now).
 //! - [`model`]: the model behind async-openai, or the offline responder, and the
@@ -20,6 +23,8 @@ pub mod config;
 pub mod consumer;
 pub mod conversation;
 pub mod lease;
+pub mod memory;
+pub mod memory_prompt;
 pub mod model;
 pub mod prompt;
 pub mod replay;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use events::config::DatabaseSettings;
 use worker::config::WorkerConfig;
-use worker::startup::Worker;
+use worker::startup::{Roles, Worker};
 
 // The request path allocates a lot of small, short-lived objects; mimalloc handles
 // that pattern markedly better than the system allocator.
@@ -21,11 +21,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// What to do when running: `replies`, `memory`, or both (comma-separated).
+    #[arg(
+        long,
+        env = "WORKER_ROLES",
+        default_value = "replies,memory",
+        global = true
+    )]
+    roles: Roles,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Consume user messages and answer them (the default).
+    /// Consume user messages and answer them, and keep memory (the default).
     Run,
     /// Operator tools over the event log.
     Replay {
@@ -58,7 +66,7 @@ async fn main() -> ExitCode {
     events::telemetry::init();
     let cli = Cli::parse();
     let outcome = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run().await,
+        Command::Run => run(cli.roles).await,
         Command::Replay { action } => replay(action).await,
     };
     match outcome {
@@ -70,10 +78,11 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error>> {
+async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
     let config = WorkerConfig::from_env()?;
     let worker = Worker::build(config).await?;
-    worker.run(events::shutdown::on_signal()).await;
+    tracing::info!(replies = roles.replies, memory = roles.memory, "roles");
+    worker.run(roles, events::shutdown::on_signal()).await;
     Ok(())
 }
 

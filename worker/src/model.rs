@@ -162,7 +162,7 @@ fn to_messages(prompt: &Prompt) -> Vec<ChatCompletionRequestMessage> {
     messages.push(ChatCompletionRequestSystemMessage::from(prompt.system.as_str()).into());
     for turn in &prompt.turns {
         messages.push(match turn.role {
-            Role::User => ChatCompletionRequestUserMessage::from(turn.content.as_str()).into(),
+            Role::User => ChatCompletionRequestUserMessage::from(turn.rendered()).into(),
             Role::Assistant => {
                 ChatCompletionRequestAssistantMessage::from(turn.content.as_str()).into()
             }

@@ -3,8 +3,13 @@
 //! Keeping this pure makes prompts testable and lets long-term memory (a rolling
 //! summary and a profile of the user, see DESIGN.md) slot in as data rather than as
 //! string pasting spread over the worker.
+//!
+//! Time matters to a companion: every user turn carries the time it was sent, the
+//! system prompt carries the current time, and the bot is asked to notice long
+//! gaps. Turns beyond the context budget are dropped from the oldest, and the
+//! summary (which covers them) stands in for them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 
 use events::event::BotKind;
 
@@ -18,7 +23,22 @@ pub enum Role {
 pub struct Turn {
     pub role: Role,
     pub content: String,
+    /// When it was sent (UTC), if known.
+    pub at: Option<NaiveDateTime>,
 }
+
+impl Turn {
+    /// The turn as the model reads it: a user's message prefixed with its time.
+    pub fn rendered(&self) -> String {
+        match (self.role, self.at) {
+            (Role::User, Some(at)) => format!("[{}] {}", at.format(TIME_FORMAT), self.content),
+            _ => self.content.clone(),
+        }
+    }
+}
+
+/// How times are written in prompts.
+pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M UTC";
 
 /// The bot as the prompt needs it.
 #[derive(Debug, Clone)]
@@ -61,18 +81,24 @@ pub fn build_prompt(
             name = bot.name
         ),
     };
-    system.push_str(&format!(
-        "\nThe current time is {} UTC.",
-        now.format("%Y-%m-%d %H:%M")
-    ));
     if let Some(memory) = memory {
         if let Some(summary) = &memory.summary {
-            system.push_str(&format!("\nSummary of the conversation so far: {summary}"));
+            system.push_str(&format!(
+                "\nWhat the user has told you in earlier conversations (a summary; it covers \
+                 what is older than the messages below): {summary}"
+            ));
         }
         if let Some(profile) = &memory.user_profile {
             system.push_str(&format!("\nWhat you know about the user: {profile}"));
         }
     }
+    system.push_str(&format!(
+        "\nThe current time is {}. Each of the user's messages starts with the time it was \
+         sent. If the user comes back after a long gap (many hours or days since their \
+         previous message), acknowledge it naturally, as a friend would (\"Long time no \
+         see!\"); do not repeat the timestamps.",
+        now.format(TIME_FORMAT)
+    ));
     Prompt {
         system,
         turns: trim_to_budget(recent, budget_chars),
@@ -101,6 +127,7 @@ mod tests {
         Turn {
             role,
             content: content.into(),
+            at: None,
         }
     }
 
@@ -153,5 +180,35 @@ mod tests {
         let prompt = build_prompt(&bot, Some(&memory), &[], Utc::now(), 10);
         assert!(prompt.system.contains("talked about tea"));
         assert!(prompt.system.contains("likes green tea"));
+    }
+
+    #[test]
+    fn user_turns_carry_their_time_and_the_system_prompt_the_current_time() {
+        let at = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+            .and_then(|d| d.and_hms_opt(3, 4, 5))
+            .unwrap_or_default();
+        let said = Turn {
+            role: Role::User,
+            content: "hi".into(),
+            at: Some(at),
+        };
+        assert_eq!(said.rendered(), "[2026-01-02 03:04 UTC] hi");
+        let answer = Turn {
+            role: Role::Assistant,
+            content: "hello".into(),
+            at: Some(at),
+        };
+        assert_eq!(answer.rendered(), "hello");
+        let bot = BotProfile {
+            name: "b".into(),
+            kind: BotKind::Assistant,
+            persona: String::new(),
+        };
+        let now = at.and_utc() + chrono::TimeDelta::days(3);
+        let prompt = build_prompt(&bot, None, &[said], now, 100);
+        assert!(prompt
+            .system
+            .contains("The current time is 2026-01-05 03:04 UTC"));
+        assert!(prompt.system.contains("Long time no see"));
     }
 }

@@ -24,13 +24,15 @@ use events::event::{
     stream, BotId, BotReplyFailed, BotReplyGenerated, DomainEvent, EventMetadata, UserId,
 };
 use events::outbox::OutboxRelay;
-use events::projections::{BotsProjection, ChatHistoryProjection, HistoryRow, MessageStatus};
+use events::projections::{
+    BotsProjection, ChatHistoryProjection, ConversationMemory, HistoryRow, MessageStatus,
+};
 use events::store::{AppendError, EventStore, ExpectedVersion};
 
 use crate::conversation::ConversationId;
 use crate::lease::ConversationLeases;
 use crate::model::Model;
-use crate::prompt::{build_prompt, BotProfile, Turn};
+use crate::prompt::{build_prompt, BotProfile, Memory, Turn};
 
 /// What the worker needs of a delivered `UserMessagePosted`, whatever its schema
 /// version: any version that still names these three fields can be answered.
@@ -202,13 +204,17 @@ impl Responder {
             };
             let reply_to = Uuid::parse_str(&next.message_id)
                 .map_err(|_| RespondError::MalformedId(next.message_id.clone()))?;
-            let turns = self
-                .persist("read the conversation", || async {
-                    Ok(conversation.turns_through(pool, next.seq).await?)
+            let (memory, turns) = self
+                .persist("read the conversation and its memory", || async {
+                    let memory = conversation.memory(pool).await?;
+                    let turns = conversation
+                        .turns_through(pool, memory.erased_through, next.seq)
+                        .await?;
+                    Ok((memory, turns))
                 })
                 .await?;
             let outcome = self
-                .outcome_for(conversation, reply_to, &next, &turns)
+                .outcome_for(conversation, reply_to, &next, &memory, &turns)
                 .await?;
             let metadata = EventMetadata {
                 correlation_id: correlation_id.clone(),
@@ -250,6 +256,7 @@ impl Responder {
         conversation: ConversationId,
         reply_to: Uuid,
         message: &HistoryRow,
+        memory: &ConversationMemory,
         turns: &[Turn],
     ) -> Result<DomainEvent, RespondError> {
         let failed = |reason: String| {
@@ -281,7 +288,17 @@ impl Responder {
             name: bot.chatbot_name,
             persona: bot.chatbot_persona,
         };
-        let prompt = build_prompt(&profile, None, turns, Utc::now(), self.context_budget_chars);
+        let remembered = Memory {
+            summary: memory.summary.clone(),
+            user_profile: memory.profile.clone(),
+        };
+        let prompt = build_prompt(
+            &profile,
+            Some(&remembered),
+            turns,
+            Utc::now(),
+            self.context_budget_chars,
+        );
         tracing::debug!(seq = message.seq, "calling the model");
         Ok(match self.model.complete(&prompt).await {
             Ok(content) => DomainEvent::BotReplyGenerated(BotReplyGenerated {

@@ -13,8 +13,9 @@ use events::projections::ReadModels;
 use events::store::EventStore;
 
 use crate::config::WorkerConfig;
-use crate::consumer::{handle_dead_letter, handle_delivery};
+use crate::consumer::{handle_dead_letter, handle_delivery, handle_memory_job};
 use crate::lease::ConversationLeases;
+use crate::memory::MemoryKeeper;
 use crate::model::Model;
 use crate::responder::Responder;
 
@@ -57,59 +58,130 @@ impl Worker {
         })
     }
 
-    /// Consumes until `shutdown`, then finishes or hands back in-flight messages.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Consumes until `shutdown` in the given roles, then finishes or hands back
+    /// in-flight messages.
+    pub async fn run(self, roles: Roles, shutdown: CancellationToken) {
         let relay_task = tokio::spawn({
             let relay = self.relay.clone();
             let token = shutdown.clone();
             async move { relay.run(Duration::from_secs(1), token).await }
         });
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let supervisor = ConsumerSupervisor::new(
-            self.config.bus.clone(),
-            Subscription::UserMessages,
-            self.config.prefetch,
-            format!("worker-{id}"),
-        )
-        .with_grace(self.config.shutdown_grace);
-        let responder = Responder::new(
-            self.store.clone(),
-            self.relay.clone(),
-            self.model.clone(),
-            ConversationLeases::new(self.store.pool().clone(), self.config.conversation_lease),
-            self.config.context_budget_chars,
-            shutdown.clone(),
-        );
-        let dead_letters = tokio::spawn({
-            let responder = responder.clone();
-            let token = shutdown.clone();
-            let supervisor = ConsumerSupervisor::new(
+        let leases =
+            ConversationLeases::new(self.store.pool().clone(), self.config.conversation_lease);
+        let mut consumers = Vec::new();
+        if roles.replies {
+            let responder = Responder::new(
+                self.store.clone(),
+                self.relay.clone(),
+                self.model.clone(),
+                leases.clone(),
+                self.config.context_budget_chars,
+                shutdown.clone(),
+            );
+            let replies = ConsumerSupervisor::new(
+                self.config.bus.clone(),
+                Subscription::UserMessages,
+                self.config.prefetch,
+                format!("worker-{id}"),
+            )
+            .with_grace(self.config.shutdown_grace);
+            let dead_letters = ConsumerSupervisor::new(
                 self.config.bus.clone(),
                 Subscription::DeadLetters,
                 8,
                 format!("worker-dead-letters-{id}"),
             )
             .with_grace(Duration::from_secs(5));
-            async move {
-                supervisor
-                    .run(
-                        token,
-                        move |delivery| handle_dead_letter(responder.clone(), delivery),
-                        |_| {},
-                    )
-                    .await
-            }
-        });
-        supervisor
-            .run(
-                shutdown,
-                move |delivery| handle_delivery(responder.clone(), delivery),
-                |_| {},
+            consumers.push(tokio::spawn({
+                let (responder, token) = (responder.clone(), shutdown.clone());
+                async move {
+                    replies
+                        .run(
+                            token,
+                            move |d| handle_delivery(responder.clone(), d),
+                            |_| {},
+                        )
+                        .await
+                }
+            }));
+            consumers.push(tokio::spawn({
+                let token = shutdown.clone();
+                async move {
+                    dead_letters
+                        .run(
+                            token,
+                            move |d| handle_dead_letter(responder.clone(), d),
+                            |_| {},
+                        )
+                        .await
+                }
+            }));
+        }
+        if roles.memory {
+            let keeper = MemoryKeeper::new(
+                self.store.clone(),
+                self.relay.clone(),
+                self.model.clone(),
+                leases,
+                self.config.memory.clone(),
+                self.config.context_budget_chars,
+                shutdown.clone(),
+            );
+            let memory = ConsumerSupervisor::new(
+                self.config.bus.clone(),
+                Subscription::MemoryJobs,
+                self.config.memory.prefetch,
+                format!("worker-memory-{id}"),
             )
-            .await;
-        let _ = dead_letters.await;
+            .with_grace(self.config.shutdown_grace);
+            consumers.push(tokio::spawn({
+                let token = shutdown.clone();
+                async move {
+                    memory
+                        .run(token, move |d| handle_memory_job(keeper.clone(), d), |_| {})
+                        .await
+                }
+            }));
+        }
+        for consumer in consumers {
+            let _ = consumer.await;
+        }
         let _ = relay_task.await;
         self.relay.publisher().close().await;
         tracing::info!("worker stopped");
+    }
+}
+
+/// What a worker process does (`--roles`, default both): answer messages, keep
+/// memory, or both. Running them apart lets each scale on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub replies: bool,
+    pub memory: bool,
+}
+
+impl std::str::FromStr for Roles {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut roles = Roles {
+            replies: false,
+            memory: false,
+        };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "replies" => roles.replies = true,
+                "memory" => roles.memory = true,
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}: use replies, memory or both"
+                    ))
+                }
+            }
+        }
+        if !roles.replies && !roles.memory {
+            return Err("name at least one role: replies, memory".into());
+        }
+        Ok(roles)
     }
 }

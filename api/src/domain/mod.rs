@@ -4,6 +4,7 @@
 
 pub mod bots;
 pub mod chat;
+pub mod memory;
 pub mod sessions;
 pub mod users;
 

@@ -44,6 +44,8 @@ pub enum Subscription {
     UserMessages,
     /// Messages given up on (the delivery limit, or rejected as poison).
     DeadLetters,
+    /// Memory jobs: reply events, straight after the reply and again once idle.
+    MemoryJobs,
     /// A private queue that lives as long as this connection and receives the given
     /// event types (an api process's reply notifications), delivered without acks.
     Private { routing_keys: Vec<String> },
@@ -185,6 +187,10 @@ impl ConsumerSupervisor {
         let queue = match &self.subscription {
             Subscription::UserMessages => self.topology.user_messages_queue.clone(),
             Subscription::DeadLetters => self.topology.dead_letter_queue.clone(),
+            Subscription::MemoryJobs => {
+                self.topology.declare_memory(&channel).await?;
+                self.topology.memory_jobs_queue.clone()
+            }
             Subscription::Private { routing_keys } => {
                 let queue = channel
                     .queue_declare(

@@ -7,6 +7,11 @@
 //!   `<ns>.dead_letters` instead of letting them loop.
 //! - each api process binds a private, auto-deleted queue to the reply events, to wake
 //!   the requests that wait for them.
+//! - memory (declared by the workers that keep it): `<ns>.memory.jobs` (quorum,
+//!   bound to `BotReplyGenerated`; delivery limit → `<ns>.memory.dlx` →
+//!   `<ns>.memory.dead_letters`), and `<ns>.memory.idle.<N>s`, also bound to
+//!   `BotReplyGenerated`, whose messages expire after N seconds into the job queue:
+//!   a reply comes back as an "is it idle now?" job.
 //!
 //! [`publisher::Publisher`] publishes with confirms; [`consumer::ConsumerSupervisor`]
 //! consumes, and reconnects and redeclares when the broker goes away.
@@ -68,6 +73,13 @@ pub struct Topology {
     pub user_messages_queue: String,
     pub dead_letter_queue: String,
     pub delivery_limit: u32,
+    pub memory_jobs_queue: String,
+    pub memory_dead_letter_exchange: String,
+    pub memory_dead_letter_queue: String,
+    /// Named after its TTL, so changing `MEMORY_IDLE_SECS` declares a new queue
+    /// rather than clashing with the old one's arguments.
+    pub memory_idle_queue: String,
+    pub memory_idle_secs: u32,
 }
 
 impl Topology {
@@ -79,7 +91,99 @@ impl Topology {
             user_messages_queue: format!("{ns}.chat.user_messages"),
             dead_letter_queue: format!("{ns}.dead_letters"),
             delivery_limit: settings.delivery_limit,
+            memory_jobs_queue: format!("{ns}.memory.jobs"),
+            memory_dead_letter_exchange: format!("{ns}.memory.dlx"),
+            memory_dead_letter_queue: format!("{ns}.memory.dead_letters"),
+            memory_idle_queue: format!("{ns}.memory.idle.{}s", settings.memory_idle_secs),
+            memory_idle_secs: settings.memory_idle_secs,
         }
+    }
+
+    /// Declares the memory queues (idempotent; see the module's doc).
+    pub async fn declare_memory(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                &self.memory_dead_letter_exchange,
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(&self.memory_dead_letter_queue, queue, quorum_args(None))
+            .await?;
+        self.bind(
+            channel,
+            &self.memory_dead_letter_queue,
+            &self.memory_dead_letter_exchange,
+            "",
+        )
+        .await?;
+        let mut jobs = quorum_args(Some(self.delivery_limit));
+        jobs.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.memory_dead_letter_exchange.as_str().into()),
+        );
+        channel
+            .queue_declare(&self.memory_jobs_queue, queue, jobs)
+            .await?;
+        self.bind(
+            channel,
+            &self.memory_jobs_queue,
+            &self.events_exchange,
+            DomainEvent::BOT_REPLY_GENERATED,
+        )
+        .await?;
+        // Expired messages go, through the default exchange, to the job queue.
+        let mut idle = FieldTable::default();
+        idle.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongUInt(self.memory_idle_secs.saturating_mul(1000)),
+        );
+        idle.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        idle.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.memory_jobs_queue.as_str().into()),
+        );
+        channel
+            .queue_declare(&self.memory_idle_queue, queue, idle)
+            .await?;
+        self.bind(
+            channel,
+            &self.memory_idle_queue,
+            &self.events_exchange,
+            DomainEvent::BOT_REPLY_GENERATED,
+        )
+        .await
+    }
+
+    async fn bind(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), lapin::Error> {
+        channel
+            .queue_bind(
+                queue,
+                exchange,
+                routing_key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// Declares the shared exchanges and durable queues. Idempotent, so every process
@@ -146,12 +250,22 @@ impl Topology {
     /// Removes everything [`Topology::declare`] made (for tests and teardown).
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
         use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-        for queue in [&self.user_messages_queue, &self.dead_letter_queue] {
+        for queue in [
+            &self.user_messages_queue,
+            &self.dead_letter_queue,
+            &self.memory_jobs_queue,
+            &self.memory_dead_letter_queue,
+            &self.memory_idle_queue,
+        ] {
             channel
                 .queue_delete(queue, QueueDeleteOptions::default())
                 .await?;
         }
-        for exchange in [&self.events_exchange, &self.dead_letter_exchange] {
+        for exchange in [
+            &self.events_exchange,
+            &self.dead_letter_exchange,
+            &self.memory_dead_letter_exchange,
+        ] {
             channel
                 .exchange_delete(exchange, ExchangeDeleteOptions::default())
                 .await?;

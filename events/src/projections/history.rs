@@ -177,30 +177,66 @@ impl ChatHistoryProjection {
         .await
     }
 
-    /// The user's last `limit` messages up to and including `seq`, oldest first, each
-    /// with its reply when it has one: the conversation as a prompt needs it, with
-    /// replies paired to their messages even when they were recorded later.
+    /// The user's last `limit` messages after `after` and up to and including `seq`,
+    /// oldest first, each with its reply when it has one: the conversation as a
+    /// prompt needs it, with replies paired to their messages even when they were
+    /// recorded later.
     pub async fn exchanges_through(
         pool: &MySqlPool,
         user_id: UserId,
         bot_id: BotId,
-        seq: i64,
+        (after, seq): (i64, i64),
         limit: u32,
     ) -> Result<Vec<Exchange>, sqlx::Error> {
         let mut exchanges: Vec<Exchange> = sqlx::query_as(
             "SELECT m.seq, m.content, m.created_at, r.content AS reply, r.status AS reply_status \
              FROM chat_history m LEFT JOIN chat_history r ON r.reply_to = m.message_id \
-             WHERE m.user_id = ? AND m.chatbot_id = ? AND m.by_user = 1 AND m.seq <= ? \
-             ORDER BY m.seq DESC LIMIT ?",
+             WHERE m.user_id = ? AND m.chatbot_id = ? AND m.by_user = 1 AND m.seq > ? \
+             AND m.seq <= ? ORDER BY m.seq DESC LIMIT ?",
         )
         .bind(user_id)
         .bind(bot_id)
+        .bind(after)
         .bind(seq)
         .bind(limit)
         .fetch_all(pool)
         .await?;
         exchanges.reverse();
         Ok(exchanges)
+    }
+
+    /// The messages and replies after `after`, oldest first, up to `limit` rows:
+    /// what a memory refresh reads.
+    pub async fn rows_after(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
+        Self::read(pool, user_id, bot_id, after, limit).await
+    }
+
+    /// How many user messages came after `after`, and how long ago (on the
+    /// database's clock) the conversation's last row was written.
+    pub async fn activity_after(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        after: i64,
+    ) -> Result<(i64, Option<std::time::Duration>), sqlx::Error> {
+        let (count, idle_micros): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(by_user = 1 AND seq > ?), 0) AS SIGNED), \
+             CAST(TIMESTAMPDIFF(MICROSECOND, MAX(created_at), NOW(6)) AS SIGNED) \
+             FROM chat_history WHERE user_id = ? AND chatbot_id = ?",
+        )
+        .bind(after)
+        .bind(user_id)
+        .bind(bot_id)
+        .fetch_one(pool)
+        .await?;
+        let idle = idle_micros.map(|m| std::time::Duration::from_micros(m.max(0).unsigned_abs()));
+        Ok((count, idle))
     }
 
     /// The row that answers `message_id` (a reply or a failure), once there is one.

@@ -8,6 +8,7 @@
 pub mod bots;
 pub mod chat_list;
 pub mod history;
+pub mod memory;
 pub mod rebuild;
 pub mod sessions;
 
@@ -20,6 +21,7 @@ use crate::store::{InlineProjector, RecordedEvent};
 pub use bots::{Bot, BotsProjection};
 pub use chat_list::{ChatListProjection, ChatListRow};
 pub use history::{ChatHistoryProjection, Exchange, HistoryRow, MessageStatus};
+pub use memory::{ConversationMemory, MemoryProjection};
 pub use sessions::{Session, SessionsProjection};
 
 /// The checkpoint row shared by the read models: the last global position applied.
@@ -33,6 +35,7 @@ pub struct Tables {
     pub chat_history: &'static str,
     pub chat_list: &'static str,
     pub sessions: &'static str,
+    pub memory: &'static str,
 }
 
 impl Tables {
@@ -41,21 +44,24 @@ impl Tables {
         chat_history: "chat_history",
         chat_list: "chat_list",
         sessions: "sessions",
+        memory: "conversation_memory",
     };
     pub const SHADOW: Tables = Tables {
         bots: "bots_rebuild",
         chat_history: "chat_history_rebuild",
         chat_list: "chat_list_rebuild",
         sessions: "sessions_rebuild",
+        memory: "conversation_memory_rebuild",
     };
 
     /// `(live, shadow)` name pairs.
-    pub fn pairs() -> [(&'static str, &'static str); 4] {
+    pub fn pairs() -> [(&'static str, &'static str); 5] {
         [
             (Self::LIVE.bots, Self::SHADOW.bots),
             (Self::LIVE.chat_history, Self::SHADOW.chat_history),
             (Self::LIVE.chat_list, Self::SHADOW.chat_list),
             (Self::LIVE.sessions, Self::SHADOW.sessions),
+            (Self::LIVE.memory, Self::SHADOW.memory),
         ]
     }
 }
@@ -75,6 +81,7 @@ impl ReadModels {
         ChatHistoryProjection::apply(conn, tables, event, &decoded).await?;
         ChatListProjection::apply(conn, tables, event, &decoded).await?;
         SessionsProjection::apply(conn, tables, event, &decoded).await?;
+        MemoryProjection::apply(conn, tables, event, &decoded).await?;
         Ok(())
     }
 

@@ -1,0 +1,274 @@
+//! Keeping a bot's long-term memory of a user: a rolling summary and a profile,
+//! recorded as events on the chat stream (`ConversationSummarized`,
+//! `UserProfileUpdated`).
+//!
+//! Jobs are reply events, delivered on the memory queue twice: at once, and again
+//! `MEMORY_IDLE_SECS` later (see `events::bus`). A job refreshes the memory only
+//! when it is due: at least `MEMORY_EVERY_MESSAGES` user messages since the last
+//! refresh, or, for the delayed delivery, a conversation idle that long with
+//! anything unsummarized. So a burst of 50 messages costs a handful of refreshes.
+//!
+//! Races are settled by the log, not by luck:
+//! - one refresh per conversation at a time (a lease of its own, so memory never
+//!   waits on replies or replies on memory);
+//! - a refresh covers the messages after what is remembered, up to a version, and
+//!   is appended with the stream's expected version after checking that nothing
+//!   newer (a newer memory, an erasure) was recorded meanwhile; a stale job is
+//!   dropped and logged;
+//! - the read model only lets a text replace one that covers less, and never one
+//!   from before an erasure, so a replay ends the same however jobs interleaved.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use events::event::{
+    stream, BotId, ConversationSummarized, DomainEvent, EventMetadata, UserId, UserProfileUpdated,
+};
+use events::outbox::OutboxRelay;
+use events::projections::{BotsProjection, ChatHistoryProjection, MemoryProjection, MessageStatus};
+use events::store::{AppendError, EventStore, ExpectedVersion};
+
+use crate::config::MemorySettings;
+use crate::lease::ConversationLeases;
+use crate::memory_prompt::{capped, profile_prompt, summary_prompt};
+use crate::model::{Model, ModelFailure};
+use crate::prompt::{Role, Turn};
+
+/// Most history rows one refresh reads (the context budget usually binds first).
+const MAX_ROWS: u32 = 400;
+/// Attempts at the expected-version append while the conversation keeps moving.
+const APPEND_ATTEMPTS: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("append failed: {0}")]
+    Append(#[from] AppendError),
+    #[error("cannot encode the memory: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The model failed for good (after its own bounded retries).
+    #[error("the model failed: {0}")]
+    Model(#[from] ModelFailure),
+    #[error("the worker is stopping")]
+    Stopping,
+}
+
+impl MemoryError {
+    /// Worth another delivery, as opposed to a job to dead-letter.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, MemoryError::Model(_) | MemoryError::Encode(_))
+    }
+}
+
+/// One job: a reply that was recorded in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryJob {
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    /// The reply's version in the chat stream.
+    pub seq: i64,
+    /// Delivered again after `MEMORY_IDLE_SECS`: due only if the conversation has
+    /// been idle since.
+    pub idle_check: bool,
+}
+
+#[derive(Clone)]
+pub struct MemoryKeeper {
+    store: EventStore,
+    relay: OutboxRelay,
+    model: Arc<Model>,
+    leases: ConversationLeases,
+    settings: MemorySettings,
+    context_budget_chars: usize,
+    shutdown: CancellationToken,
+}
+
+impl MemoryKeeper {
+    pub fn new(
+        store: EventStore,
+        relay: OutboxRelay,
+        model: Arc<Model>,
+        leases: ConversationLeases,
+        settings: MemorySettings,
+        context_budget_chars: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            relay,
+            model,
+            leases,
+            settings,
+            context_budget_chars,
+            shutdown,
+        }
+    }
+
+    /// Refreshes the conversation's memory if the job finds it due.
+    pub async fn handle(&self, job: MemoryJob) -> Result<(), MemoryError> {
+        if !self.due(&job).await? {
+            return Ok(());
+        }
+        let pool = self.store.pool();
+        match BotsProjection::find(pool, job.bot_id).await? {
+            Some(bot) if bot.deleted_at.is_none() && bot.user_id == job.user_id => {}
+            // Deleting a bot ends its memory jobs.
+            _ => return Ok(()),
+        }
+        let lease_name = format!("memory-{}", stream::chat(job.user_id, job.bot_id));
+        let lease = self
+            .leases
+            .acquire(&lease_name, &self.shutdown)
+            .await?
+            .ok_or(MemoryError::Stopping)?;
+        // Checked again under the lease: a job that waited may find the refresh done.
+        let refreshed = match self.due(&job).await {
+            Ok(true) => self.refresh(&job).await,
+            other => other.map(|_| ()),
+        };
+        lease.release().await;
+        refreshed
+    }
+
+    async fn due(&self, job: &MemoryJob) -> Result<bool, MemoryError> {
+        let pool = self.store.pool();
+        let memory = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
+        let (unsummarized, idle) = ChatHistoryProjection::activity_after(
+            pool,
+            job.user_id,
+            job.bot_id,
+            memory.remembered_through(),
+        )
+        .await?;
+        Ok(if job.idle_check {
+            unsummarized > 0 && idle.is_some_and(|idle| idle >= self.settings.idle)
+        } else {
+            unsummarized >= i64::from(self.settings.every_messages)
+        })
+    }
+
+    async fn refresh(&self, job: &MemoryJob) -> Result<(), MemoryError> {
+        let pool = self.store.pool();
+        let memory = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
+        let rows = ChatHistoryProjection::rows_after(
+            pool,
+            job.user_id,
+            job.bot_id,
+            memory.remembered_through(),
+            MAX_ROWS,
+        )
+        .await?;
+        // The previous texts plus the messages since, within the context budget:
+        // what does not fit waits for the next refresh.
+        let mut budget = self
+            .context_budget_chars
+            .saturating_sub(memory.summary.as_deref().map_or(0, str::len))
+            .saturating_sub(memory.profile.as_deref().map_or(0, str::len));
+        let mut messages = Vec::new();
+        let mut covers = None;
+        for row in &rows {
+            let size = row.content.chars().count();
+            if covers.is_some() && size > budget {
+                break;
+            }
+            budget = budget.saturating_sub(size);
+            covers = Some(row.seq);
+            if row.by_user == 0 && row.status == MessageStatus::Failed.as_str() {
+                continue; // a failure's reason is not something the user said
+            }
+            messages.push(Turn {
+                role: if row.by_user == 1 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                },
+                content: row.content.clone(),
+                at: Some(row.created_at),
+            });
+        }
+        let Some(covers) = covers else {
+            return Ok(());
+        };
+        let max = self.settings.max_chars;
+        let summary = self
+            .model
+            .complete(&summary_prompt(memory.summary.as_deref(), &messages, max))
+            .await?;
+        let profile = self
+            .model
+            .complete(&profile_prompt(memory.profile.as_deref(), &messages, max))
+            .await?;
+        let events = [
+            DomainEvent::ConversationSummarized(ConversationSummarized {
+                user_id: job.user_id,
+                bot_id: job.bot_id,
+                summary: capped(&summary, max),
+                covers_version: covers,
+            }),
+            DomainEvent::UserProfileUpdated(UserProfileUpdated {
+                user_id: job.user_id,
+                bot_id: job.bot_id,
+                profile: capped(&profile, max),
+                covers_version: covers,
+            }),
+        ]
+        .iter()
+        .map(|e| {
+            e.to_new_event(EventMetadata {
+                correlation_id: None,
+                causation_id: None,
+                user_id: Some(job.user_id),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        self.record(job, covers, &events).await
+    }
+
+    /// Appends the refresh at the stream's current version, unless something newer
+    /// was remembered (or erased) while the model was writing.
+    async fn record(
+        &self,
+        job: &MemoryJob,
+        covers: i64,
+        events: &[events::store::NewEvent],
+    ) -> Result<(), MemoryError> {
+        let pool = self.store.pool();
+        let stream_id = stream::chat(job.user_id, job.bot_id);
+        for attempt in 1..=APPEND_ATTEMPTS {
+            let version = self.store.stream_version(&stream_id).await?;
+            let memory = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
+            if memory.remembered_through() >= covers {
+                tracing::info!(user_id = job.user_id, bot_id = job.bot_id, covers,
+                    remembered_through = memory.remembered_through(),
+                    "a newer memory or an erasure was recorded meanwhile; dropping this stale refresh");
+                return Ok(());
+            }
+            match self
+                .store
+                .append_to_stream(&stream_id, ExpectedVersion::Exact(version), events)
+                .await
+            {
+                Ok(recorded) => {
+                    tracing::info!(
+                        user_id = job.user_id,
+                        bot_id = job.bot_id,
+                        covers,
+                        "memory refreshed"
+                    );
+                    self.relay.publish_now(&recorded).await;
+                    return Ok(());
+                }
+                // A repeated job: these very texts are recorded already.
+                Err(AppendError::Duplicate(_)) => return Ok(()),
+                Err(AppendError::Conflict { .. }) if attempt < APPEND_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -242,12 +242,16 @@ async fn memory_costs_a_bounded_number_of_model_calls() -> anyhow::Result<()> {
     // A steady conversation: 100 messages, one after another, memory on.
     let (_, token2, bot2) = client.user_with_bot("steady").await?;
     let before = memory_calls(&stack);
-    let with_memory = timed_chats(&client, &token2, bot2, 100).await?;
+    timed_chats(&client, &token2, bot2, 100).await?;
     let steady = memory_settles(&stack, Duration::from_secs(1)).await? - before;
     println!("memory model calls per 100 messages in a steady conversation: {steady}");
     assert!(steady <= 2 * (100 / 6 + 1), "{steady} memory calls");
 
-    // The same with memory off (a worker that only answers), for the latency.
+    // Reply latency with a model that takes 100 ms: memory on, then off (a worker
+    // that only answers).
+    stack.model.set_latency(Duration::from_millis(100));
+    let (_, token4, bot4) = client.user_with_bot("timed").await?;
+    let with_memory = timed_chats(&client, &token4, bot4, 30).await?;
     let mut stack = stack;
     stack.workers[0].signal("TERM")?;
     stack.workers[0].wait(Duration::from_secs(30)).await?;
@@ -256,14 +260,14 @@ async fn memory_costs_a_bounded_number_of_model_calls() -> anyhow::Result<()> {
         .await?;
     let (_, token3, bot3) = client.user_with_bot("unremembered").await?;
     let before = memory_calls(&stack);
-    let without_memory = timed_chats(&client, &token3, bot3, 100).await?;
+    let without_memory = timed_chats(&client, &token3, bot3, 30).await?;
     assert_eq!(
         memory_calls(&stack),
         before,
         "no memory work without the role"
     );
     println!(
-        "new_chat latency over 100 sequential messages (debug build): memory on p50 {:?} p90 {:?}; \
+        "new_chat latency, 30 sequential messages, 100 ms model (debug build): memory on p50 {:?} p90 {:?}; \
          memory off p50 {:?} p90 {:?}",
         with_memory.0, with_memory.1, without_memory.0, without_memory.1
     );

@@ -117,8 +117,11 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
+        // Kept for a person to inspect, never consumed: bounded, oldest dropped first.
+        let mut dead = quorum_args(None);
+        dead.insert("x-max-length".into(), AMQPValue::LongInt(MEMORY_DEAD_LETTERS_KEPT));
         channel
-            .queue_declare(&self.memory_dead_letter_queue, queue, quorum_args(None))
+            .queue_declare(&self.memory_dead_letter_queue, queue, dead)
             .await?;
         self.bind(
             channel,
@@ -290,6 +293,9 @@ fn quorum_args(delivery_limit: Option<u32>) -> FieldTable {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many failed memory jobs `<ns>.memory.dead_letters` keeps.
+const MEMORY_DEAD_LETTERS_KEPT: i32 = 10_000;
 
 /// Opens a connection on the tokio runtime, with heartbeats so that a dead peer is
 /// noticed even when no traffic flows.

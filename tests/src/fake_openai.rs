@@ -30,6 +30,8 @@ struct Inner {
     failed: AtomicU64,
     /// Requests whose JSON contains this text fail with 500.
     failing_marker: Mutex<Option<String>>,
+    /// The positions in `requests` of the calls that got a reply back.
+    answered_requests: Mutex<Vec<usize>>,
 }
 
 #[derive(Clone)]
@@ -71,6 +73,25 @@ impl FakeOpenAi {
     /// Calls that got a reply back to the caller.
     pub fn answered(&self) -> u64 {
         self.inner.answered.load(Ordering::SeqCst)
+    }
+
+    /// Calls that got a reply back and whose request contains `marker`.
+    pub fn answered_containing(&self, marker: &str) -> u64 {
+        let requests = self.requests();
+        self.inner
+            .answered_requests
+            .lock()
+            .map(|answered| {
+                answered
+                    .iter()
+                    .filter(|&&i| {
+                        requests
+                            .get(i)
+                            .is_some_and(|r| r.to_string().contains(marker))
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0)
     }
 
     /// Calls that got an injected failure back.
@@ -145,9 +166,14 @@ impl FakeOpenAi {
 
 async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>) -> Response {
     let n = inner.calls.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Ok(mut requests) = inner.requests.lock() {
-        requests.push(request.clone());
-    }
+    let position = inner
+        .requests
+        .lock()
+        .map(|mut requests| {
+            requests.push(request.clone());
+            requests.len() - 1
+        })
+        .ok();
     let jitter = inner.jitter_ms.load(Ordering::SeqCst);
     let jitter = if jitter > 0 {
         (n.wrapping_mul(2654435761) >> 7) % (jitter + 1)
@@ -179,6 +205,9 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         return (status, Json(body)).into_response();
     }
     inner.answered.fetch_add(1, Ordering::SeqCst);
+    if let (Some(position), Ok(mut answered)) = (position, inner.answered_requests.lock()) {
+        answered.push(position);
+    }
     let model = request["model"].as_str().unwrap_or("unknown").to_string();
     let last_user = request["messages"]
         .as_array()

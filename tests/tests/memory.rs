@@ -477,3 +477,30 @@ async fn an_idle_conversation_gets_its_memory_refreshed() -> anyhow::Result<()> 
     assert_eq!(calls, 2, "one refresh: a summary and a profile");
     stack.teardown().await
 }
+
+#[tokio::test]
+async fn deleting_a_bot_ends_its_memory_jobs() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: vec![
+            ("MEMORY_EVERY_MESSAGES".into(), "100".into()),
+            ("MEMORY_IDLE_SECS".into(), "1".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("deleted").await?;
+    chat(&client, &token, bot, "remember this").await?;
+    let deleted = client
+        .post_json("/bots/delete", &json!({ "chatbot_id": bot }), Some(&token))
+        .await?;
+    assert_eq!(deleted.body["code"], 200);
+    // The idle check comes back after a second and finds the bot gone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(memory_calls(&stack), 0, "no memory work for a deleted bot");
+    let gone = client
+        .get(&format!("/chat/memory?chatbot_id={bot}"), Some(&token))
+        .await?;
+    assert_eq!(gone.status, 404);
+    stack.teardown().await
+}

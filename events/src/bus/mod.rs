@@ -119,7 +119,10 @@ impl Topology {
         };
         // Kept for a person to inspect, never consumed: bounded, oldest dropped first.
         let mut dead = quorum_args(None);
-        dead.insert("x-max-length".into(), AMQPValue::LongInt(MEMORY_DEAD_LETTERS_KEPT));
+        dead.insert(
+            "x-max-length".into(),
+            AMQPValue::LongInt(MEMORY_DEAD_LETTERS_KEPT),
+        );
         channel
             .queue_declare(&self.memory_dead_letter_queue, queue, dead)
             .await?;

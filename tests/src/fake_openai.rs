@@ -2,7 +2,9 @@
 //!
 //! It answers `"<model> reply #<n> to: <last user message>"`, records every request
 //! so tests can check what the worker sent, and can be told to be slow or to fail
-//! (429, 500, 400, `insufficient_quota`) for the next calls.
+//! (429, 500, 400, `insufficient_quota`) for the next calls. Asked to stream, it
+//! sends the answer word by word as server-sent events, with an optional pause
+//! between words.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,8 @@ struct Inner {
     failing_marker: Mutex<Option<String>>,
     /// The positions in `requests` of the calls that got a reply back.
     answered_requests: Mutex<Vec<usize>>,
+    /// Pause between two streamed words.
+    chunk_delay_ms: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -127,6 +131,13 @@ impl FakeOpenAi {
             .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// A streamed answer pauses this long between words.
+    pub fn set_chunk_delay(&self, delay: Duration) {
+        self.inner
+            .chunk_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Latency drawn uniformly from `min..=max` for every call.
     pub fn set_latency_range(&self, min: Duration, max: Duration) {
         self.set_latency(min);
@@ -204,17 +215,19 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         inner.failed.fetch_add(1, Ordering::SeqCst);
         return (status, Json(body)).into_response();
     }
-    inner.answered.fetch_add(1, Ordering::SeqCst);
-    if let (Some(position), Ok(mut answered)) = (position, inner.answered_requests.lock()) {
-        answered.push(position);
-    }
     let model = request["model"].as_str().unwrap_or("unknown").to_string();
     let last_user = request["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
         .and_then(|m| m["content"].as_str())
+        .map(without_time)
         .unwrap_or("")
         .to_string();
+    let content = format!("{model} reply #{n} to: {last_user}");
+    if request["stream"] == json!(true) {
+        return streamed(inner, position, n, model, content);
+    }
+    answered(&inner, position);
     Json(json!({
         "id": format!("chatcmpl-{n}"),
         "object": "chat.completion",
@@ -222,7 +235,7 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         "model": model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": format!("{model} reply #{n} to: {last_user}") },
+            "message": { "role": "assistant", "content": content },
             "finish_reason": "stop",
         }],
         "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 },
@@ -230,7 +243,84 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
     .into_response()
 }
 
-/// A recorded request's conversation after the system prompt, as (role, content).
+/// A user turn's text without the `[2026-01-02 03:04 UTC] ` the worker puts first.
+fn without_time(content: &str) -> &str {
+    match content.split_once(" UTC] ") {
+        Some((time, text)) if time.starts_with('[') && time.len() <= 20 => text,
+        _ => content,
+    }
+}
+
+fn answered(inner: &Inner, position: Option<usize>) {
+    inner.answered.fetch_add(1, Ordering::SeqCst);
+    if let (Some(position), Ok(mut answered)) = (position, inner.answered_requests.lock()) {
+        answered.push(position);
+    }
+}
+
+/// The answer as OpenAI streams it: a chunk per word, then `[DONE]`. The call
+/// counts as answered only once the last chunk went out: a caller that went away
+/// mid-stream abandoned it.
+fn streamed(
+    inner: Arc<Inner>,
+    position: Option<usize>,
+    n: u64,
+    model: String,
+    content: String,
+) -> Response {
+    let chunk = move |delta: Value, finish: Value| {
+        let body = json!({
+            "id": format!("chatcmpl-{n}"),
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        });
+        axum::body::Bytes::from(format!("data: {body}\n\n"))
+    };
+    let words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
+    let stream = async_stream(inner, position, words, chunk);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn async_stream(
+    inner: Arc<Inner>,
+    position: Option<usize>,
+    words: Vec<String>,
+    chunk: impl Fn(Value, Value) -> axum::body::Bytes + Send + 'static,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>> + Send {
+    futures::stream::unfold(0usize, move |i| {
+        let inner = inner.clone();
+        let next = if i == 0 {
+            Some(chunk(
+                json!({ "role": "assistant", "content": "" }),
+                Value::Null,
+            ))
+        } else if i <= words.len() {
+            Some(chunk(json!({ "content": words[i - 1] }), Value::Null))
+        } else if i == words.len() + 1 {
+            Some(chunk(json!({}), json!("stop")))
+        } else if i == words.len() + 2 {
+            answered(&inner, position);
+            Some(axum::body::Bytes::from_static(b"data: [DONE]\n\n"))
+        } else {
+            None
+        };
+        async move {
+            let pause = inner.chunk_delay_ms.load(Ordering::SeqCst);
+            if pause > 0 && i > 0 {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            next.map(|bytes| (Ok(bytes), i + 1))
+        }
+    })
+}
+
+/// A recorded request's conversation after the system prompt, as (role, content),
+/// the user turns without their time.
 pub fn turns(request: &Value) -> Vec<(String, String)> {
     request["messages"]
         .as_array()
@@ -241,7 +331,7 @@ pub fn turns(request: &Value) -> Vec<(String, String)> {
                 .map(|m| {
                     (
                         m["role"].as_str().unwrap_or("").to_string(),
-                        m["content"].as_str().unwrap_or("").to_string(),
+                        without_time(m["content"].as_str().unwrap_or("")).to_string(),
                     )
                 })
                 .collect()

@@ -1,6 +1,9 @@
 //! What a conversation costs in model calls, and the order its replies come in,
 //! with two workers racing on it (review items 1, 25 and 26).
 //!
+//! The workers here only answer (`WORKER_ROLES=replies`): memory refreshes, which
+//! share the model, are counted in `memory.rs`.
+//!
 //! Every delivery used to answer its conversation's oldest unanswered message, with
 //! nothing claiming that work: a burst of N messages cost N(N+1)/2 calls, a backlog
 //! longer than the worker's window was answered out of order, and model failures
@@ -14,6 +17,10 @@ use serde_json::json;
 use system_tests::{
     history_rows, user_message_ids, wait_until_answered, Client, Stack, StackOptions,
 };
+
+fn replies_only() -> Vec<(String, String)> {
+    vec![("WORKER_ROLES".into(), "replies".into())]
+}
 
 /// Posts `n` messages at once; with `wait`, each request waits for its reply.
 async fn burst(client: &Client, token: &str, bot: i64, n: usize, wait: bool) -> anyhow::Result<()> {
@@ -76,6 +83,7 @@ async fn answered_in_order(stack: &Stack, user: i64, bot: i64) -> anyhow::Result
 async fn a_burst_costs_one_model_call_per_message() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         workers: 2,
+        env: replies_only(),
         ..Default::default()
     })
     .await?;
@@ -109,6 +117,7 @@ async fn a_burst_costs_one_model_call_per_message() -> anyhow::Result<()> {
 async fn a_backlog_longer_than_any_window_is_answered_in_order() -> anyhow::Result<()> {
     let mut stack = Stack::start(StackOptions {
         workers: 0,
+        env: replies_only(),
         ..Default::default()
     })
     .await?;
@@ -144,7 +153,11 @@ async fn a_backlog_longer_than_any_window_is_answered_in_order() -> anyhow::Resu
 async fn model_failures_are_retried_per_message_not_per_delivery() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         workers: 2,
-        env: vec![("MODEL_MAX_ATTEMPTS".into(), "8".into())],
+        env: [
+            replies_only(),
+            vec![("MODEL_MAX_ATTEMPTS".into(), "8".into())],
+        ]
+        .concat(),
         ..Default::default()
     })
     .await?;

@@ -13,7 +13,8 @@
 //!   memory, recent turns, now).
 //! - [`model`]: the model behind async-openai, or the offline responder, and the
 //!   single retry layer around it.
-//! - [`responder`]: answers a message: load, prompt, call, append, publish.
+//! - [`responder`]: answers a message: load, prompt, call (streaming), append,
+//!   publish; [`deltas`] forwards the text as it is written.
 //! - [`consumer`]: a delivery's life: read, trace, answer, then ack or requeue;
 //!   and dead letters, which get their failure recorded.
 //! - [`replay`]: `worker replay rebuild` and `worker replay export`, for operators.
@@ -22,6 +23,7 @@
 pub mod config;
 pub mod consumer;
 pub mod conversation;
+pub mod deltas;
 pub mod lease;
 pub mod memory;
 pub mod memory_prompt;

@@ -195,11 +195,17 @@ impl MemoryKeeper {
         let max = self.settings.max_chars;
         let summary = self
             .model
-            .complete(&summary_prompt(memory.summary.as_deref(), &messages, max))
+            .complete(
+                &summary_prompt(memory.summary.as_deref(), &messages, max),
+                None,
+            )
             .await?;
         let profile = self
             .model
-            .complete(&profile_prompt(memory.profile.as_deref(), &messages, max))
+            .complete(
+                &profile_prompt(memory.profile.as_deref(), &messages, max),
+                None,
+            )
             .await?;
         let events = [
             DomainEvent::ConversationSummarized(ConversationSummarized {

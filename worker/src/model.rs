@@ -5,6 +5,10 @@
 //! middleware is replaced by a plain transport, and a message whose model call fails
 //! for good is answered with `BotReplyFailed` (and acked) rather than redelivered,
 //! so redelivery never multiplies the attempts.
+//!
+//! Replies stream: given a [`DeltaSink`], each attempt asks the model to stream
+//! and hands every piece of text to the sink as it arrives (an attempt that fails
+//! midway is started over, and the sink is told so).
 
 use std::time::Duration;
 
@@ -17,6 +21,8 @@ use async_openai::types::chat::{
     CreateChatCompletionRequest,
 };
 use async_openai::Client;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::config::ModelSettings;
 use crate::prompt::{Prompt, Role};
@@ -34,6 +40,18 @@ pub enum AttemptError {
     #[error("{0}")]
     Permanent(String),
 }
+
+/// What a streamed call reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streamed {
+    /// An attempt starts: text from an earlier attempt no longer counts.
+    Attempt,
+    /// The text just written.
+    Text(String),
+}
+
+/// Where a streamed reply's text goes while the model writes it.
+pub type DeltaSink = mpsc::UnboundedSender<Streamed>;
 
 /// Why a message gets no reply, worded for the person who sent it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -96,18 +114,24 @@ impl Model {
         }
     }
 
-    /// Calls the model, retrying transient failures with exponential backoff.
-    pub async fn complete(&self, prompt: &Prompt) -> Result<String, ModelFailure> {
+    /// Calls the model, retrying transient failures with exponential backoff; with
+    /// `deltas`, the reply streams into it as it is written.
+    pub async fn complete(
+        &self,
+        prompt: &Prompt,
+        deltas: Option<&DeltaSink>,
+    ) -> Result<String, ModelFailure> {
         let mut delay = self.retry_base;
         let mut attempt = 1;
         loop {
-            let outcome = match tokio::time::timeout(self.timeout, self.attempt(prompt)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(AttemptError::Transient(format!(
-                    "no answer within {}s",
-                    self.timeout.as_secs()
-                ))),
-            };
+            let outcome =
+                match tokio::time::timeout(self.timeout, self.attempt(prompt, deltas)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(AttemptError::Transient(format!(
+                        "no answer within {}s",
+                        self.timeout.as_secs()
+                    ))),
+                };
             match outcome {
                 Ok(text) => return Ok(text),
                 Err(AttemptError::Permanent(reason)) => {
@@ -133,10 +157,54 @@ impl Model {
         }
     }
 
-    async fn attempt(&self, prompt: &Prompt) -> Result<String, AttemptError> {
-        match &self.backend {
-            Backend::Offline => Ok(offline_reply(prompt)),
-            Backend::OpenAi { client, model } => {
+    async fn attempt(
+        &self,
+        prompt: &Prompt,
+        deltas: Option<&DeltaSink>,
+    ) -> Result<String, AttemptError> {
+        if let Some(sink) = deltas {
+            let _ = sink.send(Streamed::Attempt);
+        }
+        match (&self.backend, deltas) {
+            (Backend::Offline, deltas) => {
+                let reply = offline_reply(prompt);
+                if let Some(sink) = deltas {
+                    let _ = sink.send(Streamed::Text(reply.clone()));
+                }
+                Ok(reply)
+            }
+            (Backend::OpenAi { client, model }, Some(sink)) => {
+                let request = CreateChatCompletionRequest {
+                    model: model.clone(),
+                    messages: to_messages(prompt),
+                    ..Default::default()
+                };
+                let mut stream = client
+                    .chat()
+                    .create_stream(request)
+                    .await
+                    .map_err(classify)?;
+                let mut reply = String::new();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(classify)?;
+                    let text = chunk
+                        .choices
+                        .into_iter()
+                        .next()
+                        .and_then(|choice| choice.delta.content);
+                    if let Some(text) = text.filter(|t| !t.is_empty()) {
+                        reply.push_str(&text);
+                        let _ = sink.send(Streamed::Text(text));
+                    }
+                }
+                if reply.trim().is_empty() {
+                    return Err(AttemptError::Transient(
+                        "the model returned an empty answer".into(),
+                    ));
+                }
+                Ok(reply)
+            }
+            (Backend::OpenAi { client, model }, None) => {
                 let request = CreateChatCompletionRequest {
                     model: model.clone(),
                     messages: to_messages(prompt),

@@ -300,7 +300,16 @@ impl Responder {
             self.context_budget_chars,
         );
         tracing::debug!(seq = message.seq, "calling the model");
-        Ok(match self.model.complete(&prompt).await {
+        let (sink, forwarding) = crate::deltas::forward(
+            self.relay.publisher().clone(),
+            reply_to,
+            conversation.user_id,
+            conversation.bot_id,
+        );
+        let completed = self.model.complete(&prompt, Some(&sink)).await;
+        drop(sink);
+        let _ = forwarding.await;
+        Ok(match completed {
             Ok(content) => DomainEvent::BotReplyGenerated(BotReplyGenerated {
                 message_id: Uuid::now_v7(),
                 reply_to,

@@ -7,6 +7,9 @@
 //!   `<ns>.dead_letters` instead of letting them loop.
 //! - each api process binds a private, auto-deleted queue to the reply events, to wake
 //!   the requests that wait for them.
+//! - `<ns>.deltas` (fanout, not durable): the text of replies as the model writes
+//!   them, for streaming clients. Transient by design: never the event log, lost on
+//!   a broker restart, and covered by the final `BotReplyGenerated` either way.
 //! - memory (declared by the workers that keep it): `<ns>.memory.jobs` (quorum,
 //!   bound to `BotReplyGenerated`; delivery limit → `<ns>.memory.dlx` →
 //!   `<ns>.memory.dead_letters`), and `<ns>.memory.idle.<N>s`, also bound to
@@ -17,6 +20,7 @@
 //! consumes, and reconnects and redeclares when the broker goes away.
 
 pub mod consumer;
+pub mod deltas;
 pub mod publisher;
 
 use std::str::FromStr;
@@ -69,6 +73,7 @@ pub enum BusError {
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub events_exchange: String,
+    pub deltas_exchange: String,
     pub dead_letter_exchange: String,
     pub user_messages_queue: String,
     pub dead_letter_queue: String,
@@ -87,6 +92,7 @@ impl Topology {
         let ns = &settings.namespace;
         Self {
             events_exchange: format!("{ns}.events"),
+            deltas_exchange: format!("{ns}.deltas"),
             dead_letter_exchange: format!("{ns}.dlx"),
             user_messages_queue: format!("{ns}.chat.user_messages"),
             dead_letter_queue: format!("{ns}.dead_letters"),
@@ -215,6 +221,14 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        channel
+            .exchange_declare(
+                &self.deltas_exchange,
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
 
         let queue = QueueDeclareOptions {
             durable: true,
@@ -269,6 +283,7 @@ impl Topology {
         }
         for exchange in [
             &self.events_exchange,
+            &self.deltas_exchange,
             &self.dead_letter_exchange,
             &self.memory_dead_letter_exchange,
         ] {

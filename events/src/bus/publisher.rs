@@ -161,6 +161,30 @@ impl Publisher {
         self.link.lock().await.channel.forget(generation);
     }
 
+    /// Publishes a reply delta on the transient deltas exchange, without waiting
+    /// for a confirm: a lost delta costs nothing (the final event carries the whole
+    /// text), and a stream must not wait on the broker.
+    pub async fn publish_delta(&self, delta: &super::deltas::ReplyDelta) -> Result<(), BusError> {
+        let (channel, generation) = self.current().await?;
+        let body = serde_json::to_vec(delta)?;
+        let sent = channel
+            .basic_publish(
+                &self.topology.deltas_exchange,
+                "",
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(1)
+                    .with_content_type("application/json".into()),
+            )
+            .await;
+        if let Err(e) = sent {
+            self.reset(generation).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// Publishes one event and waits for the broker's confirm.
     pub async fn publish(&self, event: &RecordedEvent) -> Result<(), BusError> {
         let (channel, generation) = self.current().await?;

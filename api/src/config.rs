@@ -53,6 +53,10 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// `BODY_READ_TIMEOUT_SECS`: ... and its body within this (408 otherwise).
     pub body_read_timeout: Duration,
+    /// `SSE_MAX_STREAMS_PER_USER`: open `chat/stream`s per user (429 past it).
+    pub max_streams_per_user: usize,
+    /// `SSE_KEEPALIVE_SECS`: a comment goes out on an idle stream this often.
+    pub stream_keep_alive: Duration,
 }
 
 impl ApiConfig {
@@ -99,6 +103,8 @@ impl ApiConfig {
                 env_or("HEADER_READ_TIMEOUT_SECS", 10)?.max(1),
             ),
             body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
+            max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
+            stream_keep_alive: Duration::from_secs(env_or("SSE_KEEPALIVE_SECS", 15)?.max(1)),
         })
     }
 }

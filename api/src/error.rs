@@ -62,6 +62,9 @@ pub enum ApiError {
     /// Well-formed, but contradicts what was recorded (a reused `client_msg_id`).
     #[error("{0}")]
     Unprocessable(String),
+    /// Past a per-user limit.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The client did not send its request (headers or body) in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -139,6 +142,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(msg) => failure(StatusCode::CONFLICT, msg),
             ApiError::Unprocessable(msg) => failure(StatusCode::UNPROCESSABLE_ENTITY, msg),
             ApiError::RequestTimeout(msg) => failure(StatusCode::REQUEST_TIMEOUT, msg),
+            ApiError::TooManyRequests(msg) => failure(StatusCode::TOO_MANY_REQUESTS, msg),
             ApiError::BadGateway(msg) => failure(StatusCode::BAD_GATEWAY, msg),
             ApiError::Unavailable(msg) => failure(StatusCode::SERVICE_UNAVAILABLE, msg),
             ApiError::Internal(detail) => {

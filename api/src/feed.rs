@@ -11,7 +11,8 @@
 //! second); every waiter re-reads right after a reconnect (notices may have been
 //! missed), and every `DEGRADED_RECHECK` while the bus is away.
 //!
-//! The same queue carries `SessionRevoked`, which feeds the revoked-sessions view.
+//! The same queue carries `SessionRevoked`, which feeds the revoked-sessions view,
+//! and the reply deltas, which feed [`LiveReplies`] and streaming clients.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,12 +28,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use events::bus::consumer::Subscription;
+use events::bus::deltas::ReplyDelta;
 use events::bus::ConsumerSupervisor;
 use events::config::BusSettings;
-use events::event::DomainEvent;
+use events::event::{stream, DomainEvent};
 use events::projections::{ChatHistoryProjection, HistoryRow, MessageStatus};
 use events::store::RecordedEvent;
 
+use crate::live::{Applied, LiveReplies};
 use crate::read_cache::ReadCache;
 use crate::sessions::RevokedSessions;
 
@@ -48,6 +51,12 @@ pub enum Notice {
         stream_id: String,
         /// Set when the event answers a message.
         reply: Option<Reply>,
+    },
+    /// A reply being written gained text.
+    Delta {
+        stream_id: String,
+        reply_to: Uuid,
+        text: String,
     },
     /// The bus connection was (re)established: notices may have been missed.
     Resync,
@@ -94,6 +103,7 @@ pub struct ChatFeed {
     sender: broadcast::Sender<Notice>,
     read_cache: Arc<ReadCache>,
     sessions: Arc<RevokedSessions>,
+    live: Arc<LiveReplies>,
     connected: Arc<AtomicBool>,
 }
 
@@ -104,6 +114,20 @@ pub struct Waiter {
 }
 
 impl Waiter {
+    /// The next notice, or `None` when a re-check is due (the bus may have missed
+    /// something, or notices were dropped because this waiter lagged).
+    pub async fn next(&mut self) -> Option<Notice> {
+        let recheck = self.recheck_after();
+        match tokio::time::timeout(recheck, self.notices.recv()).await {
+            Ok(Ok(notice)) => Some(notice),
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => None,
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                std::future::pending::<()>().await;
+                None
+            }
+        }
+    }
+
     /// When to re-read without a notice.
     fn recheck_after(&self) -> Duration {
         if self.connected.load(Ordering::Relaxed) {
@@ -115,13 +139,23 @@ impl Waiter {
 }
 
 impl ChatFeed {
-    pub fn new(read_cache: Arc<ReadCache>, sessions: Arc<RevokedSessions>) -> Self {
+    pub fn new(
+        read_cache: Arc<ReadCache>,
+        sessions: Arc<RevokedSessions>,
+        live: Arc<LiveReplies>,
+    ) -> Self {
         Self {
             sender: broadcast::channel(4096).0,
             read_cache,
             sessions,
+            live,
             connected: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Replies being written now.
+    pub fn live(&self) -> &LiveReplies {
+        &self.live
     }
 
     pub fn subscribe(&self) -> Waiter {
@@ -144,7 +178,10 @@ impl ChatFeed {
         .to_vec();
         let supervisor = ConsumerSupervisor::new(
             settings,
-            Subscription::Private { routing_keys },
+            Subscription::Private {
+                routing_keys,
+                deltas: true,
+            },
             512,
             format!("api-feed-{}", Uuid::new_v4().simple()),
         )
@@ -171,6 +208,10 @@ impl ChatFeed {
     }
 
     async fn handle(&self, delivery: Delivery) {
+        if delivery.exchange.as_str().ends_with(".deltas") {
+            self.handle_delta(&delivery);
+            return;
+        }
         match serde_json::from_slice::<RecordedEvent>(&delivery.data) {
             Ok(event) if event.event_type == DomainEvent::SESSION_REVOKED => {
                 if let Some(sid) = event.payload.get("session_id").and_then(|s| s.as_str()) {
@@ -183,6 +224,9 @@ impl ChatFeed {
                     self.read_cache.invalidate(user);
                 }
                 let reply = Reply::from_event(&event);
+                if let Some(reply) = &reply {
+                    self.live.finish(reply.reply_to);
+                }
                 // No receivers is normal: nobody is waiting right now.
                 let _ = self.sender.send(Notice::Appended {
                     stream_id: event.stream_id,
@@ -190,6 +234,26 @@ impl ChatFeed {
                 });
             }
             Err(e) => tracing::warn!(error = %e, "ignoring an undecodable notification"),
+        }
+    }
+}
+
+impl ChatFeed {
+    fn handle_delta(&self, delivery: &Delivery) {
+        let delta = match serde_json::from_slice::<ReplyDelta>(&delivery.data) {
+            Ok(delta) => delta,
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring an unreadable delta");
+                return;
+            }
+        };
+        let stream_id = stream::chat(delta.user_id, delta.bot_id);
+        if let Applied::Forward(text) = self.live.apply(&stream_id, &delta) {
+            let _ = self.sender.send(Notice::Delta {
+                stream_id,
+                reply_to: delta.reply_to,
+                text,
+            });
         }
     }
 }
@@ -221,6 +285,7 @@ pub async fn wait_for_reply(
                 reply.as_ref().is_some_and(|r| r.reply_to == message_id)
             }
             Notice::Resync => true,
+            Notice::Delta { .. } => false,
         };
         if let Some(Notice::Appended {
             reply: Some(reply), ..
@@ -236,6 +301,7 @@ pub async fn wait_for_stream(notices: &mut Waiter, stream_id: &str, deadline: In
     let relevant = |n: &Notice| match n {
         Notice::Appended { stream_id: s, .. } => s == stream_id,
         Notice::Resync => true,
+        Notice::Delta { .. } => false,
     };
     wait_for_notice(notices, relevant, deadline).await;
 }

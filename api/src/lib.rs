@@ -14,12 +14,14 @@
 //! - [`routes`]: thin handlers, one module per route family.
 //! - [`views`]: the response shapes: envelopes and positional rows.
 //! - [`feed`]: reply notifications from the bus, which wake waiting `new_chat`
-//!   requests and history long-polls.
+//!   requests, history long-polls and streams.
+//! - [`live`]: replies being written now, with their text so far (from deltas).
 //! - [`read_cache`]: rendered history and chat-list bodies for pollers, dropped
 //!   as soon as the user's data changes, within a memory budget.
 //! - [`sessions`]: recently revoked login sessions, in memory, fed by the bus.
 //! - [`known_users`]: user ids known to exist, so requests for nobody are refused.
 //! - [`server`]: the accept loop, with header and body read timeouts.
+//! - [`streams`]: open `chat/stream`s per user, capped.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
 
 pub mod auth;
@@ -29,10 +31,12 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod known_users;
+pub mod live;
 pub mod read_cache;
 pub mod routes;
 pub mod server;
 pub mod sessions;
 pub mod startup;
 pub mod state;
+pub mod streams;
 pub mod views;

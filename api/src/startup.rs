@@ -27,10 +27,12 @@ use crate::config::ApiConfig;
 use crate::extract::{guard_edges, normalize_path, REQUEST_ID_HEADER};
 use crate::feed::ChatFeed;
 use crate::known_users::KnownUsers;
+use crate::live::LiveReplies;
 use crate::read_cache::ReadCache;
 use crate::routes::router;
 use crate::sessions::RevokedSessions;
 use crate::state::AppState;
+use crate::streams::OpenStreams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -85,10 +87,15 @@ impl Application {
                 config.database.commit_timeout,
             ),
             relay: OutboxRelay::new(pool.clone(), publisher),
-            feed: ChatFeed::new(read_cache.clone(), sessions.clone()),
+            feed: ChatFeed::new(
+                read_cache.clone(),
+                sessions.clone(),
+                Arc::new(LiveReplies::default()),
+            ),
             read_cache,
             sessions,
             users: Arc::new(KnownUsers::default()),
+            streams: Arc::new(OpenStreams::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
             config: Arc::new(config),
             pool,

@@ -13,6 +13,7 @@ use crate::feed::ChatFeed;
 use crate::known_users::KnownUsers;
 use crate::read_cache::ReadCache;
 use crate::sessions::RevokedSessions;
+use crate::streams::OpenStreams;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,6 +28,8 @@ pub struct AppState {
     pub sessions: Arc<RevokedSessions>,
     /// User ids known to exist.
     pub users: Arc<KnownUsers>,
+    /// Streams open now, per user.
+    pub streams: Arc<OpenStreams>,
     /// Requests served without a token under `AUTH_MODE=legacy`.
     pub legacy_requests: Arc<AtomicU64>,
 }

@@ -77,23 +77,22 @@ fn shape<const N: usize>(fields: [&str; N], values: [Value; N], format: RowForma
 
 /// `[content, by_user, timestamp, seq, message_id, status]`.
 pub fn history_rows(rows: Vec<HistoryRow>, format: RowFormat) -> Value {
-    Value::Array(
-        rows.into_iter()
-            .map(|r| {
-                shape(
-                    HISTORY_FIELDS,
-                    [
-                        json!(r.content),
-                        json!(r.by_user),
-                        json!(format_timestamp(&r.created_at)),
-                        json!(r.seq),
-                        json!(r.message_id),
-                        json!(r.status),
-                    ],
-                    format,
-                )
-            })
-            .collect(),
+    Value::Array(rows.into_iter().map(|r| history_row(r, format)).collect())
+}
+
+/// One history row, in either shape.
+pub fn history_row(r: HistoryRow, format: RowFormat) -> Value {
+    shape(
+        HISTORY_FIELDS,
+        [
+            json!(r.content),
+            json!(r.by_user),
+            json!(format_timestamp(&r.created_at)),
+            json!(r.seq),
+            json!(r.message_id),
+            json!(r.status),
+        ],
+        format,
     )
 }
 

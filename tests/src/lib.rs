@@ -7,6 +7,7 @@
 pub mod client;
 pub mod fake_openai;
 pub mod proxy;
+pub mod sse;
 pub mod stack;
 
 use std::str::FromStr;

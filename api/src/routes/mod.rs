@@ -5,6 +5,7 @@ pub mod bots;
 pub mod chat;
 pub mod health;
 pub mod memory;
+pub mod stream;
 pub mod users;
 
 use axum::http::{Method, Uri};
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/new_chat", post(chat::new_chat))
         .route("/chat/history", get(chat::history))
         .route("/chat/list", get(chat::list))
+        .route("/chat/stream", get(stream::stream))
         .route("/chat/memory", get(memory::show))
         .route("/chat/memory/forget", post(memory::forget))
         .route("/healthz", get(health::healthz))

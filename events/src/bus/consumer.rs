@@ -47,8 +47,12 @@ pub enum Subscription {
     /// Memory jobs: reply events, straight after the reply and again once idle.
     MemoryJobs,
     /// A private queue that lives as long as this connection and receives the given
-    /// event types (an api process's reply notifications), delivered without acks.
-    Private { routing_keys: Vec<String> },
+    /// event types (an api process's reply notifications), and with `deltas` the
+    /// reply deltas too, delivered without acks.
+    Private {
+        routing_keys: Vec<String>,
+        deltas: bool,
+    },
 }
 
 pub struct ConsumerSupervisor {
@@ -191,7 +195,10 @@ impl ConsumerSupervisor {
                 self.topology.declare_memory(&channel).await?;
                 self.topology.memory_jobs_queue.clone()
             }
-            Subscription::Private { routing_keys } => {
+            Subscription::Private {
+                routing_keys,
+                deltas,
+            } => {
                 let queue = channel
                     .queue_declare(
                         "",
@@ -214,11 +221,23 @@ impl ConsumerSupervisor {
                         )
                         .await?;
                 }
+                if *deltas {
+                    channel
+                        .queue_bind(
+                            queue.name().as_str(),
+                            &self.topology.deltas_exchange,
+                            "",
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
                 queue.name().to_string()
             }
         };
         // Notifications are best-effort wake-ups: the broker need not wait for acks.
         let no_ack = matches!(self.subscription, Subscription::Private { .. });
+        let in_order = no_ack;
         let mut consumer = channel
             .basic_consume(
                 &queue,
@@ -238,6 +257,10 @@ impl ConsumerSupervisor {
         let outcome = loop {
             tokio::select! {
                 next = consumer.next() => match next {
+                    // Notifications are handled in order, as they arrive: a reply's
+                    // deltas must not overtake each other. Work is handled
+                    // concurrently, up to the prefetch.
+                    Some(Ok(delivery)) if in_order => handler(delivery).await,
                     Some(Ok(delivery)) => {
                         let handler = handler.clone();
                         let stop = stop_handlers.clone();

@@ -36,6 +36,8 @@ struct Inner {
     answered_requests: Mutex<Vec<usize>>,
     /// Pause between two streamed words.
     chunk_delay_ms: AtomicU64,
+    /// The next streamed answer stops after this many words, without finishing.
+    cut_next_after: Mutex<Option<usize>>,
 }
 
 #[derive(Clone)]
@@ -129,6 +131,14 @@ impl FakeOpenAi {
         self.inner
             .latency_ms
             .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The next streamed answer breaks off after `words` words: no `finish_reason`,
+    /// no `[DONE]`, as when a connection to a provider drops mid-answer.
+    pub fn cut_next_stream_after(&self, words: usize) {
+        if let Ok(mut cut) = self.inner.cut_next_after.lock() {
+            *cut = Some(words);
+        }
     }
 
     /// A streamed answer pauses this long between words.
@@ -278,8 +288,12 @@ fn streamed(
         });
         axum::body::Bytes::from(format!("data: {body}\n\n"))
     };
-    let words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
-    let stream = async_stream(inner, position, words, chunk);
+    let mut words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
+    let cut = inner.cut_next_after.lock().ok().and_then(|mut c| c.take());
+    if let Some(keep) = cut {
+        words.truncate(keep);
+    }
+    let stream = async_stream(inner, position, words, cut.is_some(), chunk);
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(axum::body::Body::from_stream(stream))
@@ -290,6 +304,7 @@ fn async_stream(
     inner: Arc<Inner>,
     position: Option<usize>,
     words: Vec<String>,
+    cut: bool,
     chunk: impl Fn(Value, Value) -> axum::body::Bytes + Send + 'static,
 ) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>> + Send {
     futures::stream::unfold(0usize, move |i| {
@@ -301,6 +316,8 @@ fn async_stream(
             ))
         } else if i <= words.len() {
             Some(chunk(json!({ "content": words[i - 1] }), Value::Null))
+        } else if cut {
+            None
         } else if i == words.len() + 1 {
             Some(chunk(json!({}), json!("stop")))
         } else if i == words.len() + 2 {

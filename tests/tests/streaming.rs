@@ -167,23 +167,51 @@ async fn a_resumed_stream_misses_nothing_and_repeats_nothing() -> anyhow::Result
 }
 
 #[tokio::test]
-async fn a_failed_reply_ends_as_a_failed_event() -> anyhow::Result<()> {
+async fn a_reply_cut_off_mid_stream_is_retried_or_ends_as_failed() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         env: replies_only(),
         ..Default::default()
     })
     .await?;
     let client = stack.client(0);
-    let (_, token, bot) = client.user_with_bot("failing").await?;
+    let (_, token, bot) = client.user_with_bot("cutoff").await?;
     let mut sse = SseStream::open(&client.base, &stream_path(bot), Some(&token), None).await?;
+
+    // Cut after two words: the attempt fails, the next one finishes, and the
+    // final reply is the whole answer, not the two words.
+    stack.model.cut_next_stream_after(2);
+    client.post_later(&token, bot, "first try").await?;
+    let events = sse.until("reply", WAIT).await?;
+    let reply = events.last().map(|e| e.data.clone()).unwrap_or_default();
+    assert!(
+        reply["content"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("to: first try")),
+        "{reply}"
+    );
+    assert_eq!(stack.model.calls(), 2, "the cut attempt was retried");
+
+    // Cut off, then refused (no attempt can finish): a failed event ends the reply
+    // whose text had begun to stream.
+    stack.model.cut_next_stream_after(2);
+    stack.model.set_chunk_delay(Duration::from_millis(100));
+    client.post_later(&token, bot, "second try").await?;
+    // Once the cut attempt is under way, the retry will be refused.
+    stack.model.wait_for_calls(3, WAIT).await?;
     stack.model.fail_next(400, "invalid_request_error", None);
-    client.post_later(&token, bot, "this will fail").await?;
     let events = sse.until("failed", WAIT).await?;
+    assert!(
+        events.iter().any(|e| e.event == "delta"),
+        "text was streamed before the failure: {events:?}"
+    );
     let failed = events.last().map(|e| e.data.clone()).unwrap_or_default();
     assert_eq!(failed["status"], "failed");
-    assert!(failed["content"]
-        .as_str()
-        .is_some_and(|c| c.contains("400")));
+    assert!(
+        failed["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("400")),
+        "{failed}"
+    );
     stack.teardown().await
 }
 

@@ -185,17 +185,24 @@ impl Model {
                     .await
                     .map_err(classify)?;
                 let mut reply = String::new();
+                let mut finished = false;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(classify)?;
-                    let text = chunk
-                        .choices
-                        .into_iter()
-                        .next()
-                        .and_then(|choice| choice.delta.content);
-                    if let Some(text) = text.filter(|t| !t.is_empty()) {
+                    let Some(choice) = chunk.choices.into_iter().next() else {
+                        continue;
+                    };
+                    finished |= choice.finish_reason.is_some();
+                    if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                         reply.push_str(&text);
                         let _ = sink.send(Streamed::Text(text));
                     }
+                }
+                // A stream cut off before the model said it was done is a failed
+                // attempt, not a shorter reply.
+                if !finished {
+                    return Err(AttemptError::Transient(
+                        "the model's answer was cut off".into(),
+                    ));
                 }
                 if reply.trim().is_empty() {
                     return Err(AttemptError::Transient(

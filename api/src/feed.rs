@@ -51,6 +51,9 @@ pub enum Notice {
         stream_id: String,
         /// Set when the event answers a message.
         reply: Option<Reply>,
+        /// The history row the event added, shared by every waiter, so that most
+        /// wake-ups need no database read.
+        row: Option<Arc<HistoryRow>>,
     },
     /// A reply being written gained text.
     Delta {
@@ -227,10 +230,15 @@ impl ChatFeed {
                 if let Some(reply) = &reply {
                     self.live.finish(reply.reply_to);
                 }
+                let row = DomainEvent::decode(&event)
+                    .ok()
+                    .and_then(|decoded| ChatHistoryProjection::row_of(&event, &decoded))
+                    .map(Arc::new);
                 // No receivers is normal: nobody is waiting right now.
                 let _ = self.sender.send(Notice::Appended {
                     stream_id: event.stream_id,
                     reply,
+                    row,
                 });
             }
             Err(e) => tracing::warn!(error = %e, "ignoring an undecodable notification"),
@@ -296,14 +304,22 @@ pub async fn wait_for_reply(
     }
 }
 
-/// Waits until a notice concerning `stream_id` arrives, or `deadline`.
-pub async fn wait_for_stream(notices: &mut Waiter, stream_id: &str, deadline: Instant) {
+/// Waits until a notice concerning `stream_id` arrives, or `deadline`; returns
+/// the row it brought, if any.
+pub async fn wait_for_stream(
+    notices: &mut Waiter,
+    stream_id: &str,
+    deadline: Instant,
+) -> Option<Arc<HistoryRow>> {
     let relevant = |n: &Notice| match n {
         Notice::Appended { stream_id: s, .. } => s == stream_id,
         Notice::Resync => true,
         Notice::Delta { .. } => false,
     };
-    wait_for_notice(notices, relevant, deadline).await;
+    match wait_for_notice(notices, relevant, deadline).await {
+        Some(Notice::Appended { row, .. }) => row,
+        _ => None,
+    }
 }
 
 /// Returns a relevant notice, or `None` on a lag (something may have been missed),

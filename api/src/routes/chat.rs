@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use events::event::stream;
-use events::projections::{ChatHistoryProjection, ChatListProjection, MessageStatus};
+use events::projections::{ChatHistoryProjection, ChatListProjection, HistoryRow, MessageStatus};
 
 use super::{metadata, publish_in_background};
 use crate::auth::Caller;
@@ -169,11 +169,19 @@ pub async fn history(
     let ticket = state.read_cache.ticket(user);
     // Subscribe before the first read, so that nothing appended in between is missed.
     let mut notices = (!wait.is_zero()).then(|| state.feed.subscribe());
+    // A notice that brings the very next row saves the read.
+    let mut brought: Option<Vec<HistoryRow>> = None;
     loop {
-        let rows = ChatHistoryProjection::read(&state.pool, user, bot_id, after, limit).await?;
+        let rows = match brought.take() {
+            Some(rows) => rows,
+            None => ChatHistoryProjection::read(&state.pool, user, bot_id, after, limit).await?,
+        };
         match notices.as_mut() {
             Some(notices) if rows.is_empty() && Instant::now() < deadline => {
-                feed::wait_for_stream(notices, &stream_id, deadline).await
+                let row = feed::wait_for_stream(notices, &stream_id, deadline).await;
+                brought = row
+                    .filter(|r| r.seq == after + 1)
+                    .map(|r| vec![(*r).clone()]);
             }
             _ => {
                 let empty = rows.is_empty();

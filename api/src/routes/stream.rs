@@ -153,7 +153,19 @@ fn events(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
                 return Some((Ok(event), tail));
             }
             let reread = match tail.waiter.next().await {
-                Some(Notice::Appended { stream_id, .. }) => stream_id == tail.stream_id,
+                Some(Notice::Appended { stream_id, row, .. }) if stream_id == tail.stream_id => {
+                    match row {
+                        // The very next row: sent as the notice brought it.
+                        Some(row) if row.seq == tail.cursor + 1 => {
+                            tail.cursor = row.seq;
+                            tail.queue.push_back(row_event((*row).clone()));
+                            false
+                        }
+                        Some(row) if row.seq <= tail.cursor => false,
+                        _ => true,
+                    }
+                }
+                Some(Notice::Appended { .. }) => false,
                 Some(Notice::Delta {
                     stream_id,
                     reply_to,

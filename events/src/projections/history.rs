@@ -64,6 +64,41 @@ const SELECT_HISTORY: &str = "SELECT seq, message_id, reply_to, by_user, content
 pub struct ChatHistoryProjection;
 
 impl ChatHistoryProjection {
+    /// The row an event adds to its conversation's history, as [`Self::apply`]
+    /// writes it: what a notice of the event can hand to waiting readers without
+    /// a database read. (The answered message's own status change is not in it.)
+    pub fn row_of(event: &RecordedEvent, decoded: &DomainEvent) -> Option<HistoryRow> {
+        let (message_id, reply_to, by_user, content, status) = match decoded {
+            DomainEvent::UserMessagePosted(e) => {
+                (e.message_id, None, 1, &e.content, MessageStatus::Pending)
+            }
+            DomainEvent::BotReplyGenerated(e) => (
+                e.message_id,
+                Some(e.reply_to),
+                0,
+                &e.content,
+                MessageStatus::Done,
+            ),
+            DomainEvent::BotReplyFailed(e) => (
+                e.message_id,
+                Some(e.reply_to),
+                0,
+                &e.reason,
+                MessageStatus::Failed,
+            ),
+            _ => return None,
+        };
+        Some(HistoryRow {
+            seq: event.stream_version,
+            message_id: message_id.to_string(),
+            reply_to: reply_to.map(|r| r.to_string()),
+            by_user,
+            content: content.clone(),
+            status: status.as_str().to_string(),
+            created_at: event.recorded_at,
+        })
+    }
+
     pub async fn apply(
         conn: &mut MySqlConnection,
         tables: &Tables,

@@ -95,8 +95,8 @@ fn report(name: &str, figures: &Figures, original: f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // BENCH_SCENARIOS=history,healthz,uncached,list,chat,slow picks scenarios (all by
-    // default).
+    // BENCH_SCENARIOS=history,healthz,uncached,list,chat,fanout,slow picks scenarios
+    // (all by default).
     let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
     let seconds: u64 = std::env::var("BENCH_SECONDS")
@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         env: vec![
             ("DB_MAX_CONNECTIONS".into(), "32".into()),
             ("WORKER_PREFETCH".into(), "256".into()),
+            ("SSE_MAX_STREAMS_PER_USER".into(), "2000".into()),
             ("RUST_LOG".into(), "warn,events::bus::consumer=info".into()),
         ],
         ..Default::default()
@@ -251,6 +252,9 @@ async fn main() -> anyhow::Result<()> {
         let figures = load(clients, duration, post.clone()).await;
         report("new_chat, instant model, 16 clients", &figures, 40.0);
     }
+    if wanted("fanout") {
+        fanout(&stack).await?;
+    }
     if wanted("slow") {
         stack.model.set_latency(Duration::from_millis(500));
         let figures = load(64, duration, post).await;
@@ -259,4 +263,161 @@ async fn main() -> anyhow::Result<()> {
     }
 
     stack.teardown().await
+}
+
+/// The api's resident memory now and at its peak, in MiB, and its CPU time so far.
+fn api_figures(pid: u32) -> anyhow::Result<(u64, u64, Duration)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // utime and stime are fields 14 and 15; the name (field 2) may hold spaces.
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    Ok((
+        kib("VmRSS:") / 1024,
+        kib("VmHWM:") / 1024,
+        Duration::from_millis(ticks * 10),
+    ))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// 1,000 long-polls and 1,000 streams held open on one api, one of each per
+/// conversation; then a reply to each conversation. Prints the api's memory, its
+/// CPU while they all wait, and the delay from each reply's commit to its clients.
+async fn fanout(stack: &Stack) -> anyhow::Result<()> {
+    use system_tests::sse::SseStream;
+    const CONVERSATIONS: usize = 1000;
+    let client = stack.client(0);
+    let (user, token, _) = client.signup("fanout", "pass word").await?;
+    let mut bots = Vec::with_capacity(CONVERSATIONS);
+    let names: Vec<String> = (0..CONVERSATIONS).map(|n| format!("f{n}")).collect();
+    for chunk in names.chunks(32) {
+        let created = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|name| client.create_bot(&token, name, 0, "")),
+        )
+        .await;
+        for bot in created {
+            bots.push(bot?);
+        }
+    }
+    let pid = stack.apis[0].pid().unwrap_or_default();
+    let (rss_before, _, _) = api_figures(pid)?;
+
+    let (received, mut arrivals) =
+        tokio::sync::mpsc::unbounded_channel::<(&str, i64, chrono::DateTime<chrono::Utc>)>();
+    let mut clients = Vec::new();
+    for &bot in &bots {
+        let (base, sse_token, sse_sent) = (client.base.clone(), token.clone(), received.clone());
+        clients.push(tokio::spawn(async move {
+            let path = format!("/chat/stream?chatbot_id={bot}");
+            if let Ok(mut sse) = SseStream::open(&base, &path, Some(&sse_token), None).await {
+                if sse.until("reply", Duration::from_secs(120)).await.is_ok() {
+                    let _ = sse_sent.send(("stream", bot, chrono::Utc::now()));
+                }
+            }
+        }));
+        let (poller, poll_token, poll_sent) = (client.clone(), token.clone(), received.clone());
+        clients.push(tokio::spawn(async move {
+            // After the user's message (seq 1): returns with the reply.
+            let path = format!("/chat/history?chatbot_id={bot}&after=1&wait=60");
+            if let Ok(answer) = poller.get(&path, Some(&poll_token)).await {
+                if answer.body["data"]
+                    .as_array()
+                    .is_some_and(|rows| !rows.is_empty())
+                {
+                    let _ = poll_sent.send(("long-poll", bot, chrono::Utc::now()));
+                }
+            }
+        }));
+    }
+    drop(received);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, _, cpu_before) = api_figures(pid)?;
+    let idle_window = Duration::from_secs(10);
+    tokio::time::sleep(idle_window).await;
+    let (rss_waiting, _, cpu_after) = api_figures(pid)?;
+    let idle_cpu = (cpu_after - cpu_before).as_secs_f64() / idle_window.as_secs_f64() * 100.0;
+
+    // Replies at a steady 100 a second (10 every 100 ms), so the figure is the
+    // delivery's latency rather than the queueing of one burst.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for chunk in bots.chunks(10) {
+        pace.tick().await;
+        let posts = chunk
+            .iter()
+            .map(|&bot| client.post_later(&token, bot, "hello"));
+        for posted in futures::future::join_all(posts).await {
+            posted?;
+        }
+    }
+    let mut delays: std::collections::HashMap<&str, Vec<Duration>> = Default::default();
+    let pool = stack.pool()?;
+    let committed: Vec<(String, chrono::NaiveDateTime)> = {
+        let mut arrived = Vec::new();
+        while let Ok(Some(arrival)) =
+            tokio::time::timeout(Duration::from_secs(60), arrivals.recv()).await
+        {
+            arrived.push(arrival);
+            if arrived.len() == 2 * CONVERSATIONS {
+                break;
+            }
+        }
+        let rows = sqlx::query_as(
+            "SELECT stream_id, recorded_at FROM events WHERE event_type = 'BotReplyGenerated'",
+        )
+        .fetch_all(&pool)
+        .await?;
+        for (kind, bot, at) in &arrived {
+            let stream = events::event::stream::chat(user, *bot);
+            let commit = rows
+                .iter()
+                .find(|(s, _): &&(String, chrono::NaiveDateTime)| *s == stream)
+                .map(|(_, t)| t.and_utc());
+            if let Some(commit) = commit {
+                let delay = (*at - commit).to_std().unwrap_or_default();
+                delays.entry(kind).or_default().push(delay);
+            }
+        }
+        rows
+    };
+    let _ = committed;
+    let (_, rss_peak, _) = api_figures(pid)?;
+    println!(
+        "fanout: {CONVERSATIONS} SSE streams + {CONVERSATIONS} long-polls on one api: RSS {rss_before} MiB \
+         before, {rss_waiting} MiB while they wait, peak {rss_peak} MiB; api CPU while they wait \
+         idle: {idle_cpu:.2}% of one core"
+    );
+    for (kind, mut times) in delays {
+        times.sort();
+        println!(
+            "fanout: reply commit → {kind} client: {} received, p50 {:.1} ms, p99 {:.1} ms",
+            times.len(),
+            percentile(&times, 0.5).as_secs_f64() * 1000.0,
+            percentile(&times, 0.99).as_secs_f64() * 1000.0,
+        );
+    }
+    for task in clients {
+        task.abort();
+    }
+    Ok(())
 }

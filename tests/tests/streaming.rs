@@ -311,3 +311,55 @@ async fn streams_are_capped_per_user_and_freed_when_clients_leave() -> anyhow::R
     assert_eq!(foreign.status, 404);
     stack.teardown().await
 }
+
+#[tokio::test]
+async fn a_stream_carries_on_across_a_broker_reconnect_and_keeps_idle_connections_alive(
+) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        proxy_broker: true,
+        env: [
+            replies_only(),
+            vec![("SSE_KEEPALIVE_SECS".into(), "1".into())],
+        ]
+        .concat(),
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("reconnected").await?;
+
+    // An idle stream gets `: keep-alive` comments, so proxies do not cut it.
+    let response = reqwest::Client::new()
+        .get(format!("{}{}", client.base, stream_path(bot)))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(3), futures::StreamExt::next(&mut body))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the stream ended"))??;
+    assert!(
+        String::from_utf8_lossy(&first).contains(": keep-alive"),
+        "{first:?}"
+    );
+    drop(body);
+
+    // The broker goes away and comes back while a client streams; a message sent
+    // meanwhile (it waits in the outbox) still reaches the stream, with its reply.
+    let mut sse = SseStream::open(&client.base, &stream_path(bot), Some(&token), None).await?;
+    let proxy = stack
+        .broker_proxy
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no proxy"))?;
+    proxy.cut();
+    client
+        .post_later(&token, bot, "sent while the broker was away")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    let events = sse.until("reply", Duration::from_secs(40)).await?;
+    assert_eq!(events[0].data["content"], "sent while the broker was away");
+    let rows = events.iter().filter(|e| e.event != "delta").count();
+    assert_eq!(rows, 2, "the message and its reply, once each: {events:?}");
+    stack.teardown().await
+}

@@ -70,6 +70,19 @@ impl NewBot {
     }
 }
 
+/// `Ok` when `bot_id` is one of `user_id`'s bots, not deleted; the same answer
+/// for another user's bot as for an unknown one.
+pub async fn ensure_owned(
+    store: &EventStore,
+    user_id: UserId,
+    bot_id: BotId,
+) -> Result<(), DomainError> {
+    match BotsProjection::find_owned(store.pool(), user_id, bot_id).await? {
+        Some(_) => Ok(()),
+        None => Err(DomainError::BotNotFound),
+    }
+}
+
 /// Allocates an id and records `BotCreated`.
 pub async fn create_bot(
     store: &EventStore,

@@ -3,9 +3,9 @@
 use uuid::Uuid;
 
 use events::event::{stream, BotId, DomainEvent, EventMetadata, UserId, UserMessagePosted};
-use events::projections::BotsProjection;
 use events::store::{AppendError, EventStore, ExpectedVersion, RecordedEvent};
 
+use super::bots::ensure_owned;
 use super::{required, DomainError};
 
 pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
@@ -92,12 +92,7 @@ pub async fn post_message(
     command: PostMessage,
     metadata: EventMetadata,
 ) -> Result<Posted, DomainError> {
-    if BotsProjection::find_owned(store.pool(), command.user_id, command.bot_id)
-        .await?
-        .is_none()
-    {
-        return Err(DomainError::BotNotFound);
-    }
+    ensure_owned(store, command.user_id, command.bot_id).await?;
     let message_id = Uuid::now_v7();
     let content = command.input.0;
     let event = DomainEvent::UserMessagePosted(UserMessagePosted {

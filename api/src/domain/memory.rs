@@ -1,9 +1,10 @@
 //! What a bot remembers of a user: read it, or make it forget.
 
 use events::event::{stream, BotId, DomainEvent, EventMetadata, MemoryErased, UserId};
-use events::projections::{BotsProjection, ConversationMemory, MemoryProjection};
+use events::projections::{ConversationMemory, MemoryProjection};
 use events::store::{EventStore, ExpectedVersion, RecordedEvent};
 
+use super::bots::ensure_owned;
 use super::DomainError;
 
 /// The memory of the caller's conversation with one of their bots.
@@ -12,12 +13,7 @@ pub async fn recall(
     user_id: UserId,
     bot_id: BotId,
 ) -> Result<ConversationMemory, DomainError> {
-    if BotsProjection::find_owned(store.pool(), user_id, bot_id)
-        .await?
-        .is_none()
-    {
-        return Err(DomainError::BotNotFound);
-    }
+    ensure_owned(store, user_id, bot_id).await?;
     Ok(MemoryProjection::find(store.pool(), user_id, bot_id).await?)
 }
 
@@ -29,12 +25,7 @@ pub async fn forget(
     bot_id: BotId,
     metadata: EventMetadata,
 ) -> Result<Vec<RecordedEvent>, DomainError> {
-    if BotsProjection::find_owned(store.pool(), user_id, bot_id)
-        .await?
-        .is_none()
-    {
-        return Err(DomainError::BotNotFound);
-    }
+    ensure_owned(store, user_id, bot_id).await?;
     let event = DomainEvent::MemoryErased(MemoryErased { user_id, bot_id });
     Ok(store
         .append_to_stream(

@@ -111,6 +111,15 @@ impl Client {
             )
             .await?;
         anyhow::ensure!(registered.status == 201, "register failed: {registered:?}");
+        self.login(username, password).await
+    }
+
+    /// Logs in (by username or email); returns (user_id, access, refresh).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> anyhow::Result<(i64, String, String)> {
         let login = self
             .post_json(
                 "/login/",
@@ -119,16 +128,11 @@ impl Client {
             )
             .await?;
         anyhow::ensure!(login.status == 200, "login failed: {login:?}");
+        let text = |field: &str| login.body[field].as_str().unwrap_or_default().to_string();
         Ok((
             login.body["user_id"].as_i64().unwrap_or_default(),
-            login.body["access"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            login.body["refresh"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            text("access"),
+            text("refresh"),
         ))
     }
 

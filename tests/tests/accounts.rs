@@ -14,24 +14,8 @@ async fn login(
     username: &str,
     password: &str,
 ) -> anyhow::Result<(String, String)> {
-    let login = client
-        .post_json(
-            "/login/",
-            &json!({ "username": username, "password": password }),
-            None,
-        )
-        .await?;
-    anyhow::ensure!(login.status == 200, "login failed: {login:?}");
-    Ok((
-        login.body["access"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        login.body["refresh"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    ))
+    let (_, access, refresh) = client.login(username, password).await?;
+    Ok((access, refresh))
 }
 
 async fn refresh(client: &Client, token: &str) -> anyhow::Result<Option<(String, String)>> {

@@ -76,17 +76,17 @@ pub struct Reply {
 
 impl Reply {
     /// Notices carry the committed event itself, so the reply needs no read.
-    fn from_event(event: &RecordedEvent) -> Option<Self> {
-        match DomainEvent::decode(event).ok()? {
+    fn from_event(decoded: &DomainEvent) -> Option<Self> {
+        match decoded {
             DomainEvent::BotReplyGenerated(r) => Some(Reply {
                 reply_to: r.reply_to,
                 failed: false,
-                content: r.content,
+                content: r.content.clone(),
             }),
             DomainEvent::BotReplyFailed(f) => Some(Reply {
                 reply_to: f.reply_to,
                 failed: true,
-                content: f.reason,
+                content: f.reason.clone(),
             }),
             _ => None,
         }
@@ -226,13 +226,15 @@ impl ChatFeed {
                 if let Some(user) = event.payload.get("user_id").and_then(|u| u.as_i64()) {
                     self.read_cache.invalidate(user);
                 }
-                let reply = Reply::from_event(&event);
+                // Decoded once, for the reply and the row alike.
+                let decoded = DomainEvent::decode(&event).ok();
+                let reply = decoded.as_ref().and_then(Reply::from_event);
                 if let Some(reply) = &reply {
                     self.live.finish(reply.reply_to);
                 }
-                let row = DomainEvent::decode(&event)
-                    .ok()
-                    .and_then(|decoded| ChatHistoryProjection::row_of(&event, &decoded))
+                let row = decoded
+                    .as_ref()
+                    .and_then(|decoded| ChatHistoryProjection::row_of(&event, decoded))
                     .map(Arc::new);
                 // No receivers is normal: nobody is waiting right now.
                 let _ = self.sender.send(Notice::Appended {

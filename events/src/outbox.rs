@@ -21,19 +21,30 @@
 //! second publish, which consumers absorb (replies are idempotent per message).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::QueryBuilder;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::publisher::LONGEST_PUBLISH;
 use crate::bus::{BusError, Publisher};
 use crate::episode::Episode;
 use crate::store::{recorded_from_row, RecordedEvent, SELECT_EVENTS};
 
-/// How long a sweep's claim keeps other relays off its rows.
-const CLAIM_SECS: u32 = 60;
+/// How long a sweep's claim keeps other relays off its rows. This is also how long
+/// the rows of a relay that dies mid-sweep wait, so it is kept short: a sweep stops
+/// starting publishes once one might not finish inside its claim.
+const CLAIM: Duration = Duration::from_secs(25);
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    pub sent: usize,
+    /// The claim's time ran out before the batch did; the rest is released.
+    pub cut_short: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -93,8 +104,9 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes one batch of overdue rows. Returns how many were sent.
-    pub async fn sweep(&self) -> Result<usize, RelayError> {
+    /// Publishes one batch of overdue rows. Returns how many were sent, and whether
+    /// the batch was cut short by the claim's time budget (so more may be waiting).
+    pub async fn sweep(&self) -> Result<Sweep, RelayError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let claimed = sqlx::query(
             "UPDATE outbox SET claim_token = ?, claimed_until = NOW(6) + INTERVAL ? SECOND \
@@ -102,27 +114,52 @@ impl OutboxRelay {
              AND (claimed_until IS NULL OR claimed_until < NOW(6)) ORDER BY id LIMIT ?",
         )
         .bind(&token)
-        .bind(CLAIM_SECS)
+        .bind(CLAIM.as_secs())
         .bind(u64::try_from(self.grace.as_micros()).unwrap_or(u64::MAX))
         .bind(self.batch)
         .execute(&self.pool)
         .await?
         .rows_affected();
         if claimed == 0 {
-            return Ok(0);
+            return Ok(Sweep::default());
         }
+        let claimed_at = Instant::now();
+        let outcome = self.publish_claimed(&token, claimed_at).await;
+        // Whatever was not sent is free for the next sweep at once. This runs on
+        // every path, so a database blip mid-sweep does not park the rows until
+        // the claim expires; if the database is gone, expiry is the fallback.
+        let released = sqlx::query(
+            "UPDATE outbox SET claim_token = NULL, claimed_until = NULL \
+             WHERE claim_token = ? AND sent_at IS NULL",
+        )
+        .bind(&token)
+        .execute(&self.pool)
+        .await;
+        let sweep = outcome?;
+        released?;
+        Ok(sweep)
+    }
+
+    async fn publish_claimed(&self, token: &str, claimed_at: Instant) -> Result<Sweep, RelayError> {
         let events: Vec<RecordedEvent> = sqlx::query(&format!(
             "{SELECT_EVENTS} WHERE global_position IN \
              (SELECT global_position FROM outbox WHERE claim_token = ?) ORDER BY global_position"
         ))
-        .bind(&token)
+        .bind(token)
         .try_map(|row: MySqlRow| recorded_from_row(&row))
         .fetch_all(&self.pool)
         .await?;
 
+        let mut sweep = Sweep::default();
         let mut sent = Vec::with_capacity(events.len());
         let mut failure = None;
         for event in &events {
+            // A publish started later than this could outlive the claim, and race
+            // another relay's publish of the same row.
+            if claimed_at.elapsed() + LONGEST_PUBLISH >= CLAIM {
+                sweep.cut_short = true;
+                break;
+            }
             match self.publisher.publish(event).await {
                 Ok(()) => sent.push(event.global_position),
                 Err(e) => {
@@ -134,24 +171,17 @@ impl OutboxRelay {
         if !sent.is_empty() {
             let mut mark =
                 QueryBuilder::new("UPDATE outbox SET sent_at = NOW(6) WHERE claim_token = ");
-            mark.push_bind(&token).push(" AND global_position IN ");
+            mark.push_bind(token).push(" AND global_position IN ");
             mark.push_tuples(&sent, |mut b, p| {
                 b.push_bind(p);
             });
             mark.build().persistent(false).execute(&self.pool).await?;
             tracing::info!(count = sent.len(), "outbox relay published overdue events");
         }
-        // Whatever was not sent is free for the next sweep at once.
-        sqlx::query(
-            "UPDATE outbox SET claim_token = NULL, claimed_until = NULL \
-             WHERE claim_token = ? AND sent_at IS NULL",
-        )
-        .bind(&token)
-        .execute(&self.pool)
-        .await?;
+        sweep.sent = sent.len();
         match failure {
             Some(e) => Err(e.into()),
-            None => Ok(sent.len()),
+            None => Ok(sweep),
         }
     }
 
@@ -160,12 +190,12 @@ impl OutboxRelay {
         loop {
             let mut batch_full = false;
             match self.sweep().await {
-                Ok(n) => {
+                Ok(sweep) => {
                     self.sweep_failures.recovered();
-                    if n > 0 {
+                    if sweep.sent > 0 {
                         self.unpublished.recovered();
                     }
-                    batch_full = n as u32 >= self.batch;
+                    batch_full = sweep.cut_short || sweep.sent as u32 >= self.batch;
                 }
                 Err(RelayError::Bus(e)) => self.unpublished.failed(&e),
                 Err(RelayError::Database(e)) => self.sweep_failures.failed(&e),

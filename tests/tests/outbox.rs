@@ -14,7 +14,7 @@ use events::event::{DomainEvent, EventMetadata, UserMessagePosted};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::{EventStore, ExpectedVersion};
-use system_tests::Isolation;
+use system_tests::{eventually, Isolation, TcpProxy};
 
 fn message(n: i64) -> DomainEvent {
     DomainEvent::UserMessagePosted(UserMessagePosted {
@@ -105,7 +105,7 @@ async fn rows_wait_while_the_broker_is_unreachable_and_are_sent_after_its_confir
         pool.clone(),
         Arc::new(Publisher::new(isolation.bus.clone(), "live")),
     );
-    assert_eq!(relay.sweep().await?, 3);
+    assert_eq!(relay.sweep().await?.sent, 3);
     assert_eq!(unsent(&pool).await?, 0);
 
     let mut received = Vec::new();
@@ -124,5 +124,84 @@ async fn rows_wait_while_the_broker_is_unreachable_and_are_sent_after_its_confir
     }
     assert_eq!(received, vec![1, 2, 3], "published in log order");
     let _ = connection.close(200, "done").await;
+    isolation.teardown().await
+}
+
+/// The soak once found rows still unsent 30 s after its faults ended: an api was
+/// killed in the middle of a sweep, and its claim kept every other relay off the
+/// rows for a minute. A dead relay's rows must go out once its (short) claim ends.
+#[tokio::test]
+async fn rows_claimed_by_a_relay_that_dies_mid_sweep_go_out_within_the_claim() -> anyhow::Result<()>
+{
+    let isolation = Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    let store = EventStore::new(pool.clone(), Arc::new(ReadModels));
+    let append = |n: i64| {
+        let store = store.clone();
+        async move {
+            let event = message(n).to_new_event(EventMetadata::default())?;
+            store
+                .append_to_stream(&format!("chat-1-{n}"), ExpectedVersion::Any, &[event])
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+
+    // The doomed relay talks to the broker through a proxy. Its first sweep goes
+    // through, so it holds an open connection; then the proxy freezes that
+    // connection, and the second sweep is caught holding its claim, waiting for
+    // a confirm that never comes.
+    let proxy = TcpProxy::start("127.0.0.1:5672").await?;
+    let mut through_proxy = isolation.bus.clone();
+    through_proxy.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let doomed = OutboxRelay::new(
+        pool.clone(),
+        Arc::new(Publisher::new(through_proxy, "doomed")),
+    );
+    append(1).await?;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the grace period
+    assert_eq!(doomed.sweep().await?.sent, 1);
+    append(2).await?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    proxy.freeze();
+    let sweep = tokio::spawn(async move { doomed.sweep().await });
+    eventually(Duration::from_secs(5), "the doomed relay to claim", || {
+        let pool = pool.clone();
+        async move {
+            let claimed: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claim_token IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await?;
+            Ok((claimed == 1).then_some(()))
+        }
+    })
+    .await?;
+    sweep.abort(); // the process dies: nothing releases the claim
+
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        Arc::new(Publisher::new(isolation.bus.clone(), "survivor")),
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        relay.sweep().await?.sent,
+        0,
+        "a live claim keeps other relays off the row"
+    );
+    let mut waited = None;
+    while started.elapsed() < Duration::from_secs(40) {
+        if relay.sweep().await?.sent == 1 {
+            waited = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let waited = waited.ok_or_else(|| anyhow::anyhow!("the dead relay's row never went out"))?;
+    println!("a dead relay's row went out after {waited:?}");
+    assert!(
+        waited <= Duration::from_secs(30),
+        "the row waited {waited:?} for a dead relay's claim"
+    );
+    assert_eq!(unsent(&pool).await?, 0);
     isolation.teardown().await
 }

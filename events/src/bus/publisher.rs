@@ -23,6 +23,13 @@ use crate::store::RecordedEvent;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// A broker that neither confirms nor fails within this is treated as down.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// A broker that accepts a connection but stalls the handshake, the channel or the
+/// declarations after it is treated as down after this.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(6);
+/// The longest one [`Publisher::publish`] takes when it has the connection to
+/// itself: opening one, then waiting for the confirm.
+pub const LONGEST_PUBLISH: Duration =
+    Duration::from_secs(OPEN_TIMEOUT.as_secs() + CONFIRM_TIMEOUT.as_secs());
 /// How long a replaced connection gets to close cleanly.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -120,7 +127,10 @@ impl Publisher {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.close(0, "reconnecting")).await;
             });
         }
-        match self.open().await {
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.open())
+            .await
+            .unwrap_or(Err(BusError::ConnectTimeout));
+        match opened {
             Ok((connection, channel)) => {
                 tracing::info!(publisher = %self.name, "connected to the message broker");
                 link.connection = Some(connection);

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use events::projections::{format_timestamp, Bot, ChatListRow, HistoryRow};
+use events::projections::{format_timestamp, Bot, ChatListRow};
 
 /// `{"code": 200, "msg": "OK", "data": ...}` (bot and user routes).
 pub fn ok(data: Value) -> Json<Value> {
@@ -35,66 +35,9 @@ pub fn json_body(body: Bytes) -> Response {
     ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RowFormat {
-    Positional,
-    Object,
-}
+pub use events::projections::rows::{history_row, history_rows, shape, RowFormat};
 
-impl RowFormat {
-    /// `format=object`, `format=array` or none; anything else is refused rather
-    /// than guessed.
-    pub fn from_param(format: Option<&str>) -> Result<Self, String> {
-        match format.map(str::trim) {
-            None | Some("") => Ok(RowFormat::Positional),
-            Some(f) if f.eq_ignore_ascii_case("object") => Ok(RowFormat::Object),
-            Some(f) if f.eq_ignore_ascii_case("array") => Ok(RowFormat::Positional),
-            Some(other) => Err(format!(
-                "format must be `object` or `array` (the default), not {other:?}"
-            )),
-        }
-    }
-}
-
-const HISTORY_FIELDS: [&str; 6] = [
-    "content",
-    "by_user",
-    "timestamp",
-    "seq",
-    "message_id",
-    "status",
-];
 const LIST_FIELDS: [&str; 5] = ["chatbot_id", "chatbot_name", "timestamp", "content", "seq"];
-
-fn shape<const N: usize>(fields: [&str; N], values: [Value; N], format: RowFormat) -> Value {
-    match format {
-        RowFormat::Positional => Value::Array(values.into()),
-        RowFormat::Object => {
-            Value::Object(fields.iter().map(|f| f.to_string()).zip(values).collect())
-        }
-    }
-}
-
-/// `[content, by_user, timestamp, seq, message_id, status]`.
-pub fn history_rows(rows: Vec<HistoryRow>, format: RowFormat) -> Value {
-    Value::Array(rows.into_iter().map(|r| history_row(r, format)).collect())
-}
-
-/// One history row, in either shape.
-pub fn history_row(r: HistoryRow, format: RowFormat) -> Value {
-    shape(
-        HISTORY_FIELDS,
-        [
-            json!(r.content),
-            json!(r.by_user),
-            json!(format_timestamp(&r.created_at)),
-            json!(r.seq),
-            json!(r.message_id),
-            json!(r.status),
-        ],
-        format,
-    )
-}
 
 /// `[chatbot_id, chatbot_name, timestamp, content, seq]`.
 pub fn chat_list_rows(rows: Vec<ChatListRow>, format: RowFormat) -> Value {

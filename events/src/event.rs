@@ -7,9 +7,9 @@
 //! `session-<session_id>` holds one
 //! login's `SessionStarted`, `SessionRefreshed` and `SessionRevoked`.
 //!
-//! Events are immutable once written. Each type carries a `schema_version`; when a
-//! payload changes shape, bump the version and teach [`DomainEvent::decode`] to read
-//! the old one, so that the whole log still replays.
+//! Events are immutable once written. Each carries the `schema_version` it was
+//! written with; [`DomainEvent::decode`] brings older shapes up to today's through
+//! [`crate::upcast`], so the whole log still replays after a type changes.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -91,6 +91,19 @@ pub struct UserMessagePosted {
     /// The client's own id for this message, when it sent one (idempotent retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// Where the message came from (schema v2; older events read as `Unrecorded`).
+    pub source: MessageSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageSource {
+    /// Posted through the HTTP API.
+    Api,
+    /// Written in bulk by a tool (seeding, an import).
+    Import,
+    /// Written by a release that did not record it.
+    Unrecorded,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +198,8 @@ pub enum DomainEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    #[error(transparent)]
+    Upcast(#[from] crate::upcast::UpcastError),
     #[error("unknown event type {event_type} (schema version {schema_version})")]
     Unknown {
         event_type: String,
@@ -227,7 +242,7 @@ impl DomainEvent {
 
     /// The schema version written for new events of this type.
     pub fn schema_version(&self) -> u16 {
-        1
+        crate::upcast::current_version(self.event_type())
     }
 
     /// The key that makes appending this event idempotent, if it must be.
@@ -291,32 +306,40 @@ impl DomainEvent {
 
     /// Reads a stored event back, whatever schema version it was written with.
     pub fn decode(event: &RecordedEvent) -> Result<Self, DecodeError> {
-        fn parse<T: serde::de::DeserializeOwned>(e: &RecordedEvent) -> Result<T, DecodeError> {
+        fn parse<T: serde::de::DeserializeOwned>(
+            payload: &serde_json::Value,
+        ) -> Result<T, serde_json::Error> {
             // Deserializing from a reference spares a deep copy of the payload.
-            T::deserialize(&e.payload).map_err(|source| DecodeError::Payload {
-                event_type: e.event_type.clone(),
-                source,
-            })
+            T::deserialize(payload)
         }
-        match (event.event_type.as_str(), event.schema_version) {
-            ("BotCreated", 1) => parse(event).map(DomainEvent::BotCreated),
-            (Self::BOT_DELETED, 1) => parse(event).map(DomainEvent::BotDeleted),
-            (Self::USER_MESSAGE_POSTED, 1) => parse(event).map(DomainEvent::UserMessagePosted),
-            (Self::BOT_REPLY_GENERATED, 1) => parse(event).map(DomainEvent::BotReplyGenerated),
-            (Self::BOT_REPLY_FAILED, 1) => parse(event).map(DomainEvent::BotReplyFailed),
-            (Self::SESSION_STARTED, 1) => parse(event).map(DomainEvent::SessionStarted),
-            (Self::SESSION_REFRESHED, 1) => parse(event).map(DomainEvent::SessionRefreshed),
-            (Self::SESSION_REVOKED, 1) => parse(event).map(DomainEvent::SessionRevoked),
-            (Self::CONVERSATION_SUMMARIZED, 1) => {
-                parse(event).map(DomainEvent::ConversationSummarized)
+        let payload =
+            crate::upcast::upcast(&event.event_type, event.schema_version, &event.payload)?;
+        let payload = payload.as_ref();
+        let decoded = match event.event_type.as_str() {
+            "BotCreated" => parse(payload).map(DomainEvent::BotCreated),
+            Self::BOT_DELETED => parse(payload).map(DomainEvent::BotDeleted),
+            Self::USER_MESSAGE_POSTED => parse(payload).map(DomainEvent::UserMessagePosted),
+            Self::BOT_REPLY_GENERATED => parse(payload).map(DomainEvent::BotReplyGenerated),
+            Self::BOT_REPLY_FAILED => parse(payload).map(DomainEvent::BotReplyFailed),
+            Self::SESSION_STARTED => parse(payload).map(DomainEvent::SessionStarted),
+            Self::SESSION_REFRESHED => parse(payload).map(DomainEvent::SessionRefreshed),
+            Self::SESSION_REVOKED => parse(payload).map(DomainEvent::SessionRevoked),
+            Self::CONVERSATION_SUMMARIZED => {
+                parse(payload).map(DomainEvent::ConversationSummarized)
             }
-            (Self::USER_PROFILE_UPDATED, 1) => parse(event).map(DomainEvent::UserProfileUpdated),
-            (Self::MEMORY_ERASED, 1) => parse(event).map(DomainEvent::MemoryErased),
-            (other, version) => Err(DecodeError::Unknown {
-                event_type: other.to_string(),
-                schema_version: version,
-            }),
-        }
+            Self::USER_PROFILE_UPDATED => parse(payload).map(DomainEvent::UserProfileUpdated),
+            Self::MEMORY_ERASED => parse(payload).map(DomainEvent::MemoryErased),
+            other => {
+                return Err(DecodeError::Unknown {
+                    event_type: other.to_string(),
+                    schema_version: event.schema_version,
+                })
+            }
+        };
+        decoded.map_err(|source| DecodeError::Payload {
+            event_type: event.event_type.clone(),
+            source,
+        })
     }
 }
 

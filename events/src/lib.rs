@@ -41,3 +41,4 @@ pub mod record;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod upcast;

@@ -181,10 +181,10 @@ pub async fn read_stream_after(
     .await
 }
 
-pub(crate) const SELECT_EVENTS: &str = "SELECT global_position, event_id, stream_id, \
+pub const SELECT_EVENTS: &str = "SELECT global_position, event_id, stream_id, \
     stream_version, event_type, schema_version, payload, metadata, recorded_at FROM events";
 
-pub(crate) fn recorded_from_row(row: &MySqlRow) -> Result<RecordedEvent, sqlx::Error> {
+pub fn recorded_from_row(row: &MySqlRow) -> Result<RecordedEvent, sqlx::Error> {
     let event_id: String = row.try_get("event_id")?;
     let Json(payload): Json<Value> = row.try_get("payload")?;
     let Json(metadata): Json<EventMetadata> = row.try_get("metadata")?;

@@ -10,7 +10,7 @@ use lapin::types::FieldTable;
 use uuid::Uuid;
 
 use events::bus::{Publisher, Topology};
-use events::event::{DomainEvent, EventMetadata, UserMessagePosted};
+use events::event::{DomainEvent, EventMetadata, MessageSource, UserMessagePosted};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::{EventStore, ExpectedVersion};
@@ -23,6 +23,7 @@ fn message(n: i64) -> DomainEvent {
         bot_id: n,
         content: format!("hello {n}"),
         client_msg_id: None,
+        source: MessageSource::Import,
     })
 }
 

@@ -3,10 +3,13 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
 use events::config::DatabaseSettings;
+use events::projections::rows::RowFormat;
 use worker::config::WorkerConfig;
+use worker::replay::export::{ExportFilter, ExportFormat};
 use worker::startup::{Roles, Worker};
 
 // The request path allocates a lot of small, short-lived objects; mimalloc handles
@@ -46,19 +49,60 @@ enum Command {
 enum Replay {
     /// Rebuild every read model from the log and swap it in, while the system runs.
     Rebuild {
-        /// Events per transaction while replaying.
-        #[arg(long, default_value_t = 500)]
+        /// Events per batch (one transaction, a few multi-row statements).
+        #[arg(long, default_value_t = 2000)]
         batch: u32,
     },
-    /// Write events as JSON lines to standard output, oldest first.
+    /// Rebuild every read model aside and compare it, row by row, with the live one.
+    /// Exits 0 when they match, 1 (listing the first differences) when not.
+    Verify {
+        /// Events per batch.
+        #[arg(long, default_value_t = 2000)]
+        batch: u32,
+    },
+    /// Write events to standard output, oldest first. Filters combine.
     Export {
-        /// Only this stream, e.g. `chat-7-42` or `bot-42`.
+        /// Only this stream, e.g. `chat-7-42`, `bot-42` or `session-<uuid>`.
         #[arg(long)]
         stream: Option<String>,
+        /// Only this user's streams: their bots, their chats, their sessions.
+        #[arg(long)]
+        user: Option<i64>,
+        /// Only events recorded at or after this instant (RFC 3339).
+        #[arg(long, value_parser = rfc3339)]
+        from: Option<DateTime<Utc>>,
+        /// Only events recorded before this instant (RFC 3339).
+        #[arg(long, value_parser = rfc3339)]
+        to: Option<DateTime<Utc>>,
         /// Only events after this global position.
         #[arg(long, default_value_t = 0)]
         after: i64,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Payloads in today's schema (through the upcasters), not as stored.
+        #[arg(long)]
+        upcast: bool,
     },
+    /// Print one conversation as it stood at an instant, rebuilt from the log, in
+    /// the rows of `GET /chat/history`.
+    History {
+        #[arg(long)]
+        user: i64,
+        #[arg(long)]
+        bot: i64,
+        /// The instant (RFC 3339), e.g. `2026-11-24T18:00:00Z`.
+        #[arg(long, value_parser = rfc3339)]
+        as_of: DateTime<Utc>,
+        /// `array` (the app's positional rows) or `object`.
+        #[arg(long, default_value = "array")]
+        format: String,
+    },
+}
+
+fn rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|e| format!("{e}; expected RFC 3339, e.g. 2026-11-24T18:00:00Z"))
 }
 
 #[tokio::main]
@@ -88,14 +132,52 @@ async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
     let pool = events::db::connect_and_migrate(&DatabaseSettings::from_env()?).await?;
+    // Ctrl-C (or SIGTERM) stops a rebuild or verify between batches; the live
+    // views are never touched before the swap.
+    let cancel = events::shutdown::on_signal();
     match action {
         Replay::Rebuild { batch } => {
-            worker::replay::rebuild(&pool, batch).await?;
+            worker::replay::rebuild(&pool, batch, &cancel).await?;
         }
-        Replay::Export { stream, after } => {
+        Replay::Verify { batch } => {
+            let report = worker::replay::verify(&pool, batch, &cancel).await?;
+            let verdict = worker::replay::describe(&report);
+            if !report.is_identical() {
+                return Err(verdict.into());
+            }
+            println!("{verdict}");
+        }
+        Replay::Export {
+            stream,
+            user,
+            from,
+            to,
+            after,
+            format,
+            upcast,
+        } => {
+            let filter = ExportFilter {
+                stream,
+                user,
+                from,
+                to,
+                after,
+                upcast,
+            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = worker::replay::export(&pool, stream.as_deref(), after, &mut out).await?;
+            let written = worker::replay::export::export(&pool, &filter, format, &mut out).await?;
             tracing::info!(events = written, "exported");
+        }
+        Replay::History {
+            user,
+            bot,
+            as_of,
+            format,
+        } => {
+            let format = RowFormat::from_param(Some(&format))?;
+            let rows =
+                worker::replay::as_of::history_as_of(&pool, user, bot, as_of, format).await?;
+            println!("{}", serde_json::to_string_pretty(&rows)?);
         }
     }
     Ok(())

@@ -2,7 +2,9 @@
 
 use uuid::Uuid;
 
-use events::event::{stream, BotId, DomainEvent, EventMetadata, UserId, UserMessagePosted};
+use events::event::{
+    stream, BotId, DomainEvent, EventMetadata, MessageSource, UserId, UserMessagePosted,
+};
 use events::store::{AppendError, EventStore, ExpectedVersion, RecordedEvent};
 
 use super::bots::ensure_owned;
@@ -101,6 +103,7 @@ pub async fn post_message(
         bot_id: command.bot_id,
         content: content.clone(),
         client_msg_id: command.client_msg_id.clone(),
+        source: MessageSource::Api,
     });
     match store
         .append_to_stream(

@@ -6,11 +6,16 @@
 //! table: how events change it, and how it is read.
 
 pub mod bots;
+pub mod bulk;
 pub mod chat_list;
+pub mod fold;
 pub mod history;
 pub mod memory;
 pub mod rebuild;
+pub mod rows;
 pub mod sessions;
+pub mod shadow;
+pub mod verify;
 
 use futures::future::BoxFuture;
 use sqlx::mysql::MySqlConnection;

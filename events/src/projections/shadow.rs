@@ -1,0 +1,217 @@
+//! Shadow tables: fresh copies of the read-model tables (`*_rebuild`), filled by
+//! replaying the log, that a rebuild swaps in and a verify compares against the
+//! live ones. The live tables are never written here.
+//!
+//! Only one rebuild or verify runs against a database at a time (a named lock that
+//! the server frees if the process dies), since both use the same shadow tables.
+//! Whatever happens, the next run starts by dropping and recreating them, so an
+//! interrupted run leaves nothing the next one could trip over.
+
+use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::pool::PoolConnection;
+use sqlx::MySql;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{bulk, Tables};
+use crate::event::{DecodeError, DomainEvent};
+use crate::store::{read_all, RecordedEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(
+        "another `worker replay rebuild` or `verify` is running against this database; \
+         wait for it to finish (or stop it) and run this again"
+    )]
+    AlreadyRunning,
+    #[error(
+        "stopped before the end; the live views are untouched, and the next run starts afresh"
+    )]
+    Cancelled,
+    #[error(
+        "the event at position {position} ({event_type} v{schema_version}) cannot be read: \
+         {source}"
+    )]
+    Unreadable {
+        position: i64,
+        event_type: String,
+        schema_version: u16,
+        source: DecodeError,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Where a replay stands, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The last global position replayed.
+    pub position: i64,
+    /// The head of the log when the replay started (or was last caught up).
+    pub head: i64,
+    /// Events replayed so far.
+    pub events: u64,
+}
+
+/// Shadow tables being filled, owned by the one replay allowed at a time.
+pub struct Shadow {
+    pool: MySqlPool,
+    /// Holds the named lock; the server releases it when this connection closes.
+    lock: PoolConnection<MySql>,
+    batch: u32,
+    pub progress: Progress,
+}
+
+impl Shadow {
+    /// Takes the replay lock and creates empty shadow tables.
+    pub async fn create(pool: &MySqlPool, batch: u32) -> Result<Self, ReplayError> {
+        let mut lock = pool.acquire().await?;
+        let locked: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('rebuild:', DATABASE()), 0)")
+                .fetch_one(&mut *lock)
+                .await?;
+        if locked != Some(1) {
+            return Err(ReplayError::AlreadyRunning);
+        }
+        drop_tables(pool).await?;
+        for (live, shadow) in Tables::pairs() {
+            sqlx::query(&format!("CREATE TABLE {shadow} LIKE {live}"))
+                .execute(pool)
+                .await?;
+        }
+        Ok(Self {
+            pool: pool.clone(),
+            lock,
+            batch: batch.max(1),
+            progress: Progress {
+                position: 0,
+                head: current_head(pool).await?,
+                events: 0,
+            },
+        })
+    }
+
+    /// Replays every event after the current position through `until` (the head
+    /// as it is now, if `None`). One task reads and decodes the next batch while
+    /// this one writes the last, with at most two batches in memory.
+    pub async fn replay(
+        &mut self,
+        until: Option<i64>,
+        cancel: &CancellationToken,
+        mut report: impl FnMut(Progress),
+    ) -> Result<(), ReplayError> {
+        let until = match until {
+            Some(position) => position,
+            None => current_head(&self.pool).await?,
+        };
+        self.progress.head = self.progress.head.max(until);
+        let (batches, mut incoming) = mpsc::channel(1);
+        let reader = tokio::spawn(read_batches(
+            self.pool.clone(),
+            self.progress.position,
+            until,
+            self.batch,
+            batches,
+        ));
+        let mut conn = self.pool.acquire().await?;
+        let outcome = loop {
+            let batch = tokio::select! {
+                batch = incoming.recv() => batch,
+                _ = cancel.cancelled() => break Err(ReplayError::Cancelled),
+            };
+            let Some(batch) = batch else { break Ok(()) };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = write_batch(&mut conn, &batch).await {
+                break Err(e.into());
+            }
+            if let Some((last, _)) = batch.last() {
+                self.progress.position = last.global_position;
+                self.progress.events += batch.len() as u64;
+            }
+            report(self.progress);
+        };
+        reader.abort();
+        outcome
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    /// Drops the shadow tables and frees the lock.
+    pub async fn discard(mut self) -> Result<(), ReplayError> {
+        drop_tables(&self.pool).await?;
+        self.release().await;
+        Ok(())
+    }
+
+    /// Frees the lock (the tables stay, e.g. after they were swapped in).
+    pub async fn release(&mut self) {
+        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('rebuild:', DATABASE()))")
+            .execute(&mut *self.lock)
+            .await;
+    }
+}
+
+type DecodedBatch = Vec<(RecordedEvent, DomainEvent)>;
+
+async fn read_batches(
+    pool: MySqlPool,
+    mut position: i64,
+    until: i64,
+    batch: u32,
+    out: mpsc::Sender<Result<DecodedBatch, ReplayError>>,
+) {
+    while position < until {
+        let limit = u32::try_from((until - position).min(i64::from(batch))).unwrap_or(batch);
+        let events = match read_all(&pool, position, limit).await {
+            Ok(events) => events,
+            Err(e) => {
+                let _ = out.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let Some(last) = events.last() else { return };
+        position = last.global_position;
+        let decoded = events
+            .into_iter()
+            .map(|event| match DomainEvent::decode(&event) {
+                Ok(decoded) => Ok((event, decoded)),
+                Err(source) => Err(ReplayError::Unreadable {
+                    position: event.global_position,
+                    event_type: event.event_type.clone(),
+                    schema_version: event.schema_version,
+                    source,
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>();
+        let failed = decoded.is_err();
+        if out.send(decoded).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+async fn write_batch(conn: &mut MySqlConnection, batch: &DecodedBatch) -> Result<(), sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    bulk::apply_batch(&mut tx, &Tables::SHADOW, batch).await?;
+    tx.commit().await
+}
+
+async fn drop_tables(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    for (_, shadow) in Tables::pairs() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn current_head(pool: &MySqlPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
+        .fetch_one(pool)
+        .await
+}

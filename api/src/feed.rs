@@ -234,7 +234,7 @@ impl ChatFeed {
                 }
                 let row = decoded
                     .as_ref()
-                    .and_then(|decoded| ChatHistoryProjection::row_of(&event, decoded))
+                    .and_then(|decoded| ChatHistoryProjection::row_of(&event.stamp(), decoded))
                     .map(Arc::new);
                 // No receivers is normal: nobody is waiting right now.
                 let _ = self.sender.send(Notice::Appended {

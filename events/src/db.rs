@@ -71,6 +71,24 @@ pub async fn connect_and_migrate_patiently(
 /// Creates the database if needed, migrates it, and returns a pool.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<MySqlPool, DbSetupError> {
     let options = MySqlConnectOptions::from_str(&settings.url).map_err(DbSetupError::Url)?;
+    connect_and_migrate_with(settings, options).await
+}
+
+/// [`connect_and_migrate`] for `worker replay`, whose statements stream whole tables
+/// and are long by design: a "slow statement" warning there would be noise.
+pub async fn connect_and_migrate_for_replay(
+    settings: &DatabaseSettings,
+) -> Result<MySqlPool, DbSetupError> {
+    let options = MySqlConnectOptions::from_str(&settings.url)
+        .map_err(DbSetupError::Url)?
+        .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::MAX);
+    connect_and_migrate_with(settings, options).await
+}
+
+async fn connect_and_migrate_with(
+    settings: &DatabaseSettings,
+    options: MySqlConnectOptions,
+) -> Result<MySqlPool, DbSetupError> {
     create_database_if_missing(&settings.url, &options).await?;
     let pool = pool(settings, options);
     migrate(&pool).await?;

@@ -47,6 +47,25 @@ pub struct RecordedEvent {
     pub recorded_at: NaiveDateTime,
 }
 
+impl RecordedEvent {
+    pub fn stamp(&self) -> EventStamp {
+        EventStamp {
+            global_position: self.global_position,
+            stream_version: self.stream_version,
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
+/// Where and when an event was recorded: all a read model needs of it besides the
+/// decoded event itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventStamp {
+    pub global_position: i64,
+    pub stream_version: i64,
+    pub recorded_at: NaiveDateTime,
+}
+
 /// UTC now, truncated to the microseconds that `DATETIME(6)` keeps, so that what an
 /// append returns equals what a later read returns.
 pub fn now_micros() -> NaiveDateTime {

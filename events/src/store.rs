@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::appender::Appender;
 pub use crate::appender::{AppendError, ExpectedVersion, InlineProjector};
-pub use crate::record::{now_micros, EventMetadata, NewEvent, RecordedEvent};
+pub use crate::record::{now_micros, EventMetadata, EventStamp, NewEvent, RecordedEvent};
 
 /// Retries of an `ExpectedVersion::Any` append that hit a version conflict.
 const ANY_VERSION_ATTEMPTS: usize = 5;

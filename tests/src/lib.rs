@@ -7,6 +7,7 @@
 pub mod client;
 pub mod fake_openai;
 pub mod proxy;
+pub mod seed;
 pub mod sse;
 pub mod stack;
 
@@ -18,7 +19,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 pub use client::{Client, Reply};
 pub use fake_openai::FakeOpenAi;
 pub use proxy::TcpProxy;
-pub use stack::{free_port, Stack, StackOptions};
+pub use stack::{binary, free_port, Stack, StackOptions};
 
 /// The server the tests use; `TEST_DATABASE_SERVER` overrides it.
 pub fn database_server() -> String {

@@ -131,7 +131,7 @@ async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = events::db::connect_and_migrate(&DatabaseSettings::from_env()?).await?;
+    let pool = events::db::connect_and_migrate_for_replay(&DatabaseSettings::from_env()?).await?;
     // Ctrl-C (or SIGTERM) stops a rebuild or verify between batches; the live
     // views are never touched before the swap.
     let cancel = events::shutdown::on_signal();
@@ -141,11 +141,10 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
         }
         Replay::Verify { batch } => {
             let report = worker::replay::verify(&pool, batch, &cancel).await?;
-            let verdict = worker::replay::describe(&report);
+            println!("{}", worker::replay::describe(&report));
             if !report.is_identical() {
-                return Err(verdict.into());
+                return Err("the live views differ from the log (listed above)".into());
             }
-            println!("{verdict}");
         }
         Replay::Export {
             stream,

@@ -13,10 +13,12 @@ use super::fold::{Fold, Touched};
 use super::history::MessageStatus;
 use super::Tables;
 use crate::event::DomainEvent;
-use crate::store::RecordedEvent;
+use crate::store::EventStamp;
 
-/// Rows per statement; well under the 65,535 placeholders a statement may hold.
-const ROWS_PER_STATEMENT: usize = 1000;
+/// Rows per statement. Far below the 65,535 placeholders a statement may hold: the
+/// benchmark found 250 both faster and leaner (client buffers grow with the
+/// largest statement) than 1,000.
+const ROWS_PER_STATEMENT: usize = 250;
 /// Bytes of text per statement, well under the server's smallest default packet.
 const BYTES_PER_STATEMENT: usize = 2 << 20;
 
@@ -24,7 +26,7 @@ const BYTES_PER_STATEMENT: usize = 2 << 20;
 pub async fn apply_batch(
     conn: &mut MySqlConnection,
     tables: &Tables,
-    events: &[(RecordedEvent, DomainEvent)],
+    events: &[(EventStamp, DomainEvent)],
 ) -> Result<(), sqlx::Error> {
     let mut fold = load(conn, tables, &Touched::of(events)).await?;
     for (event, decoded) in events {

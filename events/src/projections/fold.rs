@@ -16,7 +16,7 @@ use chrono::NaiveDateTime;
 
 use super::history::{HistoryRow, MessageStatus};
 use crate::event::{BotId, DomainEvent, UserId};
-use crate::store::RecordedEvent;
+use crate::store::EventStamp;
 
 /// A conversation: `(user_id, chatbot_id)`.
 pub type ConversationKey = (UserId, BotId);
@@ -79,7 +79,7 @@ pub struct Touched {
 }
 
 impl Touched {
-    pub fn of(events: &[(RecordedEvent, DomainEvent)]) -> Self {
+    pub fn of(events: &[(EventStamp, DomainEvent)]) -> Self {
         let mut touched = Touched::default();
         for (_, decoded) in events {
             match decoded {
@@ -142,7 +142,7 @@ pub struct Fold {
 }
 
 impl Fold {
-    pub fn apply(&mut self, event: &RecordedEvent, decoded: &DomainEvent) {
+    pub fn apply(&mut self, event: &EventStamp, decoded: &DomainEvent) {
         let at = event.recorded_at;
         match decoded {
             DomainEvent::BotCreated(e) => {
@@ -269,7 +269,7 @@ impl Fold {
     /// latest entry in the chat list (unless its bot is gone).
     fn message(
         &mut self,
-        event: &RecordedEvent,
+        event: &EventStamp,
         decoded: &DomainEvent,
         user_id: UserId,
         bot_id: BotId,

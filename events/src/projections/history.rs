@@ -8,7 +8,7 @@ use sqlx::mysql::{MySqlConnection, MySqlPool};
 
 use super::Tables;
 use crate::event::{BotId, DomainEvent, UserId};
-use crate::store::RecordedEvent;
+use crate::store::{EventStamp, RecordedEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageStatus {
@@ -67,7 +67,7 @@ impl ChatHistoryProjection {
     /// The row an event adds to its conversation's history, as [`Self::apply`]
     /// writes it: what a notice of the event can hand to waiting readers without
     /// a database read. (The answered message's own status change is not in it.)
-    pub fn row_of(event: &RecordedEvent, decoded: &DomainEvent) -> Option<HistoryRow> {
+    pub fn row_of(event: &EventStamp, decoded: &DomainEvent) -> Option<HistoryRow> {
         let (message_id, reply_to, by_user, content, status) = match decoded {
             DomainEvent::UserMessagePosted(e) => {
                 (e.message_id, None, 1, &e.content, MessageStatus::Pending)

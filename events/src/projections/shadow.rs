@@ -9,13 +9,13 @@
 
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 use sqlx::pool::PoolConnection;
-use sqlx::MySql;
+use sqlx::{MySql, Row};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{bulk, Tables};
 use crate::event::{DecodeError, DomainEvent};
-use crate::store::{read_all, RecordedEvent};
+use crate::store::EventStamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -156,7 +156,13 @@ impl Shadow {
     }
 }
 
-type DecodedBatch = Vec<(RecordedEvent, DomainEvent)>;
+type DecodedBatch = Vec<(EventStamp, DomainEvent)>;
+
+/// Just what a replay needs of each event; the payload comes as text and is parsed
+/// straight into its type.
+const SELECT_FOR_REPLAY: &str = "SELECT global_position, stream_version, event_type, \
+    schema_version, CAST(payload AS CHAR) AS payload, recorded_at FROM events \
+    WHERE global_position > ? ORDER BY global_position LIMIT ?";
 
 async fn read_batches(
     pool: MySqlPool,
@@ -167,32 +173,52 @@ async fn read_batches(
 ) {
     while position < until {
         let limit = u32::try_from((until - position).min(i64::from(batch))).unwrap_or(batch);
-        let events = match read_all(&pool, position, limit).await {
-            Ok(events) => events,
-            Err(e) => {
-                let _ = out.send(Err(e.into())).await;
-                return;
-            }
+        let decoded = read_batch(&pool, position, limit).await;
+        let last = match &decoded {
+            Ok(batch) => match batch.last() {
+                Some((stamp, _)) => Some(stamp.global_position),
+                None => return,
+            },
+            Err(_) => None,
         };
-        let Some(last) = events.last() else { return };
-        position = last.global_position;
-        let decoded = events
-            .into_iter()
-            .map(|event| match DomainEvent::decode(&event) {
-                Ok(decoded) => Ok((event, decoded)),
-                Err(source) => Err(ReplayError::Unreadable {
-                    position: event.global_position,
-                    event_type: event.event_type.clone(),
-                    schema_version: event.schema_version,
-                    source,
-                }),
-            })
-            .collect::<Result<Vec<_>, _>>();
-        let failed = decoded.is_err();
-        if out.send(decoded).await.is_err() || failed {
+        if out.send(decoded).await.is_err() {
             return;
         }
+        match last {
+            Some(last) => position = last,
+            None => return,
+        }
     }
+}
+
+async fn read_batch(pool: &MySqlPool, after: i64, limit: u32) -> Result<DecodedBatch, ReplayError> {
+    let rows = sqlx::query(SELECT_FOR_REPLAY)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let stamp = EventStamp {
+                global_position: row.try_get("global_position")?,
+                stream_version: row.try_get("stream_version")?,
+                recorded_at: row.try_get("recorded_at")?,
+            };
+            let event_type: &str = row.try_get("event_type")?;
+            let schema_version = u16::try_from(row.try_get::<i16, _>("schema_version")?)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let payload: &str = row.try_get("payload")?;
+            let decoded = DomainEvent::decode_json(event_type, schema_version, payload).map_err(
+                |source| ReplayError::Unreadable {
+                    position: stamp.global_position,
+                    event_type: event_type.to_string(),
+                    schema_version,
+                    source,
+                },
+            )?;
+            Ok((stamp, decoded))
+        })
+        .collect()
 }
 
 async fn write_batch(conn: &mut MySqlConnection, batch: &DecodedBatch) -> Result<(), sqlx::Error> {

@@ -40,7 +40,7 @@ pub async fn history_as_of(
             position: event.global_position,
             source,
         })?;
-        fold.apply(event, &decoded);
+        fold.apply(&event.stamp(), &decoded);
     }
     let at = as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     match fold.bots.get(&bot) {

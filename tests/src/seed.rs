@@ -141,7 +141,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
         if events.len() as u64 >= count {
             break;
         }
-        let reply = if exchange % 50 == 0 {
+        let reply = if exchange.is_multiple_of(50) {
             DomainEvent::BotReplyFailed(BotReplyFailed {
                 message_id: Uuid::now_v7(),
                 reply_to: message_id,
@@ -163,7 +163,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
             })
         };
         events.push(packed(reply)?);
-        if exchange % 6 == 0 && (events.len() as u64) + 2 <= count {
+        if exchange.is_multiple_of(6) && (events.len() as u64) + 2 <= count {
             let covers = events.len() as i64;
             events.push(packed(DomainEvent::ConversationSummarized(
                 ConversationSummarized {

@@ -644,7 +644,7 @@ async fn events_in_an_older_schema_replay_everywhere() -> anyhow::Result<()> {
 }
 
 /// `CHECKSUM TABLE` of every live view.
-async fn checksums(pool: &MySqlPool) -> anyhow::Result<Vec<(String, Option<u64>)>> {
+async fn checksums(pool: &MySqlPool) -> anyhow::Result<Vec<(String, Option<i64>)>> {
     Ok(sqlx::query_as(
         "CHECKSUM TABLE bots, chat_history, chat_list, sessions, conversation_memory",
     )

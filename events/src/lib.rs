@@ -5,7 +5,8 @@
 //! - [`telemetry`]: the `tracing` subscriber, set up once per process.
 //! - [`db`]: connect to MySQL/MariaDB, create the database if missing, migrate.
 //! - [`event`]: the domain events (`BotCreated`, `UserMessagePosted`, ...) and their
-//!   stream names; how they are versioned and read back.
+//!   stream names; how they are read back, whatever version wrote them.
+//! - [`upcast`]: the upcasters that bring older event schemas to today's shapes.
 //! - [`store`]: the append-only event store (`append_to_stream`, `read_stream`,
 //!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
 //!   append's events to an [`store::InlineProjector`] inside the same transaction.
@@ -15,7 +16,8 @@
 //!   transaction.
 //! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`,
 //!   `sessions`, `conversation_memory`) and the queries the GET routes and the
-//!   worker use.
+//!   worker use; and replaying the log into them in bulk (`fold`, `bulk`, `shadow`,
+//!   `rebuild`, `verify`).
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.

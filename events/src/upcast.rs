@@ -8,7 +8,7 @@
 //! current shapes need Rust types and a log from any release still replays.
 //!
 //! To evolve a type: bump its number in [`current_version`], add the step to
-//! [`step`], and add a case to the tests below with a payload exactly as the older
+//! `step`, and add a case to the tests below with a payload exactly as the older
 //! release stored it.
 
 use std::borrow::Cow;

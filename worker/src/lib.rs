@@ -17,7 +17,8 @@
 //!   publish; [`deltas`] forwards the text as it is written.
 //! - [`consumer`]: a delivery's life: read, trace, answer, then ack or requeue;
 //!   and dead letters, which get their failure recorded.
-//! - [`replay`]: `worker replay rebuild` and `worker replay export`, for operators.
+//! - [`replay`]: `worker replay rebuild`, `verify`, `export` and `history --as-of`,
+//!   for operators and auditors.
 //! - [`startup`]: wires it together and runs until SIGTERM.
 
 pub mod config;

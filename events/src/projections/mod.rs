@@ -2,8 +2,13 @@
 //!
 //! [`ReadModels`] is the [`InlineProjector`] the store calls inside every append, so a
 //! read model and its checkpoint always move together with the events (exactly once,
-//! and a request that appended can read its own write at once). Each module owns one
-//! table: how events change it, and how it is read.
+//! and a request that appended can read its own write at once). Each of `bots`,
+//! `history`, `chat_list`, `sessions` and `memory` owns one table: how events change
+//! it, and how it is read; `rows` is how history is shaped for clients.
+//!
+//! Replaying the log: `fold` is the same rules over rows in memory, `bulk` applies a
+//! batch through it with multi-row statements, `shadow` fills the `*_rebuild` tables,
+//! and `rebuild` swaps them in while `verify` compares them with the live ones.
 
 pub mod bots;
 pub mod bulk;

@@ -50,7 +50,7 @@ async fn load(
         query.push_tuples(&touched.bots, |mut b, id| {
             b.push_bind(*id);
         });
-        let bots: Vec<super::fold::BotRow> = query
+        let bots: Vec<super::Bot> = query
             .build_query_as()
             .persistent(false)
             .fetch_all(&mut *conn)
@@ -255,10 +255,14 @@ async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Resul
          profile_covers = VALUES(profile_covers), erased_through = VALUES(erased_through), \
          updated_at = VALUES(updated_at)",
         &memory,
-        |m| m.summary.as_ref().map_or(0, String::len) + m.profile.as_ref().map_or(0, String::len),
-        |b, m| {
-            b.push_bind(m.user_id)
-                .push_bind(m.chatbot_id)
+        |row| {
+            let m = &row.memory;
+            m.summary.as_ref().map_or(0, String::len) + m.profile.as_ref().map_or(0, String::len)
+        },
+        |b, row| {
+            let m = &row.memory;
+            b.push_bind(row.user_id)
+                .push_bind(row.chatbot_id)
                 .push_bind(&m.summary)
                 .push_bind(m.summary_covers)
                 .push_bind(&m.profile)

@@ -15,22 +15,12 @@ use std::collections::{HashMap, HashSet};
 use chrono::NaiveDateTime;
 
 use super::history::{HistoryRow, MessageStatus};
-use crate::event::{BotId, DomainEvent, UserId};
+use super::{Bot, ConversationMemory};
+use crate::event::{self, BotId, DomainEvent, UserId};
 use crate::store::EventStamp;
 
 /// A conversation: `(user_id, chatbot_id)`.
 pub type ConversationKey = (UserId, BotId);
-
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct BotRow {
-    pub chatbot_id: BotId,
-    pub user_id: UserId,
-    pub chatbot_name: String,
-    pub chatbot_type: i8,
-    pub chatbot_persona: String,
-    pub created_at: NaiveDateTime,
-    pub deleted_at: Option<NaiveDateTime>,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
@@ -58,16 +48,19 @@ pub struct SessionRow {
     pub revoked_reason: Option<String>,
 }
 
+/// A conversation's memory with its key, as the table stores it.
 #[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct MemoryRow {
     pub user_id: UserId,
     pub chatbot_id: BotId,
-    pub summary: Option<String>,
-    pub summary_covers: Option<i64>,
-    pub profile: Option<String>,
-    pub profile_covers: Option<i64>,
-    pub erased_through: i64,
-    pub updated_at: Option<NaiveDateTime>,
+    #[sqlx(flatten)]
+    pub memory: ConversationMemory,
+}
+
+/// Which of a conversation's two memory texts an event sets.
+enum Remembered<'a> {
+    Summary(&'a str),
+    Profile(&'a str),
 }
 
 /// The existing rows a batch of events needs before it can be folded.
@@ -80,41 +73,32 @@ pub struct Touched {
 
 impl Touched {
     pub fn of(events: &[(EventStamp, DomainEvent)]) -> Self {
+        use DomainEvent::*;
         let mut touched = Touched::default();
         for (_, decoded) in events {
             match decoded {
-                DomainEvent::BotCreated(e) => {
-                    touched.bots.insert(e.bot_id);
+                BotCreated(event::BotCreated { bot_id, .. })
+                | BotDeleted(event::BotDeleted { bot_id, .. })
+                | UserMessagePosted(event::UserMessagePosted { bot_id, .. })
+                | BotReplyGenerated(event::BotReplyGenerated { bot_id, .. })
+                | BotReplyFailed(event::BotReplyFailed { bot_id, .. }) => {
+                    touched.bots.insert(*bot_id);
                 }
-                DomainEvent::BotDeleted(e) => {
-                    touched.bots.insert(e.bot_id);
+                SessionStarted(event::SessionStarted { session_id, .. })
+                | SessionRefreshed(event::SessionRefreshed { session_id, .. })
+                | SessionRevoked(event::SessionRevoked { session_id, .. }) => {
+                    touched.sessions.insert(session_id.to_string());
                 }
-                DomainEvent::UserMessagePosted(e) => {
-                    touched.bots.insert(e.bot_id);
-                }
-                DomainEvent::BotReplyGenerated(e) => {
-                    touched.bots.insert(e.bot_id);
-                }
-                DomainEvent::BotReplyFailed(e) => {
-                    touched.bots.insert(e.bot_id);
-                }
-                DomainEvent::SessionStarted(e) => {
-                    touched.sessions.insert(e.session_id.to_string());
-                }
-                DomainEvent::SessionRefreshed(e) => {
-                    touched.sessions.insert(e.session_id.to_string());
-                }
-                DomainEvent::SessionRevoked(e) => {
-                    touched.sessions.insert(e.session_id.to_string());
-                }
-                DomainEvent::ConversationSummarized(e) => {
-                    touched.memory.insert((e.user_id, e.bot_id));
-                }
-                DomainEvent::UserProfileUpdated(e) => {
-                    touched.memory.insert((e.user_id, e.bot_id));
-                }
-                DomainEvent::MemoryErased(e) => {
-                    touched.memory.insert((e.user_id, e.bot_id));
+                ConversationSummarized(event::ConversationSummarized {
+                    user_id, bot_id, ..
+                })
+                | UserProfileUpdated(event::UserProfileUpdated {
+                    user_id, bot_id, ..
+                })
+                | MemoryErased(event::MemoryErased {
+                    user_id, bot_id, ..
+                }) => {
+                    touched.memory.insert((*user_id, *bot_id));
                 }
             }
         }
@@ -126,7 +110,7 @@ impl Touched {
 #[derive(Debug, Default)]
 pub struct Fold {
     /// Bots as loaded, then as changed; `changed_bots` says which to write.
-    pub bots: HashMap<BotId, BotRow>,
+    pub bots: HashMap<BotId, Bot>,
     pub changed_bots: HashSet<BotId>,
     /// History rows the batch added, in order.
     pub history: Vec<HistoryEntry>,
@@ -148,7 +132,7 @@ impl Fold {
             DomainEvent::BotCreated(e) => {
                 self.bots.insert(
                     e.bot_id,
-                    BotRow {
+                    Bot {
                         chatbot_id: e.bot_id,
                         user_id: e.user_id,
                         chatbot_name: e.name.clone(),
@@ -212,56 +196,50 @@ impl Fold {
                     }
                 }
             }
-            DomainEvent::ConversationSummarized(e) => {
-                let row = self.memory_row(e.user_id, e.bot_id);
-                if let Some(row) = row {
-                    if e.covers_version > row.summary_covers.unwrap_or(0)
-                        && e.covers_version > row.erased_through
-                    {
-                        row.summary = Some(e.summary.clone());
-                        row.summary_covers = Some(e.covers_version);
-                        row.updated_at = Some(at);
-                    }
-                } else {
-                    self.new_memory(e.user_id, e.bot_id, at, |row| {
-                        row.summary = Some(e.summary.clone());
-                        row.summary_covers = Some(e.covers_version);
-                    });
-                }
-            }
-            DomainEvent::UserProfileUpdated(e) => {
-                let row = self.memory_row(e.user_id, e.bot_id);
-                if let Some(row) = row {
-                    if e.covers_version > row.profile_covers.unwrap_or(0)
-                        && e.covers_version > row.erased_through
-                    {
-                        row.profile = Some(e.profile.clone());
-                        row.profile_covers = Some(e.covers_version);
-                        row.updated_at = Some(at);
-                    }
-                } else {
-                    self.new_memory(e.user_id, e.bot_id, at, |row| {
-                        row.profile = Some(e.profile.clone());
-                        row.profile_covers = Some(e.covers_version);
-                    });
-                }
-            }
+            DomainEvent::ConversationSummarized(e) => self.remember(
+                (e.user_id, e.bot_id),
+                Remembered::Summary(&e.summary),
+                e.covers_version,
+                at,
+            ),
+            DomainEvent::UserProfileUpdated(e) => self.remember(
+                (e.user_id, e.bot_id),
+                Remembered::Profile(&e.profile),
+                e.covers_version,
+                at,
+            ),
             DomainEvent::MemoryErased(e) => {
-                let version = event.stream_version;
-                if let Some(row) = self.memory_row(e.user_id, e.bot_id) {
-                    *row = MemoryRow {
-                        user_id: e.user_id,
-                        chatbot_id: e.bot_id,
-                        erased_through: row.erased_through.max(version),
-                        updated_at: Some(at),
-                        ..MemoryRow::default()
-                    };
-                } else {
-                    self.new_memory(e.user_id, e.bot_id, at, |row| {
-                        row.erased_through = version;
-                    });
-                }
+                let row = self.memory_row((e.user_id, e.bot_id));
+                row.memory = ConversationMemory {
+                    erased_through: row.memory.erased_through.max(event.stream_version),
+                    updated_at: Some(at),
+                    ..ConversationMemory::default()
+                };
             }
+        }
+    }
+
+    /// A memory text replaces the stored one only if it covers more of the
+    /// conversation, and more than the last erasure; into a conversation with no
+    /// memory yet it goes as it is.
+    fn remember(
+        &mut self,
+        key: ConversationKey,
+        text: Remembered<'_>,
+        covers: i64,
+        at: NaiveDateTime,
+    ) {
+        let fresh = !self.memory.contains_key(&key);
+        let memory = &mut self.memory_row(key).memory;
+        let erased_through = memory.erased_through;
+        let (stored, stored_covers, new) = match text {
+            Remembered::Summary(new) => (&mut memory.summary, &mut memory.summary_covers, new),
+            Remembered::Profile(new) => (&mut memory.profile, &mut memory.profile_covers, new),
+        };
+        if fresh || (covers > stored_covers.unwrap_or(0) && covers > erased_through) {
+            *stored = Some(new.to_string());
+            *stored_covers = Some(covers);
+            memory.updated_at = Some(at);
         }
     }
 
@@ -309,34 +287,140 @@ impl Fold {
         }
     }
 
-    fn memory_row(&mut self, user_id: UserId, bot_id: BotId) -> Option<&mut MemoryRow> {
-        let key = (user_id, bot_id);
-        let row = self.memory.get_mut(&key)?;
+    /// The conversation's memory row, created empty if it has none, and marked to
+    /// be written back.
+    fn memory_row(&mut self, key: ConversationKey) -> &mut MemoryRow {
         self.changed_memory.insert(key);
-        Some(row)
-    }
-
-    fn new_memory(
-        &mut self,
-        user_id: UserId,
-        bot_id: BotId,
-        at: NaiveDateTime,
-        fill: impl FnOnce(&mut MemoryRow),
-    ) {
-        let mut row = MemoryRow {
-            user_id,
-            chatbot_id: bot_id,
-            updated_at: Some(at),
-            ..MemoryRow::default()
-        };
-        fill(&mut row);
-        self.memory.insert((user_id, bot_id), row);
-        self.changed_memory.insert((user_id, bot_id));
+        self.memory.entry(key).or_insert_with(|| MemoryRow {
+            user_id: key.0,
+            chatbot_id: key.1,
+            memory: ConversationMemory::default(),
+        })
     }
 
     /// A conversation's rows after folding all of its events from nothing, oldest
     /// first: what `GET /chat/history` would have served.
     pub fn into_history(self) -> Vec<HistoryRow> {
         self.history.into_iter().map(|entry| entry.row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        BotCreated, BotDeleted, BotKind, BotReplyGenerated, ConversationSummarized, MemoryErased,
+        MessageSource, UserMessagePosted,
+    };
+    use uuid::Uuid;
+
+    fn stamp(version: i64) -> EventStamp {
+        EventStamp {
+            global_position: version,
+            stream_version: version,
+            recorded_at: chrono::DateTime::from_timestamp(1_700_000_000 + version, 0)
+                .map(|at| at.naive_utc())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn summary(covers: i64, text: &str) -> DomainEvent {
+        DomainEvent::ConversationSummarized(ConversationSummarized {
+            user_id: 1,
+            bot_id: 2,
+            summary: text.into(),
+            covers_version: covers,
+        })
+    }
+
+    #[test]
+    fn memory_keeps_the_text_that_covers_most_and_nothing_from_before_an_erasure() {
+        let mut fold = Fold::default();
+        fold.apply(&stamp(7), &summary(6, "six"));
+        fold.apply(&stamp(8), &summary(4, "stale"));
+        let memory = |fold: &Fold| fold.memory[&(1, 2)].memory.clone();
+        assert_eq!(memory(&fold).summary.as_deref(), Some("six"));
+        fold.apply(
+            &stamp(10),
+            &DomainEvent::MemoryErased(MemoryErased {
+                user_id: 1,
+                bot_id: 2,
+            }),
+        );
+        assert_eq!(memory(&fold).summary, None);
+        assert_eq!(memory(&fold).erased_through, 10);
+        fold.apply(&stamp(11), &summary(8, "from before the erasure"));
+        assert_eq!(memory(&fold).summary, None);
+        fold.apply(&stamp(13), &summary(12, "twelve"));
+        assert_eq!(memory(&fold).summary.as_deref(), Some("twelve"));
+        assert!(fold.changed_memory.contains(&(1, 2)));
+    }
+
+    #[test]
+    fn a_reply_marks_its_message_and_a_deleted_bot_leaves_the_chat_list() {
+        let mut fold = Fold::default();
+        fold.apply(
+            &stamp(1),
+            &DomainEvent::BotCreated(BotCreated {
+                bot_id: 2,
+                user_id: 1,
+                name: "Li".into(),
+                kind: BotKind::Assistant,
+                persona: String::new(),
+            }),
+        );
+        let message_id = Uuid::now_v7();
+        fold.apply(
+            &stamp(2),
+            &DomainEvent::UserMessagePosted(UserMessagePosted {
+                message_id,
+                user_id: 1,
+                bot_id: 2,
+                content: "hi".into(),
+                client_msg_id: None,
+                source: MessageSource::Api,
+            }),
+        );
+        let reply = |reply_to| {
+            DomainEvent::BotReplyGenerated(BotReplyGenerated {
+                message_id: Uuid::now_v7(),
+                reply_to,
+                user_id: 1,
+                bot_id: 2,
+                content: "hello".into(),
+                model: "m".into(),
+            })
+        };
+        fold.apply(&stamp(3), &reply(message_id));
+        assert_eq!(fold.history[0].row.status, "done");
+        assert_eq!(
+            fold.chat_list[&(1, 2)]
+                .as_ref()
+                .map(|e| e.last_content.as_str()),
+            Some("hello")
+        );
+
+        // A reply to a message of an earlier batch is a status change to write.
+        let older = Uuid::now_v7();
+        fold.apply(&stamp(4), &reply(older));
+        assert_eq!(
+            fold.history_status.get(&older.to_string()),
+            Some(&MessageStatus::Done)
+        );
+
+        fold.apply(
+            &stamp(5),
+            &DomainEvent::BotDeleted(BotDeleted {
+                bot_id: 2,
+                user_id: 1,
+            }),
+        );
+        fold.apply(&stamp(6), &reply(message_id));
+        assert_eq!(
+            fold.chat_list[&(1, 2)],
+            None,
+            "a late reply does not list it again"
+        );
+        assert!(fold.bots[&2].deleted_at.is_some());
     }
 }

@@ -15,14 +15,16 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use crate::event::DomainEvent;
+// Type names as the log stores them; they never change once written, so this module
+// names them itself rather than borrow them from the types it reads old shapes for.
+const USER_MESSAGE_POSTED: &str = "UserMessagePosted";
 
 /// The schema version this release writes, and that [`upcast`] brings every older
 /// event of the type up to.
 pub fn current_version(event_type: &str) -> u16 {
     match event_type {
         // v2 records where the message came from (`source`).
-        DomainEvent::USER_MESSAGE_POSTED => 2,
+        USER_MESSAGE_POSTED => 2,
         _ => 1,
     }
 }
@@ -66,7 +68,7 @@ pub fn upcast<'a>(
 /// One step, from version `from` to `from + 1`.
 fn step(event_type: &str, from: u16, payload: &mut Value) -> Result<(), UpcastError> {
     match (event_type, from) {
-        (DomainEvent::USER_MESSAGE_POSTED, 1) => {
+        (USER_MESSAGE_POSTED, 1) => {
             // Releases before v2 did not record a source.
             if let Value::Object(fields) = payload {
                 fields

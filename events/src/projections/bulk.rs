@@ -99,6 +99,18 @@ async fn load(
 }
 
 async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Result<(), sqlx::Error> {
+    write_bots(conn, tables, &fold).await?;
+    write_history(conn, tables, &fold).await?;
+    write_chat_list(conn, tables, &fold).await?;
+    write_sessions(conn, tables, &fold).await?;
+    write_memory(conn, tables, &fold).await
+}
+
+async fn write_bots(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    fold: &Fold,
+) -> Result<(), sqlx::Error> {
     let bots: Vec<_> = fold
         .changed_bots
         .iter()
@@ -124,8 +136,14 @@ async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Resul
                 .push_bind(bot.deleted_at);
         },
     )
-    .await?;
+    .await
+}
 
+async fn write_history(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    fold: &Fold,
+) -> Result<(), sqlx::Error> {
     let history: Vec<_> = fold.history.iter().collect();
     insert_rows(
         conn,
@@ -169,7 +187,14 @@ async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Resul
             update.build().persistent(false).execute(&mut *conn).await?;
         }
     }
+    Ok(())
+}
 
+async fn write_chat_list(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    fold: &Fold,
+) -> Result<(), sqlx::Error> {
     let (listed, unlisted): (Vec<_>, Vec<_>) = fold
         .chat_list
         .iter()
@@ -209,8 +234,14 @@ async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Resul
                 .push_bind(entry.last_position);
         },
     )
-    .await?;
+    .await
+}
 
+async fn write_sessions(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    fold: &Fold,
+) -> Result<(), sqlx::Error> {
     let sessions: Vec<_> = fold
         .changed_sessions
         .iter()
@@ -236,8 +267,14 @@ async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Resul
                 .push_bind(&s.revoked_reason);
         },
     )
-    .await?;
+    .await
+}
 
+async fn write_memory(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    fold: &Fold,
+) -> Result<(), sqlx::Error> {
     let memory: Vec<_> = fold
         .changed_memory
         .iter()

@@ -738,3 +738,37 @@ async fn an_interrupted_rebuild_leaves_the_live_views_and_a_second_run_is_refuse
     assert!(ok, "{report}");
     isolation.teardown().await
 }
+
+#[tokio::test]
+async fn on_a_terminal_the_rebuild_draws_a_progress_bar() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    let plan = SeedPlan {
+        users: 10,
+        bots_per_user: 2,
+        events: 4_000,
+    };
+    seed_log(&pool, plan, |_| {}).await?;
+    // `script` gives the command a pseudo-terminal and records what it drew.
+    let worker = binary("worker")?;
+    let output = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} replay rebuild --batch 5", worker.display()),
+            "/dev/null",
+        ])
+        .env("DATABASE_URL", &isolation.database.url)
+        .output()
+        .await?;
+    let drawn = text(&output.stdout);
+    assert!(output.status.success(), "{drawn}");
+    assert!(
+        drawn.contains("rebuild [") && drawn.contains("/s, ETA"),
+        "a bar with events/s and an ETA: {drawn:?}"
+    );
+    assert!(
+        !drawn.contains("events ("),
+        "no plain lines on a terminal: {drawn:?}"
+    );
+    isolation.teardown().await
+}

@@ -8,8 +8,7 @@
 //! interrupted run leaves nothing the next one could trip over.
 
 use sqlx::mysql::{MySqlConnection, MySqlPool};
-use sqlx::pool::PoolConnection;
-use sqlx::{MySql, Row};
+use sqlx::Row;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,8 +55,9 @@ pub struct Progress {
 /// Shadow tables being filled, owned by the one replay allowed at a time.
 pub struct Shadow {
     pool: MySqlPool,
-    /// Holds the named lock; the server releases it when this connection closes.
-    lock: PoolConnection<MySql>,
+    /// Holds the named lock. Kept out of the pool, so that however this value is
+    /// dropped, the connection closes and the server frees the lock with it.
+    lock: MySqlConnection,
     batch: u32,
     pub progress: Progress,
 }
@@ -65,10 +65,10 @@ pub struct Shadow {
 impl Shadow {
     /// Takes the replay lock and creates empty shadow tables.
     pub async fn create(pool: &MySqlPool, batch: u32) -> Result<Self, ReplayError> {
-        let mut lock = pool.acquire().await?;
+        let mut lock = pool.acquire().await?.detach();
         let locked: Option<i64> =
             sqlx::query_scalar("SELECT GET_LOCK(CONCAT('rebuild:', DATABASE()), 0)")
-                .fetch_one(&mut *lock)
+                .fetch_one(&mut lock)
                 .await?;
         if locked != Some(1) {
             return Err(ReplayError::AlreadyRunning);
@@ -151,7 +151,7 @@ impl Shadow {
     /// Frees the lock (the tables stay, e.g. after they were swapped in).
     pub async fn release(&mut self) {
         let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('rebuild:', DATABASE()))")
-            .execute(&mut *self.lock)
+            .execute(&mut self.lock)
             .await;
     }
 }

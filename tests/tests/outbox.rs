@@ -166,13 +166,15 @@ async fn rows_claimed_by_a_relay_that_dies_mid_sweep_go_out_within_the_claim() -
     tokio::time::sleep(Duration::from_millis(2100)).await;
     proxy.freeze();
     let sweep = tokio::spawn(async move { doomed.sweep().await });
+    // Row 1 keeps the token of the sweep that sent it: look for the unsent row's.
     eventually(Duration::from_secs(5), "the doomed relay to claim", || {
         let pool = pool.clone();
         async move {
-            let claimed: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claim_token IS NOT NULL")
-                    .fetch_one(&pool)
-                    .await?;
+            let claimed: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM outbox WHERE claim_token IS NOT NULL AND sent_at IS NULL",
+            )
+            .fetch_one(&pool)
+            .await?;
             Ok((claimed == 1).then_some(()))
         }
     })

@@ -25,12 +25,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// What to do when running: `replies`, `memory`, or both (comma-separated).
-    #[arg(
-        long,
-        env = "WORKER_ROLES",
-        default_value = "replies,memory",
-        global = true
-    )]
+    #[arg(long, env = "WORKER_ROLES", default_value = "replies,memory")]
     roles: Roles,
 }
 

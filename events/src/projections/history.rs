@@ -64,9 +64,10 @@ const SELECT_HISTORY: &str = "SELECT seq, message_id, reply_to, by_user, content
 pub struct ChatHistoryProjection;
 
 impl ChatHistoryProjection {
-    /// The row an event adds to its conversation's history, as [`Self::apply`]
-    /// writes it: what a notice of the event can hand to waiting readers without
-    /// a database read. (The answered message's own status change is not in it.)
+    /// The row an event adds to its conversation's history: what [`Self::apply`]
+    /// and a replay's fold write, and what a notice of the event hands to waiting
+    /// readers without a database read. (The answered message's own status change
+    /// is not in it.)
     pub fn row_of(event: &EventStamp, decoded: &DomainEvent) -> Option<HistoryRow> {
         let (message_id, reply_to, by_user, content, status) = match decoded {
             DomainEvent::UserMessagePosted(e) => {
@@ -105,35 +106,14 @@ impl ChatHistoryProjection {
         event: &RecordedEvent,
         decoded: &DomainEvent,
     ) -> Result<(), sqlx::Error> {
-        let (user_id, bot_id, message_id, reply_to, by_user, content, status) = match decoded {
-            DomainEvent::UserMessagePosted(e) => (
-                e.user_id,
-                e.bot_id,
-                e.message_id,
-                None,
-                1,
-                &e.content,
-                MessageStatus::Pending,
-            ),
-            DomainEvent::BotReplyGenerated(e) => (
-                e.user_id,
-                e.bot_id,
-                e.message_id,
-                Some(e.reply_to),
-                0,
-                &e.content,
-                MessageStatus::Done,
-            ),
-            DomainEvent::BotReplyFailed(e) => (
-                e.user_id,
-                e.bot_id,
-                e.message_id,
-                Some(e.reply_to),
-                0,
-                &e.reason,
-                MessageStatus::Failed,
-            ),
+        let (user_id, bot_id) = match decoded {
+            DomainEvent::UserMessagePosted(e) => (e.user_id, e.bot_id),
+            DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id),
+            DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id),
             _ => return Ok(()),
+        };
+        let Some(row) = Self::row_of(&event.stamp(), decoded) else {
+            return Ok(());
         };
         sqlx::query(&format!(
             "INSERT INTO {} (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
@@ -142,22 +122,23 @@ impl ChatHistoryProjection {
         ))
         .bind(user_id)
         .bind(bot_id)
-        .bind(event.stream_version)
-        .bind(message_id.to_string())
-        .bind(reply_to.map(|r| r.to_string()))
-        .bind(by_user)
-        .bind(content)
-        .bind(status.as_str())
-        .bind(event.recorded_at)
+        .bind(row.seq)
+        .bind(&row.message_id)
+        .bind(&row.reply_to)
+        .bind(row.by_user)
+        .bind(&row.content)
+        .bind(&row.status)
+        .bind(row.created_at)
         .execute(&mut *conn)
         .await?;
-        if let Some(reply_to) = reply_to {
+        // An outcome gives the message it answers the same status.
+        if let Some(reply_to) = &row.reply_to {
             sqlx::query(&format!(
                 "UPDATE {} SET status = ? WHERE message_id = ?",
                 tables.chat_history
             ))
-            .bind(status.as_str())
-            .bind(reply_to.to_string())
+            .bind(&row.status)
+            .bind(reply_to)
             .execute(&mut *conn)
             .await?;
         }

@@ -174,20 +174,18 @@ async fn read_batches(
     while position < until {
         let limit = u32::try_from((until - position).min(i64::from(batch))).unwrap_or(batch);
         let decoded = read_batch(&pool, position, limit).await;
-        let last = match &decoded {
-            Ok(batch) => match batch.last() {
-                Some((stamp, _)) => Some(stamp.global_position),
+        // After an error there is nothing more to read: the writer stops on it.
+        let next = match &decoded {
+            Ok(events) => match events.last() {
+                Some((stamp, _)) => stamp.global_position,
                 None => return,
             },
-            Err(_) => None,
+            Err(_) => until,
         };
         if out.send(decoded).await.is_err() {
             return;
         }
-        match last {
-            Some(last) => position = last,
-            None => return,
-        }
+        position = next;
     }
 }
 

@@ -238,12 +238,12 @@ async fn compare_table(
     };
     let mut left = parse(live_rows.try_next().await?)?;
     let mut right = parse(rebuilt_rows.try_next().await?)?;
+    let named = |values: &[Value], range: std::ops::Range<usize>| {
+        range
+            .map(|i| (names[i].to_string(), values[i].clone()))
+            .collect::<Vec<_>>()
+    };
     loop {
-        let named = |values: &[Value], range: std::ops::Range<usize>| {
-            range
-                .map(|i| (names[i].to_string(), values[i].clone()))
-                .collect::<Vec<_>>()
-        };
         let order = match (&left, &right) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,

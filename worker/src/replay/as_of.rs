@@ -13,6 +13,7 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use events::event::{stream, BotId, DomainEvent, UserId};
 use events::projections::fold::Fold;
 use events::projections::rows::{history_rows, RowFormat};
+use events::projections::shadow::ReplayError::Unreadable;
 use events::store::{recorded_from_row, SELECT_EVENTS};
 
 use super::ReplayError;
@@ -36,8 +37,10 @@ pub async fn history_as_of(
     .await?;
     let mut fold = Fold::default();
     for event in &events {
-        let decoded = DomainEvent::decode(event).map_err(|source| ReplayError::Unreadable {
+        let decoded = DomainEvent::decode(event).map_err(|source| Unreadable {
             position: event.global_position,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
             source,
         })?;
         fold.apply(&event.stamp(), &decoded);

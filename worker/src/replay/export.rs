@@ -46,7 +46,7 @@ pub enum ExportFormat {
 }
 
 /// One event as exported.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExportedEvent {
     pub position: i64,
     pub event_id: uuid::Uuid,

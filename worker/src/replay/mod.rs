@@ -17,7 +17,6 @@ pub mod progress;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
-use events::event::DecodeError;
 use events::projections::rebuild::{rebuild_read_models, RebuildReport};
 use events::projections::shadow;
 use events::projections::verify::{verify_read_models, VerifyReport};
@@ -30,8 +29,6 @@ pub enum ReplayError {
     Replay(#[from] shadow::ReplayError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    #[error("the event at position {position} cannot be read: {source}")]
-    Unreadable { position: i64, source: DecodeError },
     #[error(transparent)]
     Upcast(#[from] events::upcast::UpcastError),
     #[error("{0}")]

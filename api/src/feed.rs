@@ -59,8 +59,15 @@ pub enum Notice {
     Delta {
         stream_id: String,
         reply_to: Uuid,
+        /// The model attempt, and this delta's place in it.
+        attempt: Uuid,
+        index: u32,
+        /// This delta starts a newer attempt: the text shown so far must go.
+        reset: bool,
         text: String,
     },
+    /// A bot was deleted: its streams end.
+    BotDeleted { bot_id: events::event::BotId },
     /// The bus connection was (re)established: notices may have been missed.
     Resync,
 }
@@ -228,6 +235,12 @@ impl ChatFeed {
                 }
                 // Decoded once, for the reply and the row alike.
                 let decoded = DomainEvent::decode(&event).ok();
+                if let Some(DomainEvent::BotDeleted(deleted)) = &decoded {
+                    let _ = self.sender.send(Notice::BotDeleted {
+                        bot_id: deleted.bot_id,
+                    });
+                    return;
+                }
                 let reply = decoded.as_ref().and_then(Reply::from_event);
                 if let Some(reply) = &reply {
                     self.live.finish(reply.reply_to);
@@ -258,11 +271,14 @@ impl ChatFeed {
             }
         };
         let stream_id = stream::chat(delta.user_id, delta.bot_id);
-        if let Applied::Forward(text) = self.live.apply(&stream_id, &delta) {
+        if let Applied::Forward { reset } = self.live.apply(&stream_id, &delta) {
             let _ = self.sender.send(Notice::Delta {
                 stream_id,
                 reply_to: delta.reply_to,
-                text,
+                attempt: delta.attempt,
+                index: delta.index,
+                reset,
+                text: delta.text,
             });
         }
     }
@@ -295,7 +311,7 @@ pub async fn wait_for_reply(
                 reply.as_ref().is_some_and(|r| r.reply_to == message_id)
             }
             Notice::Resync => true,
-            Notice::Delta { .. } => false,
+            Notice::Delta { .. } | Notice::BotDeleted { .. } => false,
         };
         if let Some(Notice::Appended {
             reply: Some(reply), ..
@@ -306,21 +322,34 @@ pub async fn wait_for_reply(
     }
 }
 
-/// Waits until a notice concerning `stream_id` arrives, or `deadline`; returns
-/// the row it brought, if any.
+/// What a long-poll heard while it waited.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Heard {
+    /// Something may have changed: read again (with the very next row, when the
+    /// notice brought one).
+    Changed(Option<Arc<HistoryRow>>),
+    /// The conversation's bot was deleted: nothing more will come.
+    BotDeleted,
+}
+
+/// Waits until a notice concerning `stream_id` (or the deletion of `bot_id`)
+/// arrives, or `deadline`.
 pub async fn wait_for_stream(
     notices: &mut Waiter,
     stream_id: &str,
+    bot_id: events::event::BotId,
     deadline: Instant,
-) -> Option<Arc<HistoryRow>> {
+) -> Heard {
     let relevant = |n: &Notice| match n {
         Notice::Appended { stream_id: s, .. } => s == stream_id,
+        Notice::BotDeleted { bot_id: b } => *b == bot_id,
         Notice::Resync => true,
         Notice::Delta { .. } => false,
     };
     match wait_for_notice(notices, relevant, deadline).await {
-        Some(Notice::Appended { row, .. }) => row,
-        _ => None,
+        Some(Notice::Appended { row, .. }) => Heard::Changed(row),
+        Some(Notice::BotDeleted { .. }) => Heard::BotDeleted,
+        _ => Heard::Changed(None),
     }
 }
 

@@ -15,6 +15,8 @@
 //! - [`views`]: the response shapes: envelopes and positional rows.
 //! - [`feed`]: reply notifications from the bus, which wake waiting `new_chat`
 //!   requests, history long-polls and streams.
+//! - [`hangup`]: what ends a stream or a long-poll early (revoked session, expired
+//!   token, shutdown).
 //! - [`live`]: replies being written now, with their text so far (from deltas).
 //! - [`read_cache`]: rendered history and chat-list bodies for pollers, dropped
 //!   as soon as the user's data changes, within a memory budget.
@@ -30,6 +32,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod feed;
+pub mod hangup;
 pub mod known_users;
 pub mod live;
 pub mod read_cache;

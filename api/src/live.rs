@@ -2,16 +2,25 @@
 //! the deltas every api hears on the bus. A client that joins mid-reply gets this
 //! text first, then the rest as it comes.
 //!
-//! An attempt's deltas are numbered: a delta of a newer attempt (the worker crashed
-//! and the message was redelivered) starts the text over, one of an older attempt
-//! is ignored. A reply's entry goes when its final event arrives, or, if it never
-//! does, after `FORGET_AFTER`; the map is also capped, so it cannot grow without
-//! bound whatever the deltas.
+//! An attempt's deltas are numbered: a delta of a newer attempt (a retry, or the
+//! message was redelivered after a worker crash) starts the text over, and says so
+//! (`reset`), so that clients drop what they showed; one of an older attempt is
+//! ignored. A reply's entry goes when its final event arrives, or, if it never
+//! does, after `FORGET_AFTER`. Deltas that arrive after the final event (they
+//! travel on another channel, and the worker never waits for them) are ignored:
+//! the ids of recently finished replies are remembered, a bounded number of them.
+//!
+//! The map is bounded by bytes as well as by count, whatever the deltas: a reply
+//! keeps at most `MAX_REPLY_BYTES` of text, and all of them at most
+//! `MAX_TOTAL_BYTES`; past either, deltas are still forwarded to the streams
+//! listening now, but a client joining later gets the text from the final event.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lru::LruCache;
 use uuid::Uuid;
 
 use events::bus::deltas::ReplyDelta;
@@ -20,92 +29,183 @@ use events::bus::deltas::ReplyDelta;
 const FORGET_AFTER: Duration = Duration::from_secs(300);
 /// Most replies tracked at once.
 const MAX_LIVE: usize = 100_000;
+/// Most text kept for one reply in progress.
+const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Most text kept for all of them.
+const MAX_TOTAL_BYTES: usize = 64 << 20;
+/// How many finished replies are remembered, to ignore their late deltas.
+const FINISHED_REMEMBERED: usize = 16_384;
 
 struct Partial {
     stream_id: String,
     attempt: Uuid,
     next: u32,
     text: String,
+    /// The text went over a cap: it is no longer kept (joining clients get none).
+    overflowed: bool,
     touched: Instant,
 }
 
 /// What a delta changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// Text to forward to streaming clients.
-    Forward(String),
-    /// Nothing (an older attempt, a repeat).
+    /// Text to forward to streaming clients; `reset` when it starts a newer
+    /// attempt, so that the text shown so far must go.
+    Forward { reset: bool },
+    /// Nothing (an older attempt, a repeat, a reply already finished).
     Nothing,
 }
 
-#[derive(Default)]
+/// The text so far of one reply in progress, as a joining client gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InProgress {
+    pub reply_to: Uuid,
+    pub attempt: Uuid,
+    /// The deltas `0..next` of `attempt` are in `text`.
+    pub next: u32,
+    pub text: String,
+}
+
+struct State {
+    partials: HashMap<Uuid, Partial>,
+    bytes: usize,
+    finished: LruCache<Uuid, ()>,
+}
+
 pub struct LiveReplies {
-    partials: Mutex<HashMap<Uuid, Partial>>,
+    state: Mutex<State>,
+}
+
+impl Default for LiveReplies {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                partials: HashMap::new(),
+                bytes: 0,
+                finished: LruCache::new(
+                    NonZeroUsize::new(FINISHED_REMEMBERED).unwrap_or(NonZeroUsize::MIN),
+                ),
+            }),
+        }
+    }
 }
 
 impl LiveReplies {
     pub fn apply(&self, stream_id: &str, delta: &ReplyDelta) -> Applied {
-        let Ok(mut partials) = self.partials.lock() else {
+        let Ok(mut state) = self.state.lock() else {
             return Applied::Nothing;
         };
-        if partials.len() >= MAX_LIVE && !partials.contains_key(&delta.reply_to) {
-            partials.retain(|_, p| p.touched.elapsed() < FORGET_AFTER);
-            if partials.len() >= MAX_LIVE {
+        let state = &mut *state;
+        if state.finished.contains(&delta.reply_to) {
+            return Applied::Nothing;
+        }
+        if state.partials.len() >= MAX_LIVE && !state.partials.contains_key(&delta.reply_to) {
+            state.forget_stale();
+            if state.partials.len() >= MAX_LIVE {
                 return Applied::Nothing;
             }
         }
-        let partial = partials.entry(delta.reply_to).or_insert_with(|| Partial {
-            stream_id: stream_id.to_string(),
-            attempt: delta.attempt,
-            next: 0,
-            text: String::new(),
-            touched: Instant::now(),
-        });
+        let partial = state
+            .partials
+            .entry(delta.reply_to)
+            .or_insert_with(|| Partial {
+                stream_id: stream_id.to_string(),
+                attempt: delta.attempt,
+                next: 0,
+                text: String::new(),
+                overflowed: false,
+                touched: Instant::now(),
+            });
+        let mut reset = false;
         if delta.attempt != partial.attempt {
             // Attempt ids are v7 UUIDs: the later one is the newer attempt.
             if delta.attempt < partial.attempt {
                 return Applied::Nothing;
             }
+            reset = true;
             partial.attempt = delta.attempt;
             partial.next = 0;
-            partial.text.clear();
+            state.bytes -= partial.text.len();
+            partial.text = String::new();
+            partial.overflowed = false;
         }
         if delta.index < partial.next {
             return Applied::Nothing;
         }
-        partial.next = delta.index + 1;
-        partial.text.push_str(&delta.text);
+        partial.next = delta.index.saturating_add(1);
         partial.touched = Instant::now();
-        Applied::Forward(delta.text.clone())
+        let fits = partial.text.len() + delta.text.len() <= MAX_REPLY_BYTES
+            && state.bytes + delta.text.len() <= MAX_TOTAL_BYTES;
+        if partial.overflowed || !fits {
+            state.bytes -= partial.text.len();
+            partial.text = String::new();
+            partial.overflowed = true;
+        } else {
+            partial.text.push_str(&delta.text);
+            state.bytes += delta.text.len();
+        }
+        Applied::Forward { reset }
     }
 
-    /// The reply is final: forget its partial text.
+    /// The reply is final: forget its partial text, and ignore its late deltas.
     pub fn finish(&self, reply_to: Uuid) {
-        if let Ok(mut partials) = self.partials.lock() {
-            partials.remove(&reply_to);
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(partial) = state.partials.remove(&reply_to) {
+                state.bytes -= partial.text.len();
+            }
+            state.finished.put(reply_to, ());
         }
     }
 
     /// The text written so far of this conversation's replies in progress.
-    pub fn in_progress(&self, stream_id: &str) -> Vec<(Uuid, String)> {
-        self.partials
+    pub fn in_progress(&self, stream_id: &str) -> Vec<InProgress> {
+        self.state
             .lock()
-            .map(|partials| {
-                partials
+            .map(|state| {
+                state
+                    .partials
                     .iter()
-                    .filter(|(_, p)| p.stream_id == stream_id && p.touched.elapsed() < FORGET_AFTER)
-                    .map(|(id, p)| (*id, p.text.clone()))
+                    .filter(|(_, p)| {
+                        p.stream_id == stream_id
+                            && !p.overflowed
+                            && p.touched.elapsed() < FORGET_AFTER
+                    })
+                    .map(|(id, p)| InProgress {
+                        reply_to: *id,
+                        attempt: p.attempt,
+                        next: p.next,
+                        text: p.text.clone(),
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
-        self.partials.lock().map_or(0, |p| p.len())
+        self.state.lock().map_or(0, |s| s.partials.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of text kept.
+    pub fn bytes(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.bytes)
+    }
+}
+
+impl State {
+    fn forget_stale(&mut self) {
+        let mut freed = 0;
+        self.partials.retain(|_, p| {
+            let keep = p.touched.elapsed() < FORGET_AFTER;
+            if !keep {
+                freed += p.text.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 }
 
@@ -130,12 +230,22 @@ mod tests {
         let (message, first, second) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         assert_eq!(
             live.apply("s", &delta(message, first, 0, "Hel")),
-            Applied::Forward("Hel".into())
+            Applied::Forward { reset: false }
         );
         live.apply("s", &delta(message, first, 1, "lo"));
-        assert_eq!(live.in_progress("s"), vec![(message, "Hello".to_string())]);
-        live.apply("s", &delta(message, second, 0, "Hi"));
-        assert_eq!(live.in_progress("s"), vec![(message, "Hi".to_string())]);
+        let text = |live: &LiveReplies| {
+            live.in_progress("s")
+                .into_iter()
+                .map(|p| (p.reply_to, p.text))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(text(&live), vec![(message, "Hello".to_string())]);
+        assert_eq!(
+            live.apply("s", &delta(message, second, 0, "Hi")),
+            Applied::Forward { reset: true }
+        );
+        assert_eq!(text(&live), vec![(message, "Hi".to_string())]);
+        assert_eq!(live.in_progress("s")[0].next, 1);
         assert_eq!(
             live.apply("s", &delta(message, first, 2, "!")),
             Applied::Nothing
@@ -145,6 +255,32 @@ mod tests {
             Applied::Nothing
         );
         assert!(live.in_progress("other").is_empty());
+        live.finish(message);
+        assert!(live.is_empty());
+        assert_eq!(live.bytes(), 0);
+        // A delta that arrives after the final event starts nothing.
+        assert_eq!(
+            live.apply("s", &delta(message, second, 1, " there")),
+            Applied::Nothing
+        );
+        assert!(live.is_empty());
+    }
+
+    #[test]
+    fn kept_text_is_bounded_by_bytes() {
+        let live = LiveReplies::default();
+        let (message, attempt) = (Uuid::now_v7(), Uuid::now_v7());
+        let piece = "x".repeat(64 * 1024);
+        for i in 0..40 {
+            assert_eq!(
+                live.apply("s", &delta(message, attempt, i, &piece)),
+                Applied::Forward { reset: false },
+                "deltas are forwarded past the cap too"
+            );
+            assert!(live.bytes() <= MAX_REPLY_BYTES);
+        }
+        assert_eq!(live.bytes(), 0, "a reply over the cap keeps no text");
+        assert!(live.in_progress("s").is_empty());
         live.finish(message);
         assert!(live.is_empty());
     }

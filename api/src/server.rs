@@ -7,7 +7,10 @@
 //! an oversized `Content-Length` are layers on the router (see `startup`).
 //!
 //! On shutdown it stops accepting, lets every open connection finish its
-//! in-flight request, then returns.
+//! in-flight request, then returns. Long-lived responses (streams, long-polls,
+//! `new_chat` waiting for a reply) end on their own when the api starts draining
+//! (see `hangup`); the whole drain is still bounded by `DRAIN_TIMEOUT`, so a
+//! deploy never ends in SIGKILL because one connection would not finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +25,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
+
+/// The longest the drain may take after the accept loop stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve<S>(
     listener: TcpListener,
@@ -65,6 +71,14 @@ where
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            secs = DRAIN_TIMEOUT.as_secs(),
+            "connections still open after the drain timeout; closing them"
+        );
+    }
     Ok(())
 }

@@ -8,13 +8,16 @@
 //! - every other api's, by `SessionRevoked` notices on the bus (see `feed`);
 //! - a reload from the `sessions` read model at start, after every bus reconnect
 //!   (notices may have been missed), and every `RELOAD_EVERY` as a backstop.
+//!
+//! Every revocation also ticks a watch, so that the streams and long-polls open on
+//! a session hear of it at once and end (see `hangup`).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use sqlx::MySqlPool;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use events::projections::SessionsProjection;
@@ -28,6 +31,8 @@ pub struct RevokedSessions {
     remember: Duration,
     revoked: RwLock<HashMap<String, Instant>>,
     reload: Notify,
+    /// Ticks at every revocation this view learns of.
+    changes: watch::Sender<u64>,
 }
 
 impl RevokedSessions {
@@ -36,7 +41,17 @@ impl RevokedSessions {
             remember: access_ttl + Duration::from_secs(10),
             revoked: RwLock::default(),
             reload: Notify::new(),
+            changes: watch::channel(0).0,
         }
+    }
+
+    /// Ticks whenever a session is revoked: check yours again then.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn tick(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn is_revoked(&self, sid: &str) -> bool {
@@ -51,6 +66,7 @@ impl RevokedSessions {
         if let Ok(mut revoked) = self.revoked.write() {
             revoked.insert(sid.to_string(), Instant::now());
         }
+        self.tick();
     }
 
     /// Asks the background task to reload from the database (after a reconnect).
@@ -62,11 +78,18 @@ impl RevokedSessions {
     pub async fn load(&self, pool: &MySqlPool) -> Result<usize, sqlx::Error> {
         let recent = SessionsProjection::revoked_since(pool, self.remember).await?;
         let now = Instant::now();
+        let mut learned = false;
         if let Ok(mut revoked) = self.revoked.write() {
             revoked.retain(|_, at| now.duration_since(*at) < self.remember);
             for sid in &recent {
-                revoked.entry(sid.clone()).or_insert(now);
+                if !revoked.contains_key(sid) {
+                    revoked.insert(sid.clone(), now);
+                    learned = true;
+                }
             }
+        }
+        if learned {
+            self.tick();
         }
         Ok(recent.len())
     }

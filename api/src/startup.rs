@@ -97,6 +97,7 @@ impl Application {
             users: Arc::new(KnownUsers::default()),
             streams: Arc::new(OpenStreams::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
+            draining: CancellationToken::new(),
             config: Arc::new(config),
             pool,
         };
@@ -141,6 +142,7 @@ impl Application {
 
         let config = state.config.clone();
         let publisher = state.relay.publisher().clone();
+        let state_draining = state.draining.clone();
         let routes = router(state)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(
@@ -169,10 +171,12 @@ impl Application {
             tower::util::MapRequestLayer::new(normalize_path::<axum::body::Body>).layer(routes);
 
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
-        let stop = background.clone();
+        let (stop, draining) = (background.clone(), state_draining);
         let served =
             crate::server::serve(self.listener, app, config.header_read_timeout, async move {
                 signal.await;
+                tracing::info!("shutting down: ending streams and long-polls, draining requests");
+                draining.cancel();
                 stop.cancel();
             })
             .await;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use events::outbox::OutboxRelay;
 use events::store::EventStore;
 use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
@@ -32,4 +33,6 @@ pub struct AppState {
     pub streams: Arc<OpenStreams>,
     /// Requests served without a token under `AUTH_MODE=legacy`.
     pub legacy_requests: Arc<AtomicU64>,
+    /// Cancelled when the api starts shutting down: streams and long-polls end.
+    pub draining: CancellationToken,
 }

@@ -23,12 +23,23 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The caller of a chat or bot route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// A valid access token named this user.
-    Token(UserId),
+    Token(TokenSession),
     /// No `Authorization` header, under `AUTH_MODE=legacy`.
     Legacy,
+}
+
+/// What a valid access token says about how long its holder may act: a stream or
+/// a long-poll ends when either runs out (see `hangup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSession {
+    pub user: UserId,
+    /// The login session the token belongs to.
+    pub sid: String,
+    /// The token's `exp`, in Unix seconds.
+    pub expires_at: i64,
 }
 
 fn bearer(parts: &Parts) -> Option<Result<&str, ()>> {
@@ -61,7 +72,11 @@ impl FromRequestParts<AppState> for Caller {
                     .verify(token, TokenKind::Access)
                     .map_err(|e| ApiError::Unauthorized(format!("Access token rejected: {e}. Log in again or refresh the token.")))?;
                 match check_session(&claims, state).await? {
-                    Ok(()) => Ok(Caller::Token(claims.user_id)),
+                    Ok(()) => Ok(Caller::Token(TokenSession {
+                        user: claims.user_id,
+                        sid: claims.sid,
+                        expires_at: claims.exp,
+                    })),
                     Err(why) => Err(ApiError::Unauthorized(format!(
                         "Access token rejected: {why}. Log in again."
                     ))),
@@ -93,19 +108,27 @@ async fn check_session(
 }
 
 impl Caller {
+    /// The token's session, if the caller sent one.
+    pub fn session(&self) -> Option<&TokenSession> {
+        match self {
+            Caller::Token(token) => Some(token),
+            Caller::Legacy => None,
+        }
+    }
+
     /// The user this request acts for, given the `user_id` it names (if any). A
     /// legacy request naming a user that does not exist gets the route's usual
     /// "not found", and nothing is stored for nobody.
     pub async fn acting_for(
-        self,
+        &self,
         requested: Option<UserId>,
         state: &AppState,
     ) -> Result<UserId, ApiError> {
         match (self, requested) {
-            (Caller::Token(user), Some(requested)) if requested != user => Err(
+            (Caller::Token(token), Some(requested)) if requested != token.user => Err(
                 ApiError::Forbidden("user_id does not match the access token's user.".into()),
             ),
-            (Caller::Token(user), _) => Ok(user),
+            (Caller::Token(token), _) => Ok(token.user),
             (Caller::Legacy, Some(requested)) => {
                 if !state.users.exists(&state.pool, requested).await? {
                     return Err(ApiError::NotFound(format!(

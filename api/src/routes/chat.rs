@@ -19,7 +19,8 @@ use crate::domain::chat::{self, PostMessage, Posted};
 use crate::domain::required;
 use crate::error::ApiError;
 use crate::extract::{lenient, CorrelationId, Params, Payload};
-use crate::feed;
+use crate::feed::{self, Heard};
+use crate::hangup::Hangup;
 use crate::read_cache::ReadKey;
 use crate::state::AppState;
 use crate::views::{chat_list_rows, chat_ok, chat_ok_bytes, history_rows, json_body, RowFormat};
@@ -105,14 +106,17 @@ pub async fn new_chat(
     if !wait {
         return Ok(pending());
     }
-    let reply = feed::wait_for_reply(
-        &state.pool,
-        &mut notices,
-        message_id,
-        just_posted,
-        state.config.reply_wait,
-    )
-    .await?;
+    // A shutdown answers "pending" at once: the client reads the reply later.
+    let reply = tokio::select! {
+        reply = feed::wait_for_reply(
+            &state.pool,
+            &mut notices,
+            message_id,
+            just_posted,
+            state.config.reply_wait,
+        ) => reply?,
+        _ = state.draining.cancelled() => None,
+    };
     // The reply may have been read before this process heard of it on the bus.
     state.read_cache.invalidate(user);
     match reply {
@@ -132,9 +136,22 @@ pub struct HistoryParams {
     #[serde(default, deserialize_with = "lenient::int")]
     after: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    before: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
     limit: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
     wait: Option<i64>,
+}
+
+/// Which rows a history request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    /// The oldest rows after this seq (paging forward, polling, long-polling).
+    After(i64),
+    /// The newest rows before this seq (`None`: the newest of all), oldest first
+    /// within them: what a plain request gets, so that a client that never pages
+    /// still sees new messages in a conversation longer than the cap.
+    Newest { before: Option<i64> },
 }
 
 pub async fn history(
@@ -144,7 +161,6 @@ pub async fn history(
 ) -> Result<Response, ApiError> {
     let user = caller.acting_for(params.user_id, &state).await?;
     let bot_id = required(params.chatbot_id, "chatbot_id")?;
-    let after = params.after.unwrap_or(0).max(0);
     let limit = match params.limit {
         Some(l) if l < 1 => return Err(ApiError::BadRequest("limit must be at least 1".into())),
         Some(l) => u32::try_from(l)
@@ -154,34 +170,84 @@ pub async fn history(
     };
     let wait =
         Duration::from_secs(params.wait.unwrap_or(0).max(0).unsigned_abs()).min(MAX_LONG_POLL);
+    let window = match (params.after, params.before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "Give after (to page forward) or before (to page back), not both.".into(),
+            ))
+        }
+        (_, Some(_)) if !wait.is_zero() => {
+            return Err(ApiError::BadRequest(
+                "wait long-polls for rows after a seq: use it with after, not before.".into(),
+            ))
+        }
+        (_, Some(before)) => Window::Newest {
+            before: Some(before),
+        },
+        (Some(after), None) => Window::After(after.max(0)),
+        (None, None) if params.limit.is_none() && wait.is_zero() => {
+            Window::Newest { before: None }
+        }
+        (None, None) => Window::After(0),
+    };
     let format = row_format(params.format.as_deref())?;
-    // Only what polling asks for is cached: the whole conversation, right now.
-    let key = (after == 0 && params.limit.is_none() && wait.is_zero())
+    // Only what polling asks for is cached: the conversation's newest rows, now.
+    let key = (window == Window::Newest { before: None })
         .then_some(ReadKey::History { bot_id, format });
     if let Some(key) = &key {
         if let Some(body) = state.read_cache.get(user, key) {
             return Ok(json_body(body));
         }
     }
+    let read = |window: Window| {
+        let pool = state.pool.clone();
+        async move {
+            match window {
+                Window::After(after) => {
+                    ChatHistoryProjection::read(&pool, user, bot_id, after, limit).await
+                }
+                Window::Newest { before } => {
+                    ChatHistoryProjection::read_newest(&pool, user, bot_id, before, limit).await
+                }
+            }
+        }
+    };
 
     let deadline = Instant::now() + wait;
     let stream_id = stream::chat(user, bot_id);
     let ticket = state.read_cache.ticket(user);
     // Subscribe before the first read, so that nothing appended in between is missed.
     let mut notices = (!wait.is_zero()).then(|| state.feed.subscribe());
+    let mut hangup = Hangup::for_caller(&caller, &state);
     // A notice that brings the very next row saves the read.
     let mut brought: Option<Vec<HistoryRow>> = None;
     loop {
         let rows = match brought.take() {
             Some(rows) => rows,
-            None => ChatHistoryProjection::read(&state.pool, user, bot_id, after, limit).await?,
+            None => read(window).await?,
         };
         match notices.as_mut() {
             Some(notices) if rows.is_empty() && Instant::now() < deadline => {
-                let row = feed::wait_for_stream(notices, &stream_id, deadline).await;
-                brought = row
-                    .filter(|r| r.seq == after + 1)
-                    .map(|r| vec![(*r).clone()]);
+                let heard = tokio::select! {
+                    heard = feed::wait_for_stream(notices, &stream_id, bot_id, deadline) => heard,
+                    // Answered without data; the client's next poll is refused, or
+                    // goes to another replica.
+                    _ = hangup.wait() => return Ok(json_body(chat_ok_bytes(history_rows(Vec::new(), format)))),
+                };
+                let after = match window {
+                    Window::After(after) => after,
+                    Window::Newest { .. } => i64::MAX,
+                };
+                match heard {
+                    Heard::BotDeleted => {
+                        return Ok(json_body(chat_ok_bytes(history_rows(Vec::new(), format))))
+                    }
+                    Heard::Changed(row) => {
+                        brought = row
+                            .filter(|r| Some(r.seq) == after.checked_add(1))
+                            .map(|r| vec![(*r).clone()]);
+                    }
+                }
             }
             _ => {
                 let empty = rows.is_empty();

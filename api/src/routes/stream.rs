@@ -10,8 +10,19 @@
 //!
 //! A stream holds a broadcast receiver and one slot of its user's cap; both go
 //! when the client does (the response body is dropped), so nothing outlives it.
+//! Its memory is bounded whatever the conversation's length: history is read a
+//! page at a time, the next page only once the last one was sent.
+//!
+//! Deltas carry their attempt and index. The stream remembers, per reply, how
+//! much of which attempt its client has, so a delta the snapshot already covered
+//! is dropped, a newer attempt is announced with `event: reset`, and a gap (a
+//! notice lost to lag) is mended with a reset and the text so far. At every step
+//! the text a client assembles is a prefix of what the model wrote.
+//!
+//! The server ends the stream (see `hangup`) when its session is revoked, its
+//! token expires, its bot is deleted, or the api shuts down.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 
 use axum::extract::State;
@@ -21,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
+use uuid::Uuid;
 
 use events::event::{stream, BotId, UserId};
 use events::projections::{BotsProjection, ChatHistoryProjection, HistoryRow, MessageStatus};
@@ -30,12 +42,17 @@ use crate::domain::required;
 use crate::error::ApiError;
 use crate::extract::{lenient, Params};
 use crate::feed::{Notice, Waiter};
+use crate::hangup::Hangup;
+use crate::live::InProgress;
 use crate::state::AppState;
 use crate::streams::StreamSlot;
 use crate::views::{history_row, RowFormat};
 
-/// Most rows one read sends; the next read continues from there.
-const ROWS_PER_READ: u32 = 500;
+/// Most rows one read holds; the next read comes once they are sent.
+const ROWS_PER_READ: u32 = 200;
+/// Most replies whose delta progress a stream tracks (a conversation writes one
+/// at a time; past this the map starts over, and a gap mends it).
+const TRACKED_REPLIES: usize = 16;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamParams {
@@ -87,20 +104,19 @@ pub async fn stream(
             ))
         })?;
     // Subscribe before the first read, so nothing appended in between is missed.
-    let mut tail = Tail {
+    let tail = Tail {
         waiter: state.feed.subscribe(),
+        hangup: Hangup::for_caller(&caller, &state),
         stream_id: stream::chat(user, bot),
         user,
         bot,
         cursor: resume.unwrap_or(0).max(0),
+        behind: true,
         queue: VecDeque::new(),
+        sent: HashMap::new(),
         state: state.clone(),
         _slot: slot,
     };
-    tail.read_new().await?;
-    for (reply_to, text) in state.feed.live().in_progress(&tail.stream_id) {
-        tail.queue.push_back(delta(reply_to, &text));
-    }
     let keep_alive = KeepAlive::new()
         .interval(state.config.stream_keep_alive)
         .text("keep-alive");
@@ -113,34 +129,107 @@ pub async fn stream(
 struct Tail {
     state: AppState,
     waiter: Waiter,
+    hangup: Hangup,
     stream_id: String,
     user: UserId,
     bot: BotId,
-    /// The last seq sent.
+    /// The last seq queued.
     cursor: i64,
+    /// Rows after the cursor may exist that are not queued: read the next page
+    /// once the queue is empty.
+    behind: bool,
+    /// At most one page of rows, or a few deltas.
     queue: VecDeque<Event>,
+    /// Per reply being written: the attempt the client has, and how many of its
+    /// deltas.
+    sent: HashMap<Uuid, (Uuid, u32)>,
     _slot: StreamSlot,
 }
 
 impl Tail {
-    /// Queues the rows appended after the cursor.
-    async fn read_new(&mut self) -> Result<(), sqlx::Error> {
-        loop {
-            let rows = ChatHistoryProjection::read(
-                &self.state.pool,
-                self.user,
-                self.bot,
-                self.cursor,
-                ROWS_PER_READ,
-            )
-            .await?;
-            let full = rows.len() as u32 == ROWS_PER_READ;
-            for row in rows {
-                self.cursor = row.seq;
-                self.queue.push_back(row_event(row));
+    /// Queues the next page of rows after the cursor; once there are no more, the
+    /// stream is live, and the text so far of replies being written is queued.
+    async fn read_page(&mut self) -> Result<(), sqlx::Error> {
+        let rows = ChatHistoryProjection::read(
+            &self.state.pool,
+            self.user,
+            self.bot,
+            self.cursor,
+            ROWS_PER_READ,
+        )
+        .await?;
+        self.behind = rows.len() as u32 == ROWS_PER_READ;
+        for row in rows {
+            self.cursor = row.seq;
+            self.queue.push_back(row_event(row));
+        }
+        if !self.behind {
+            for reply in self.state.feed.live().in_progress(&self.stream_id) {
+                self.catch_up(reply);
             }
-            if !full {
-                return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Brings the client to the text so far of one reply, unless it has it.
+    fn catch_up(&mut self, reply: InProgress) {
+        let known = self.sent.get(&reply.reply_to).copied();
+        if known == Some((reply.attempt, reply.next)) || reply.next == 0 {
+            return;
+        }
+        if known.is_some() {
+            self.queue.push_back(reset(reply.reply_to, reply.attempt));
+        }
+        self.queue.push_back(delta(
+            reply.reply_to,
+            reply.attempt,
+            reply.next - 1,
+            &reply.text,
+        ));
+        self.track(reply.reply_to, reply.attempt, reply.next);
+    }
+
+    fn track(&mut self, reply_to: Uuid, attempt: Uuid, next: u32) {
+        if self.sent.len() >= TRACKED_REPLIES && !self.sent.contains_key(&reply_to) {
+            self.sent.clear();
+        }
+        self.sent.insert(reply_to, (attempt, next));
+    }
+
+    /// A live delta: sent, dropped (already covered, or of an older attempt), or
+    /// mended (it does not follow what the client has).
+    fn on_delta(&mut self, reply_to: Uuid, attempt: Uuid, index: u32, text: &str) {
+        match self.sent.get(&reply_to).copied() {
+            Some((have, next)) if have == attempt && index < next => {}
+            Some((have, _)) if attempt < have => {}
+            Some((have, next)) if have == attempt && index == next => {
+                self.queue.push_back(delta(reply_to, attempt, index, text));
+                self.track(reply_to, attempt, index.saturating_add(1));
+            }
+            Some((have, _)) if have != attempt && index == 0 => {
+                self.queue.push_back(reset(reply_to, attempt));
+                self.queue.push_back(delta(reply_to, attempt, index, text));
+                self.track(reply_to, attempt, 1);
+            }
+            None if index == 0 => {
+                self.queue.push_back(delta(reply_to, attempt, index, text));
+                self.track(reply_to, attempt, 1);
+            }
+            _ => {
+                // A gap: start this reply over from the text so far.
+                let reply = self
+                    .state
+                    .feed
+                    .live()
+                    .in_progress(&self.stream_id)
+                    .into_iter()
+                    .find(|r| r.reply_to == reply_to);
+                if let Some(reply) = reply {
+                    if self.sent.remove(&reply_to).is_some() {
+                        self.queue.push_back(reset(reply_to, reply.attempt));
+                    }
+                    self.catch_up(reply);
+                }
             }
         }
     }
@@ -152,38 +241,57 @@ fn events(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
             if let Some(event) = tail.queue.pop_front() {
                 return Some((Ok(event), tail));
             }
-            let reread = match tail.waiter.next().await {
-                Some(Notice::Appended { stream_id, row, .. }) if stream_id == tail.stream_id => {
-                    match row {
-                        // The very next row: sent as the notice brought it.
-                        Some(row) if row.seq == tail.cursor + 1 => {
-                            tail.cursor = row.seq;
-                            tail.queue.push_back(row_event((*row).clone()));
-                            false
-                        }
-                        Some(row) if row.seq <= tail.cursor => false,
-                        _ => true,
-                    }
-                }
-                Some(Notice::Appended { .. }) => false,
-                Some(Notice::Delta {
-                    stream_id,
-                    reply_to,
-                    text,
-                }) => {
-                    if stream_id == tail.stream_id {
-                        tail.queue.push_back(delta(reply_to, &text));
-                    }
-                    false
-                }
-                Some(Notice::Resync) | None => true,
-            };
-            if reread {
-                if let Err(e) = tail.read_new().await {
+            if tail.behind {
+                if let Err(e) = tail.read_page().await {
                     // The client resumes from its last id once the database is back.
                     tracing::warn!(error = %e, "ending a stream: cannot read the history");
                     return None;
                 }
+                continue;
+            }
+            let notice = tokio::select! {
+                notice = tail.waiter.next() => notice,
+                reason = tail.hangup.wait() => {
+                    tracing::info!(reason = reason.as_str(), "ending a stream");
+                    return None;
+                }
+            };
+            match notice {
+                Some(Notice::Appended { stream_id, row, .. }) if stream_id == tail.stream_id => {
+                    match row {
+                        // The very next row: sent as the notice brought it.
+                        Some(row) if Some(row.seq) == tail.cursor.checked_add(1) => {
+                            tail.cursor = row.seq;
+                            if let Some(reply_to) = row.reply_to.as_deref() {
+                                if let Ok(reply_to) = Uuid::parse_str(reply_to) {
+                                    tail.sent.remove(&reply_to);
+                                }
+                            }
+                            tail.queue.push_back(row_event((*row).clone()));
+                        }
+                        Some(row) if row.seq <= tail.cursor => {}
+                        _ => tail.behind = true,
+                    }
+                }
+                Some(Notice::Appended { .. }) => {}
+                Some(Notice::Delta {
+                    stream_id,
+                    reply_to,
+                    attempt,
+                    index,
+                    text,
+                    ..
+                }) => {
+                    if stream_id == tail.stream_id {
+                        tail.on_delta(reply_to, attempt, index, &text);
+                    }
+                }
+                Some(Notice::BotDeleted { bot_id }) if bot_id == tail.bot => {
+                    tracing::info!(reason = "bot_deleted", "ending a stream");
+                    return None;
+                }
+                Some(Notice::BotDeleted { .. }) => {}
+                Some(Notice::Resync) | None => tail.behind = true,
             }
         }
     })
@@ -205,9 +313,17 @@ fn row_event(row: HistoryRow) -> Event {
 }
 
 /// `message_id` is the message being answered (the reply has no id until it is
-/// recorded).
-fn delta(reply_to: uuid::Uuid, text: &str) -> Event {
+/// recorded); `index` is the last delta of `attempt` this text includes.
+fn delta(reply_to: Uuid, attempt: Uuid, index: u32, text: &str) -> Event {
+    Event::default().event("delta").data(
+        json!({ "message_id": reply_to, "attempt": attempt, "index": index, "text": text })
+            .to_string(),
+    )
+}
+
+/// The reply is being written again from the start: drop the text shown so far.
+fn reset(reply_to: Uuid, attempt: Uuid) -> Event {
     Event::default()
-        .event("delta")
-        .data(json!({ "message_id": reply_to, "text": text }).to_string())
+        .event("reset")
+        .data(json!({ "message_id": reply_to, "attempt": attempt }).to_string())
 }

@@ -5,6 +5,13 @@
 //! confirm-mode channel and opens a new connection lazily after any failure; while
 //! the broker is down it fails fast instead of making every caller wait for a
 //! connect timeout, and the outbox keeps the events until it is back.
+//!
+//! Reply deltas go on a second channel of the same connection, one that is *not*
+//! in confirm mode. On a confirm-mode channel every publish yields a confirm, and
+//! lapin keeps each one that is dropped unawaited until `wait_for_confirms()`
+//! drains it: fire-and-forget deltas there grew a worker by ~23 MiB per 1,000
+//! replies. A delta publish is also bounded in time, so a broker that stops
+//! reading (a memory alarm) cannot hold a stream, or anything behind it, back.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +39,9 @@ pub const LONGEST_PUBLISH: Duration =
     Duration::from_secs(OPEN_TIMEOUT.as_secs() + CONFIRM_TIMEOUT.as_secs());
 /// How long a replaced connection gets to close cleanly.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A delta that cannot be handed to the broker within this is dropped (and the
+/// reply's forwarding stops): the final event carries the whole text anyway.
+const DELTA_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Publisher {
     settings: BusSettings,
@@ -40,12 +50,19 @@ pub struct Publisher {
     link: Mutex<Link>,
 }
 
+/// The two channels of one connection: events with confirms, deltas without.
+#[derive(Clone)]
+struct Channels {
+    confirming: Channel,
+    deltas: Channel,
+}
+
 #[derive(Default)]
 struct Link {
     connection: Option<Connection>,
     /// Numbered, so that a late failure from an older channel cannot tear down
     /// its replacement.
-    channel: Generational<Channel>,
+    channel: Generational<Channels>,
     retry_after: Option<Instant>,
 }
 
@@ -105,15 +122,15 @@ impl Publisher {
 
     /// A live confirm-mode channel, connecting (and declaring the topology) if needed.
     pub async fn channel(&self) -> Result<Channel, BusError> {
-        self.current().await.map(|(channel, _)| channel)
+        self.current().await.map(|(channels, _)| channels.confirming)
     }
 
-    /// The live channel and its generation.
-    async fn current(&self) -> Result<(Channel, u64), BusError> {
+    /// The live channels and their generation.
+    async fn current(&self) -> Result<(Channels, u64), BusError> {
         let mut link = self.link.lock().await;
-        if let Some((channel, generation)) = link.channel.current() {
-            if channel.status().connected() {
-                return Ok((channel.clone(), generation));
+        if let Some((channels, generation)) = link.channel.current() {
+            if channels.confirming.status().connected() && channels.deltas.status().connected() {
+                return Ok((channels.clone(), generation));
             }
         }
         if link.retry_after.is_some_and(|at| Instant::now() < at) {
@@ -145,14 +162,15 @@ impl Publisher {
         }
     }
 
-    async fn open(&self) -> Result<(Connection, Channel), BusError> {
+    async fn open(&self) -> Result<(Connection, Channels), BusError> {
         let connection = connect(&self.settings, &self.name).await?;
-        let channel = connection.create_channel().await?;
-        channel
+        let confirming = connection.create_channel().await?;
+        confirming
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.topology.declare(&channel).await?;
-        Ok((connection, channel))
+        self.topology.declare(&confirming).await?;
+        let deltas = connection.create_channel().await?;
+        Ok((connection, Channels { confirming, deltas }))
     }
 
     /// Closes the connection cleanly (at shutdown), so the broker does not log an
@@ -171,34 +189,41 @@ impl Publisher {
         self.link.lock().await.channel.forget(generation);
     }
 
-    /// Publishes a reply delta on the transient deltas exchange, without waiting
-    /// for a confirm: a lost delta costs nothing (the final event carries the whole
-    /// text), and a stream must not wait on the broker.
+    /// Publishes a reply delta on the transient deltas exchange, on the channel
+    /// without confirms, within `DELTA_TIMEOUT`: a lost delta costs nothing (the
+    /// final event carries the whole text), and a stream must not wait on the
+    /// broker.
     pub async fn publish_delta(&self, delta: &super::deltas::ReplyDelta) -> Result<(), BusError> {
-        let (channel, generation) = self.current().await?;
         let body = serde_json::to_vec(delta)?;
-        let sent = channel
-            .basic_publish(
-                &self.topology.deltas_exchange,
-                "",
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default()
-                    .with_delivery_mode(1)
-                    .with_content_type("application/json".into()),
-            )
-            .await;
-        if let Err(e) = sent {
-            self.reset(generation).await;
-            return Err(e.into());
-        }
-        Ok(())
+        let send = async {
+            let (channels, generation) = self.current().await?;
+            let sent = channels
+                .deltas
+                .basic_publish(
+                    &self.topology.deltas_exchange,
+                    "",
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(1)
+                        .with_content_type("application/json".into()),
+                )
+                .await;
+            if let Err(e) = sent {
+                self.reset(generation).await;
+                return Err(e.into());
+            }
+            Ok(())
+        };
+        tokio::time::timeout(DELTA_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("the broker took no delta in time".into())))
     }
 
     /// Publishes one event and waits for the broker's confirm.
     pub async fn publish(&self, event: &RecordedEvent) -> Result<(), BusError> {
-        let (channel, generation) = self.current().await?;
-        let result = self.publish_on(&channel, event).await;
+        let (channels, generation) = self.current().await?;
+        let result = self.publish_on(&channels.confirming, event).await;
         if matches!(
             result,
             Err(BusError::Amqp(_) | BusError::Unavailable(_) | BusError::ConnectTimeout)

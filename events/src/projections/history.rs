@@ -164,6 +164,29 @@ impl ChatHistoryProjection {
         .await
     }
 
+    /// A conversation's newest `limit` rows before `before` (`None`: of all),
+    /// oldest first.
+    pub async fn read_newest(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
+        let mut rows: Vec<HistoryRow> = sqlx::query_as(&format!(
+            "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND seq < ? \
+             ORDER BY seq DESC LIMIT ?"
+        ))
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     /// A user message's row, by its id.
     pub async fn find_message(
         pool: &MySqlPool,

@@ -38,6 +38,13 @@ struct Inner {
     chunk_delay_ms: AtomicU64,
     /// The next streamed answer stops after this many words, without finishing.
     cut_next_after: Mutex<Option<usize>>,
+    /// The next streamed answer breaks the connection after this many words.
+    break_next_after: Mutex<Option<usize>>,
+    /// Streamed answers send their last chunk, then keep the connection open
+    /// without `[DONE]`.
+    hold_open_after_finish: std::sync::atomic::AtomicBool,
+    /// Answers are padded with this many bytes (in 1 KiB words).
+    padding_bytes: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -141,6 +148,27 @@ impl FakeOpenAi {
         }
     }
 
+    /// The next streamed answer breaks off after `words` words with a transport
+    /// error (the connection is reset mid-body), as a flaky network does.
+    pub fn break_next_stream_after(&self, words: usize) {
+        if let Ok(mut cut) = self.inner.break_next_after.lock() {
+            *cut = Some(words);
+        }
+    }
+
+    /// Streamed answers finish (`finish_reason: "stop"`), then hold the
+    /// connection open without ever sending `[DONE]`.
+    pub fn hold_open_after_finish(&self, hold: bool) {
+        self.inner
+            .hold_open_after_finish
+            .store(hold, Ordering::SeqCst);
+    }
+
+    /// Every answer gains about `bytes` more bytes, in 1 KiB words.
+    pub fn pad_answers(&self, bytes: u64) {
+        self.inner.padding_bytes.store(bytes, Ordering::SeqCst);
+    }
+
     /// A streamed answer pauses this long between words.
     pub fn set_chunk_delay(&self, delay: Duration) {
         self.inner
@@ -233,7 +261,14 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         .map(without_time)
         .unwrap_or("")
         .to_string();
-    let content = format!("{model} reply #{n} to: {last_user}");
+    let mut content = format!("{model} reply #{n} to: {last_user}");
+    let padding = inner.padding_bytes.load(Ordering::SeqCst);
+    if padding > 0 {
+        let word = format!(" {}", "x".repeat(1023));
+        for _ in 0..padding.div_ceil(1024) {
+            content.push_str(&word);
+        }
+    }
     if request["stream"] == json!(true) {
         return streamed(inner, position, n, model, content);
     }
@@ -290,49 +325,78 @@ fn streamed(
     };
     let mut words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
     let cut = inner.cut_next_after.lock().ok().and_then(|mut c| c.take());
-    if let Some(keep) = cut {
+    let broken = inner.break_next_after.lock().ok().and_then(|mut c| c.take());
+    if let Some(keep) = cut.or(broken) {
         words.truncate(keep);
     }
-    let stream = async_stream(inner, position, words, cut.is_some(), chunk);
+    let ending = if broken.is_some() {
+        Ending::Break
+    } else if cut.is_some() {
+        Ending::Cut
+    } else if inner.hold_open_after_finish.load(Ordering::SeqCst) {
+        Ending::HoldOpen
+    } else {
+        Ending::Done
+    };
+    let stream = async_stream(inner, position, words, ending, chunk);
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(axum::body::Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// How a streamed answer ends after its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// `finish_reason: "stop"`, then `[DONE]`.
+    Done,
+    /// Nothing more: the body just ends.
+    Cut,
+    /// The connection breaks (a body error).
+    Break,
+    /// `finish_reason: "stop"`, then the connection stays open, silent.
+    HoldOpen,
+}
+
 fn async_stream(
     inner: Arc<Inner>,
     position: Option<usize>,
     words: Vec<String>,
-    cut: bool,
+    ending: Ending,
     chunk: impl Fn(Value, Value) -> axum::body::Bytes + Send + 'static,
-) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>> + Send {
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send {
     futures::stream::unfold(0usize, move |i| {
         let inner = inner.clone();
-        let next = if i == 0 {
-            Some(chunk(
+        let next: Option<Result<axum::body::Bytes, std::io::Error>> = if i == 0 {
+            Some(Ok(chunk(
                 json!({ "role": "assistant", "content": "" }),
                 Value::Null,
-            ))
+            )))
         } else if i <= words.len() {
-            Some(chunk(json!({ "content": words[i - 1] }), Value::Null))
-        } else if cut {
+            Some(Ok(chunk(json!({ "content": words[i - 1] }), Value::Null)))
+        } else if ending == Ending::Cut || i > words.len() + 2 {
             None
+        } else if ending == Ending::Break {
+            (i == words.len() + 1).then(|| Err(std::io::Error::other("connection reset")))
         } else if i == words.len() + 1 {
-            Some(chunk(json!({}), json!("stop")))
-        } else if i == words.len() + 2 {
-            answered(&inner, position);
-            Some(axum::body::Bytes::from_static(b"data: [DONE]\n\n"))
+            if ending == Ending::HoldOpen {
+                answered(&inner, position);
+            }
+            Some(Ok(chunk(json!({}), json!("stop"))))
+        } else if ending == Ending::HoldOpen {
+            // Never `[DONE]`, never the end of the body.
+            return futures::future::Either::Left(std::future::pending());
         } else {
-            None
+            answered(&inner, position);
+            Some(Ok(axum::body::Bytes::from_static(b"data: [DONE]\n\n")))
         };
-        async move {
+        futures::future::Either::Right(async move {
             let pause = inner.chunk_delay_ms.load(Ordering::SeqCst);
             if pause > 0 && i > 0 {
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            next.map(|bytes| (Ok(bytes), i + 1))
-        }
+            next.map(|bytes| (bytes, i + 1))
+        })
     })
 }
 

@@ -12,8 +12,14 @@ pub struct ModelSettings {
     pub base_url: String,
     /// `OPENAI_MODEL`.
     pub model: String,
-    /// `MODEL_TIMEOUT_SECS`: one attempt's limit.
+    /// `MODEL_TIMEOUT_SECS`: the cap on one whole attempt, however it streams.
     pub timeout: Duration,
+    /// `MODEL_FIRST_TOKEN_SECS`: how long the first text of an answer may take.
+    pub first_token_timeout: Duration,
+    /// `MODEL_IDLE_SECS`: the longest pause between two chunks of an answer.
+    pub idle_timeout: Duration,
+    /// `MAX_REPLY_BYTES`: a longer answer fails, without a retry.
+    pub max_reply_bytes: usize,
     /// `MODEL_MAX_ATTEMPTS`: attempts for rate limits, 5xx and network errors.
     pub max_attempts: u32,
     /// `MODEL_RETRY_BASE_MS`: first backoff; it doubles per attempt.
@@ -67,7 +73,10 @@ impl WorkerConfig {
                 api_key: env_opt("OPENAI_API_KEY"),
                 base_url: env_or("OPENAI_BASE_URL", "https://api.openai.com/v1".to_string())?,
                 model: env_or("OPENAI_MODEL", "gpt-4o-mini".to_string())?,
-                timeout: Duration::from_secs(env_or("MODEL_TIMEOUT_SECS", 60)?),
+                timeout: Duration::from_secs(env_or("MODEL_TIMEOUT_SECS", 600)?),
+                first_token_timeout: Duration::from_secs(env_or("MODEL_FIRST_TOKEN_SECS", 60)?),
+                idle_timeout: Duration::from_secs(env_or("MODEL_IDLE_SECS", 30)?),
+                max_reply_bytes: env_or("MAX_REPLY_BYTES", 256 * 1024)?.max(1),
                 max_attempts: env_or("MODEL_MAX_ATTEMPTS", 4)?.max(1),
                 retry_base: Duration::from_millis(env_or("MODEL_RETRY_BASE_MS", 500)?),
             },

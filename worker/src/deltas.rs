@@ -18,8 +18,8 @@ use events::event::{BotId, UserId};
 
 use crate::model::{DeltaSink, Streamed};
 
-/// Starts forwarding one reply's deltas; drop the sink and await the handle once
-/// the model is done, so every delta is sent before the final event.
+/// Starts forwarding one reply's deltas; drop the sink once the model is done,
+/// and the task ends when the last delta is out (or the broker took none in time).
 pub fn forward(
     publisher: Arc<Publisher>,
     reply_to: Uuid,

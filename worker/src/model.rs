@@ -9,6 +9,15 @@
 //! Replies stream: given a [`DeltaSink`], each attempt asks the model to stream
 //! and hands every piece of text to the sink as it arrives (an attempt that fails
 //! midway is started over, and the sink is told so).
+//!
+//! A streamed attempt has three clocks, because a long answer is not a stuck one:
+//! the first text must come within `MODEL_FIRST_TOKEN_SECS`, no gap between two
+//! chunks may pass `MODEL_IDLE_SECS`, and `MODEL_TIMEOUT_SECS` caps the whole
+//! attempt generously. A dropped connection mid-answer is worth another attempt.
+//! An answer is complete when the model says so (`finish_reason`), whether or not
+//! a `[DONE]` follows: several OpenAI-compatible servers keep the connection open.
+//! An answer longer than `MAX_REPLY_BYTES` fails at once, without a retry: asking
+//! again would cost as much and end the same way.
 
 use std::time::Duration;
 
@@ -72,6 +81,9 @@ pub struct Model {
     max_attempts: u32,
     retry_base: Duration,
     timeout: Duration,
+    first_token_timeout: Duration,
+    idle_timeout: Duration,
+    max_reply_bytes: usize,
 }
 
 pub const OFFLINE_MODEL_NAME: &str = "offline-responder";
@@ -104,6 +116,9 @@ impl Model {
             max_attempts: settings.max_attempts,
             retry_base: settings.retry_base,
             timeout: settings.timeout,
+            first_token_timeout: settings.first_token_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_reply_bytes: settings.max_reply_bytes,
         })
     }
 
@@ -179,22 +194,46 @@ impl Model {
                     messages: to_messages(prompt),
                     ..Default::default()
                 };
-                let mut stream = client
-                    .chat()
-                    .create_stream(request)
-                    .await
-                    .map_err(classify)?;
+                let started = tokio::time::Instant::now();
+                let mut stream = tokio::time::timeout(
+                    self.first_token_timeout,
+                    client.chat().create_stream(request),
+                )
+                .await
+                .map_err(|_| self.no_first_token())?
+                .map_err(classify)?;
                 let mut reply = String::new();
                 let mut finished = false;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(classify)?;
+                loop {
+                    let until = if reply.is_empty() {
+                        started + self.first_token_timeout
+                    } else {
+                        tokio::time::Instant::now() + self.idle_timeout
+                    };
+                    let chunk = match tokio::time::timeout_at(until, stream.next()).await {
+                        Ok(Some(chunk)) => chunk.map_err(classify_mid_stream)?,
+                        Ok(None) => break,
+                        Err(_) if reply.is_empty() => return Err(self.no_first_token()),
+                        Err(_) => {
+                            return Err(AttemptError::Transient(format!(
+                                "the model went quiet for {}s mid-answer",
+                                self.idle_timeout.as_secs()
+                            )))
+                        }
+                    };
                     let Some(choice) = chunk.choices.into_iter().next() else {
                         continue;
                     };
-                    finished |= choice.finish_reason.is_some();
                     if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                        if reply.len() + text.len() > self.max_reply_bytes {
+                            return Err(self.too_long());
+                        }
                         reply.push_str(&text);
                         let _ = sink.send(Streamed::Text(text));
+                    }
+                    if choice.finish_reason.is_some() {
+                        finished = true;
+                        break;
                     }
                 }
                 // A stream cut off before the model said it was done is a failed
@@ -218,7 +257,7 @@ impl Model {
                     ..Default::default()
                 };
                 let response = client.chat().create(request).await.map_err(classify)?;
-                response
+                let text = response
                     .choices
                     .into_iter()
                     .next()
@@ -226,9 +265,39 @@ impl Model {
                     .filter(|text| !text.trim().is_empty())
                     .ok_or_else(|| {
                         AttemptError::Transient("the model returned an empty answer".into())
-                    })
+                    })?;
+                if text.len() > self.max_reply_bytes {
+                    return Err(self.too_long());
+                }
+                Ok(text)
             }
         }
+    }
+
+    fn no_first_token(&self) -> AttemptError {
+        AttemptError::Transient(format!(
+            "the model sent nothing within {}s",
+            self.first_token_timeout.as_secs()
+        ))
+    }
+
+    fn too_long(&self) -> AttemptError {
+        AttemptError::Permanent(format!(
+            "the model's answer is longer than the limit of {} bytes",
+            self.max_reply_bytes
+        ))
+    }
+}
+
+/// An error while the answer streams: a dropped connection or a garbled event is
+/// worth another attempt, unlike a refusal of the request itself.
+fn classify_mid_stream(error: OpenAIError) -> AttemptError {
+    match error {
+        OpenAIError::StreamError(e) => {
+            tracing::warn!(error = %e, "the model's stream broke off");
+            AttemptError::Transient("the model's answer broke off".into())
+        }
+        other => classify(other),
     }
 }
 

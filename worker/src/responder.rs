@@ -307,8 +307,11 @@ impl Responder {
             conversation.bot_id,
         );
         let completed = self.model.complete(&prompt, Some(&sink)).await;
+        // The forwarding finishes on its own (each delta publish is bounded): the
+        // reply is recorded without waiting for deltas, and the apis ignore any
+        // delta that arrives after the final event.
         drop(sink);
-        let _ = forwarding.await;
+        drop(forwarding);
         Ok(match completed {
             Ok(content) => DomainEvent::BotReplyGenerated(BotReplyGenerated {
                 message_id: Uuid::now_v7(),

@@ -1,0 +1,226 @@
+//! Conversations far longer than a page (issue 18, items 2 and 20), against the
+//! real api:
+//! - a stream over a 20,000-message conversation sends its first row at once and
+//!   holds one page per stream, not the conversation, however many are open;
+//! - a plain `GET /chat/history` of a conversation over the cap ends at the newest
+//!   row (so a new message shows), and `before=` pages back to the first.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sqlx::MySqlPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use system_tests::{Stack, StackOptions};
+
+fn rss_mib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+/// Writes `rows` answered messages straight into the conversation's history
+/// read model (what the GET routes and the stream read), in one statement.
+async fn seed_history(pool: &MySqlPool, user: i64, bot: i64, rows: i64) -> anyhow::Result<()> {
+    // MySQL and MariaDB name their recursion limits differently.
+    let mut conn = pool.acquire().await?;
+    for limit in [
+        "SET SESSION cte_max_recursion_depth = 1000000",
+        "SET SESSION max_recursive_iterations = 1000000",
+    ] {
+        sqlx::query(limit).execute(&mut *conn).await.ok();
+    }
+    sqlx::query(
+        "INSERT INTO chat_history \
+         (user_id, chatbot_id, seq, message_id, reply_to, by_user, content, status, created_at) \
+         WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+         SELECT ?, ?, i, UUID(), NULL, i % 2, CONCAT('row ', i, ' ', REPEAT('y', 200)), \
+                'done', NOW(6) FROM n",
+    )
+    .bind(rows)
+    .bind(user)
+    .bind(bot)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends `exchanges` answered messages to the conversation through the event
+/// store, with the live projections, as the api and the worker would.
+async fn seed_conversation(
+    pool: &MySqlPool,
+    user: i64,
+    bot: i64,
+    exchanges: usize,
+) -> anyhow::Result<()> {
+    use events::event::{
+        stream, BotReplyGenerated, DomainEvent, EventMetadata, MessageSource, UserMessagePosted,
+    };
+    use events::store::{EventStore, ExpectedVersion};
+    let store = EventStore::new(
+        pool.clone(),
+        std::sync::Arc::new(events::projections::ReadModels),
+    );
+    let stream_id = stream::chat(user, bot);
+    for start in (0..exchanges).step_by(100) {
+        let mut batch = Vec::new();
+        for i in start..(start + 100).min(exchanges) {
+            let message_id = uuid::Uuid::now_v7();
+            for event in [
+                DomainEvent::UserMessagePosted(UserMessagePosted {
+                    message_id,
+                    user_id: user,
+                    bot_id: bot,
+                    content: format!("message {i}"),
+                    client_msg_id: None,
+                    source: MessageSource::Import,
+                }),
+                DomainEvent::BotReplyGenerated(BotReplyGenerated {
+                    message_id: uuid::Uuid::now_v7(),
+                    reply_to: message_id,
+                    user_id: user,
+                    bot_id: bot,
+                    content: format!("reply {i}"),
+                    model: "seed".into(),
+                }),
+            ] {
+                batch.push(event.to_new_event(EventMetadata::default())?);
+            }
+        }
+        store
+            .append_to_stream(&stream_id, ExpectedVersion::Any, &batch)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Opens a stream and reads only its first bytes, then stops reading, as a slow
+/// or stalled client does; the connection stays open.
+async fn stalled_stream(port: u16, bot: i64, token: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!(
+        "GET /chat/stream?chatbot_id={bot} HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await?;
+    let mut first = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut first)).await??;
+    let head = String::from_utf8_lossy(&first[..read]);
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(socket)
+}
+
+#[tokio::test]
+async fn a_stream_over_a_long_conversation_holds_a_page_not_the_conversation(
+) -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: vec![("SSE_MAX_STREAMS_PER_USER".into(), "50".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (user, token, bot) = client.user_with_bot("chatty").await?;
+    let pool = stack.pool()?;
+    seed_history(&pool, user, bot, 20_000).await?;
+    let port = stack.apis[0].port.unwrap_or_default();
+    let pid = stack.apis[0].pid().unwrap_or_default();
+
+    let started = Instant::now();
+    let mut sse =
+        system_tests::sse::SseStream::open(&client.base, &format!("/chat/stream?chatbot_id={bot}"), Some(&token), None)
+            .await?;
+    let first = sse.next(Duration::from_secs(10)).await?;
+    let to_first = started.elapsed();
+    println!("first row of a 20,000-message stream after {to_first:?}");
+    assert_eq!(first.id.as_deref(), Some("1"));
+    let mut last = 1;
+    for _ in 1..20_000 {
+        let event = sse.next(Duration::from_secs(10)).await?;
+        last = event.id.as_deref().and_then(|id| id.parse().ok()).unwrap_or(last);
+    }
+    assert_eq!(last, 20_000, "every row, in order");
+    drop(sse);
+
+    let before = rss_mib(pid)?;
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        stalled.push(stalled_stream(port, bot, &token).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_mib(pid)?;
+    println!("api RSS with 40 stalled streams over 20,000 messages: {before} -> {after} MiB");
+    // The whole conversation is about 4.5 MB of rows; 40 copies would be 180 MB.
+    assert!(
+        after < before + 40,
+        "the streams hold the conversation: RSS {before} -> {after} MiB"
+    );
+    drop(stalled);
+    pool.close().await;
+    stack.teardown().await
+}
+
+fn seqs(body: &Value) -> Vec<i64> {
+    body["data"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r[3].as_i64()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn plain_history_over_the_cap_ends_at_the_newest_row_and_pages_back() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: vec![("WORKER_ROLES".into(), "replies".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (user, token, bot) = client.user_with_bot("veteran").await?;
+    let pool = stack.pool()?;
+    seed_conversation(&pool, user, bot, 5_100).await?;
+    let posted = client
+        .post_json(
+            "/chat/new_chat",
+            &json!({ "chatbot_id": bot, "input": "still there?" }),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(posted.status, 200, "{posted:?}");
+
+    let plain = client
+        .get(&format!("/chat/history?chatbot_id={bot}"), Some(&token))
+        .await?;
+    let page = seqs(&plain.body);
+    assert_eq!(page.len(), 10_000, "capped");
+    assert_eq!(page.first(), Some(&203), "oldest first within the page");
+    assert_eq!(page.last(), Some(&10_202), "ends at the newest row: the reply");
+    assert_eq!(plain.body["data"][9_998][0], "still there?");
+
+    let back = client
+        .get(
+            &format!("/chat/history?chatbot_id={bot}&before=203&limit=500"),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(seqs(&back.body), (1..=202).collect::<Vec<_>>());
+    let forward = client
+        .get(
+            &format!("/chat/history?chatbot_id={bot}&after=10200&limit=5"),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(seqs(&forward.body), vec![10_201, 10_202]);
+    let both = client
+        .get(
+            &format!("/chat/history?chatbot_id={bot}&after=1&before=5"),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(both.status, 400, "{both:?}");
+    pool.close().await;
+    stack.teardown().await
+}

@@ -274,6 +274,37 @@ pub fn normalize_path<B>(mut req: axum::http::Request<B>) -> axum::http::Request
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The longest client-chosen request id kept.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// Whether a client's `X-Request-Id` may become the correlation id: it goes into
+/// the event log and into AMQP headers, so it must be short (an unbounded one
+/// made a publish larger than the broker's frame, which closed the connection of
+/// every process that retried it) and plain.
+pub fn is_acceptable_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_CHARS
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Drops a request id that [`is_acceptable_request_id`] refuses, before the
+/// request-id layer runs, so that the layer generates one instead.
+pub fn drop_unacceptable_request_id<B>(
+    mut req: axum::http::Request<B>,
+) -> axum::http::Request<B> {
+    let refused = req
+        .headers()
+        .get_all(REQUEST_ID_HEADER)
+        .iter()
+        .any(|id| !is_acceptable_request_id(id.as_bytes()));
+    if refused || req.headers().get_all(REQUEST_ID_HEADER).iter().count() > 1 {
+        req.headers_mut().remove(REQUEST_ID_HEADER);
+    }
+    req
+}
+
 /// The request's id (set by the request-id layer), used as the correlation id of
 /// the events it records.
 #[derive(Debug, Clone)]
@@ -296,6 +327,24 @@ impl<S: Send + Sync> FromRequestParts<S> for CorrelationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_short_plain_request_ids_are_kept() {
+        assert!(is_acceptable_request_id(b"req-1.2_AB"));
+        assert!(is_acceptable_request_id(&[b'a'; MAX_REQUEST_ID_CHARS]));
+        assert!(!is_acceptable_request_id(&[b'a'; MAX_REQUEST_ID_CHARS + 1]));
+        assert!(!is_acceptable_request_id(b""));
+        assert!(!is_acceptable_request_id(b"has space"));
+        assert!(!is_acceptable_request_id("caf\u{e9}".as_bytes()));
+        let req = axum::http::Request::builder()
+            .header(REQUEST_ID_HEADER, "x".repeat(300_000))
+            .body(())
+            .unwrap();
+        assert!(drop_unacceptable_request_id(req)
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .is_none());
+    }
 
     #[test]
     fn form_values_become_strings_and_json_in_a_form_is_json() {

@@ -24,7 +24,9 @@ use events::store::EventStore;
 
 use crate::auth::{password, AuthMode, JwtKeys};
 use crate::config::ApiConfig;
-use crate::extract::{guard_edges, normalize_path, REQUEST_ID_HEADER};
+use crate::extract::{
+    drop_unacceptable_request_id, guard_edges, normalize_path, REQUEST_ID_HEADER,
+};
 use crate::feed::ChatFeed;
 use crate::known_users::KnownUsers;
 use crate::live::LiveReplies;
@@ -166,9 +168,12 @@ impl Application {
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
-        // Normalizing the path must happen before routing, so it wraps the router.
-        let app =
-            tower::util::MapRequestLayer::new(normalize_path::<axum::body::Body>).layer(routes);
+        // Normalizing the path must happen before routing, so it wraps the router;
+        // a refused request id goes before the request-id layer makes a new one.
+        let app = tower::util::MapRequestLayer::new(|req| {
+            normalize_path::<axum::body::Body>(drop_unacceptable_request_id(req))
+        })
+        .layer(routes);
 
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
         let (stop, draining) = (background.clone(), state_draining);

@@ -385,3 +385,76 @@ async fn a_message_to_a_bot_deleted_meanwhile_fails_without_a_model_call() -> an
     assert_eq!(stack.model.calls(), 0, "the model was not called");
     stack.teardown().await
 }
+
+/// Issue 18, item 7: a client-chosen request id goes into the log and into AMQP
+/// headers, so only a short, plain one is kept; any other is replaced by one the
+/// api makes, and the message still goes through for everyone.
+#[tokio::test]
+async fn an_oversized_or_odd_request_id_is_replaced_and_nothing_stalls() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("long_id").await?;
+    let http = reqwest::Client::new();
+    let post = |id: String, input: &'static str| {
+        http.post(format!("{}/chat/new_chat", client.base))
+            .bearer_auth(&token)
+            .header("x-request-id", id)
+            .json(&json!({ "chatbot_id": bot, "input": input }))
+            .send()
+    };
+    let huge = "a".repeat(300_000);
+    let answered = post(huge.clone(), "first").await?;
+    assert_eq!(answered.status(), 200);
+    let echoed = answered
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        echoed.len() <= 128 && !echoed.is_empty() && echoed != huge,
+        "{echoed:?}"
+    );
+    let odd = post("spaces and ünïcode".into(), "second").await?;
+    assert_eq!(odd.status(), 200);
+    let kept = post("trace-42.a_b".into(), "third").await?;
+    assert_eq!(kept.status(), 200);
+    assert_eq!(
+        kept.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("trace-42.a_b")
+    );
+    // A login with a huge id too (it records `SessionStarted`).
+    let login = http
+        .post(format!("{}/login/", client.base))
+        .header("x-request-id", "b".repeat(140_000))
+        .json(&json!({ "username": "long_id", "password": "pass word" }))
+        .send()
+        .await?;
+    assert_eq!(login.status(), 200);
+
+    let pool = stack.pool()?;
+    let longest: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(CHAR_LENGTH(JSON_UNQUOTE(JSON_EXTRACT(metadata, '$.correlation_id')))) \
+         FROM events",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert!(longest.unwrap_or(0) <= 128, "a correlation id of {longest:?} chars");
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events \
+         WHERE JSON_UNQUOTE(JSON_EXTRACT(metadata, '$.correlation_id')) = 'trace-42.a_b'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert!(kept >= 2, "the acceptable id is carried: {kept} events");
+    eventually(Duration::from_secs(10), "an empty outbox", || async {
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
+        Ok((unsent == 0).then_some(()))
+    })
+    .await?;
+    pool.close().await;
+    stack.teardown().await
+}

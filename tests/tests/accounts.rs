@@ -174,6 +174,15 @@ async fn emails_cannot_be_squatted() -> anyhow::Result<()> {
     assert_eq!(name_as_email.status, 201, "{name_as_email:?}");
     let email_is_username = register("trent", Some("nomail1@x.io")).await?;
     assert_eq!(email_is_username.status, 400);
+    // Case never tells two identities apart, either way round (issue 18, item 9).
+    assert_eq!(register("acc_e@ex.io", None).await?.status, 201);
+    let upper_email = register("walter", Some("ACC_E@ex.io")).await?;
+    assert_eq!(upper_email.status, 400, "{upper_email:?}");
+    assert_eq!(register("victor", Some("vic@ex.io")).await?.status, 201);
+    let upper_name = register("VIC@EX.IO", None).await?;
+    assert_eq!(upper_name.status, 400, "{upper_name:?}");
+    let upper_twin = register("ACC_E@EX.IO", None).await?;
+    assert_eq!(upper_twin.status, 400, "{upper_twin:?}");
 
     // Bob still logs in by email, in any case, with his own password.
     assert!(login(&client, "Bob@Example.com", "pass word").await.is_ok());

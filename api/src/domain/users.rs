@@ -104,8 +104,10 @@ pub async fn check_identity_free(
 ) -> Result<(), sqlx::Error> {
     let others = |column: &'static str, value: &str| {
         sqlx::query_scalar::<_, UserId>(match column {
-            "username" => "SELECT id FROM users WHERE username = ?",
-            _ => "SELECT id FROM users WHERE email = ?",
+            // The collation is named, not left to the column's or the server's
+            // default, so that case never tells two identities apart.
+            "username" => "SELECT id FROM users WHERE username = ? COLLATE utf8mb4_unicode_ci",
+            _ => "SELECT id FROM users WHERE email = ? COLLATE utf8mb4_unicode_ci",
         })
         .bind(value.to_string())
     };
@@ -203,15 +205,19 @@ const SELECT_USER: &str =
 
 /// Finds a user by username, or else by email (the login form takes either).
 pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User>, sqlx::Error> {
-    let by_name: Option<User> = sqlx::query_as(&format!("{SELECT_USER} WHERE username = ?"))
+    let by_name: Option<User> = sqlx::query_as(&format!(
+        "{SELECT_USER} WHERE username = ? COLLATE utf8mb4_unicode_ci"
+    ))
         .bind(login)
         .fetch_optional(pool)
         .await?;
     if by_name.is_some() || !login.contains('@') {
         return Ok(by_name);
     }
-    sqlx::query_as(&format!("{SELECT_USER} WHERE email = ?"))
-        .bind(login)
+    sqlx::query_as(&format!(
+        "{SELECT_USER} WHERE email = ? COLLATE utf8mb4_unicode_ci"
+    ))
+    .bind(login)
         .fetch_optional(pool)
         .await
 }

@@ -156,10 +156,18 @@ pub fn is_lock_contention(error: &sqlx::Error) -> bool {
         .is_some_and(|db| matches!(db.number(), 1205 | 1213))
 }
 
+/// The SQL expression for this database's named lock for `purpose`. `GET_LOCK`
+/// names are server-wide, and MySQL 8 refuses one over 64 characters, which a
+/// database name alone may reach: the name carries the database's SHA1 (40 hex
+/// characters), not the database name itself.
+pub fn lock_name_sql(purpose: &str) -> String {
+    format!("CONCAT('{purpose}:', SHA1(DATABASE()))")
+}
+
 /// Applies pending migrations under a server-wide named lock.
 pub async fn migrate(pool: &MySqlPool) -> Result<(), DbSetupError> {
     let mut conn = pool.acquire().await.map_err(DbSetupError::Connect)?;
-    let lock_name: String = sqlx::query_scalar("SELECT CONCAT('migrate:', DATABASE())")
+    let lock_name: String = sqlx::query_scalar(&format!("SELECT {}", lock_name_sql("migrate")))
         .fetch_one(&mut *conn)
         .await
         .map_err(DbSetupError::Connect)?;

@@ -129,3 +129,52 @@ async fn production_refuses_the_development_jwt_secret() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 18, item 22: `GET_LOCK` names are server-wide, and MySQL 8 refuses one
+/// over 64 characters. A database name may itself be 64 characters long; the
+/// binaries still start on one (migration lock), take the accounts lock (a
+/// registration), and every lock name stays within MySQL's limit.
+#[tokio::test]
+async fn lock_names_fit_mysql_on_a_database_with_a_64_character_name() -> anyhow::Result<()> {
+    let mut isolation = Isolation::new();
+    let long = format!("{}_{}", isolation.bus.namespace, "l".repeat(64));
+    let long = &long[..64];
+    isolation.database.url = format!("{}/{long}", system_tests::database_server());
+    let pool = isolation.migrated_pool().await?;
+    for purpose in ["migrate", "accounts", "rebuild"] {
+        let length: i64 = sqlx::query_scalar(&format!(
+            "SELECT CHAR_LENGTH({})",
+            events::db::lock_name_sql(purpose)
+        ))
+        .fetch_one(&pool)
+        .await?;
+        assert!(length <= 64, "{purpose}: a lock name of {length} characters");
+        // What the names were before: the database name itself.
+        let old: i64 = sqlx::query_scalar(&format!(
+            "SELECT CHAR_LENGTH(CONCAT('{purpose}:', DATABASE()))"
+        ))
+        .fetch_one(&pool)
+        .await?;
+        assert!(old > 64, "the old name would have been {old} characters");
+    }
+    pool.close().await;
+    let port = free_port()?;
+    let mut api = Command::new(binary("api")?)
+        .env("DATABASE_URL", &isolation.database.url)
+        .env("AMQP_URL", &isolation.bus.url)
+        .env("BUS_NAMESPACE", &isolation.bus.namespace)
+        .env("JWT_SECRET", "s")
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    client
+        .wait_for_ok("/readyz", None, Duration::from_secs(30))
+        .await?;
+    client.signup("long_db_user", "pass word").await?;
+    let _ = api.kill().await;
+    isolation.teardown().await
+}

@@ -149,7 +149,10 @@ impl AccountsLock {
     pub async fn acquire(pool: &MySqlPool) -> Result<Self, LockError> {
         let mut conn = pool.acquire().await?;
         let locked: Option<i64> =
-            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('accounts:', DATABASE()), 10)")
+            sqlx::query_scalar(&format!(
+                "SELECT GET_LOCK({}, 10)",
+                events::db::lock_name_sql("accounts")
+            ))
                 .fetch_one(&mut *conn)
                 .await?;
         if locked != Some(1) {
@@ -163,7 +166,10 @@ impl AccountsLock {
     }
 
     pub async fn release(mut self) {
-        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('accounts:', DATABASE()))")
+        let _ = sqlx::query(&format!(
+            "SELECT RELEASE_LOCK({})",
+            events::db::lock_name_sql("accounts")
+        ))
             .execute(&mut *self.conn)
             .await;
     }

@@ -4,6 +4,12 @@
 //!
 //! A rebuild replays the whole log this way into its shadow tables: a handful of
 //! round trips per thousand events instead of several per event.
+//!
+//! The multi-row upserts read the new row with `VALUES(col)`. MySQL 8 deprecates
+//! that in favour of a row alias (`INSERT ... AS new ... UPDATE c = new.c`), but
+//! MariaDB 10.11 has no row alias, and a multi-row statement cannot bind each
+//! row's values twice: `VALUES()` stays here, where MariaDB needs it, and only
+//! here (single-row upserts bind their values again instead).
 
 use sqlx::mysql::{MySql, MySqlConnection};
 use sqlx::query_builder::Separated;

@@ -63,12 +63,13 @@ impl MemoryProjection {
                     "INSERT INTO {} (user_id, chatbot_id, erased_through, updated_at) \
                      VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE summary = NULL, \
                      summary_covers = NULL, profile = NULL, profile_covers = NULL, \
-                     erased_through = GREATEST(erased_through, VALUES(erased_through)), \
-                     updated_at = VALUES(updated_at)",
+                     erased_through = GREATEST(erased_through, ?), updated_at = ?",
                     tables.memory
                 ))
                 .bind(e.user_id)
                 .bind(e.bot_id)
+                .bind(event.stream_version)
+                .bind(event.recorded_at)
                 .bind(event.stream_version)
                 .bind(event.recorded_at)
                 .execute(conn)
@@ -82,14 +83,15 @@ impl MemoryProjection {
             Text::Profile(p) => ("profile", p),
         };
         // Assignments apply left to right: the condition reads `*_covers`, so it
-        // is updated last.
+        // is updated last. The new values are bound again rather than read with
+        // `VALUES()`, which MySQL 8 deprecates in `ON DUPLICATE KEY UPDATE`.
         let newer = format!("? > COALESCE({column}_covers, 0) AND ? > erased_through");
         sqlx::query(&format!(
             "INSERT INTO {table} (user_id, chatbot_id, {column}, {column}_covers, updated_at) \
              VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-             updated_at = IF({newer}, VALUES(updated_at), updated_at), \
-             {column} = IF({newer}, VALUES({column}), {column}), \
-             {column}_covers = IF({newer}, VALUES({column}_covers), {column}_covers)",
+             updated_at = IF({newer}, ?, updated_at), \
+             {column} = IF({newer}, ?, {column}), \
+             {column}_covers = IF({newer}, ?, {column}_covers)",
             table = tables.memory
         ))
         .bind(user_id)
@@ -99,7 +101,10 @@ impl MemoryProjection {
         .bind(event.recorded_at)
         .bind(covers)
         .bind(covers)
+        .bind(event.recorded_at)
         .bind(covers)
+        .bind(covers)
+        .bind(value)
         .bind(covers)
         .bind(covers)
         .bind(covers)

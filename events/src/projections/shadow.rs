@@ -67,7 +67,10 @@ impl Shadow {
     pub async fn create(pool: &MySqlPool, batch: u32) -> Result<Self, ReplayError> {
         let mut lock = pool.acquire().await?.detach();
         let locked: Option<i64> =
-            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('rebuild:', DATABASE()), 0)")
+            sqlx::query_scalar(&format!(
+                "SELECT GET_LOCK({}, 0)",
+                crate::db::lock_name_sql("rebuild")
+            ))
                 .fetch_one(&mut lock)
                 .await?;
         if locked != Some(1) {
@@ -150,7 +153,10 @@ impl Shadow {
 
     /// Frees the lock (the tables stay, e.g. after they were swapped in).
     pub async fn release(&mut self) {
-        let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('rebuild:', DATABASE()))")
+        let _ = sqlx::query(&format!(
+            "SELECT RELEASE_LOCK({})",
+            crate::db::lock_name_sql("rebuild")
+        ))
             .execute(&mut self.lock)
             .await;
     }

@@ -88,7 +88,8 @@ impl Application {
                 Arc::new(ReadModels),
                 config.database.commit_timeout,
             ),
-            relay: OutboxRelay::new(pool.clone(), publisher),
+            relay: OutboxRelay::new(pool.clone(), publisher)
+                .with_retention(config.database.outbox_retention),
             feed: ChatFeed::new(
                 read_cache.clone(),
                 sessions.clone(),

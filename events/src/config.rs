@@ -55,6 +55,9 @@ pub struct DatabaseSettings {
     /// `DB_COMMIT_TIMEOUT_MS`: longest an append's commit may take; past it the
     /// connection is dropped and the append answered 503.
     pub commit_timeout: Duration,
+    /// `OUTBOX_RETENTION_SECS`: how long sent outbox rows are kept before they
+    /// are pruned (the event log is the record).
+    pub outbox_retention: Duration,
 }
 
 impl DatabaseSettings {
@@ -67,6 +70,7 @@ impl DatabaseSettings {
             max_connections: env_or("DB_MAX_CONNECTIONS", 16)?,
             acquire_timeout: Duration::from_millis(env_or("DB_ACQUIRE_TIMEOUT_MS", 3000)?),
             commit_timeout: Duration::from_millis(env_or("DB_COMMIT_TIMEOUT_MS", 10_000)?),
+            outbox_retention: Duration::from_secs(env_or("OUTBOX_RETENTION_SECS", 24 * 3600)?),
         })
     }
 }

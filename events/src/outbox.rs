@@ -19,6 +19,17 @@
 //!
 //! Delivery is at least once: a crash after the confirm and before the mark means a
 //! second publish, which consumers absorb (replies are idempotent per message).
+//!
+//! One row the broker will never take (one larger than its frame, say) must not
+//! hold back the rows behind it. A failed publish counts against its row only
+//! when the broker is still reachable right after (a broker outage fails every
+//! row and blames none), and the sweep then goes on with the next row. After
+//! `MAX_PUBLISH_ATTEMPTS` the row is parked: an ERROR is logged, `/readyz` shows
+//! the count, and `worker outbox parked` / `worker outbox retry` let an operator
+//! look and try again.
+//!
+//! Sent rows are pruned after `OUTBOX_RETENTION_SECS`: the event log is the
+//! record; the outbox only carries events to the broker.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +48,11 @@ use crate::store::{recorded_from_row, RecordedEvent, SELECT_EVENTS};
 /// the rows of a relay that dies mid-sweep wait, so it is kept short: a sweep stops
 /// starting publishes once one might not finish inside its claim.
 const CLAIM: Duration = Duration::from_secs(25);
+/// Failed publishes (with the broker reachable) before a row is parked.
+pub const MAX_PUBLISH_ATTEMPTS: i32 = 5;
+/// How often a relay prunes sent rows, and how many it deletes per statement.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: u32 = 5_000;
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +82,17 @@ pub struct OutboxRelay {
     unpublished: Arc<Episode>,
     /// Sweeps failing on the database.
     sweep_failures: Arc<Episode>,
+    /// Sent rows older than this are deleted.
+    retention: Duration,
+}
+
+/// A row the relay gave up on, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ParkedRow {
+    pub global_position: i64,
+    pub attempts: i32,
+    pub parked_at: chrono::NaiveDateTime,
+    pub last_error: Option<String>,
 }
 
 impl OutboxRelay {
@@ -80,6 +107,67 @@ impl OutboxRelay {
                 "publishing to the broker fails; events wait in the outbox",
             )),
             sweep_failures: Arc::new(Episode::new("the outbox sweep fails on the database")),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    /// Keeps sent rows for `retention` (`OUTBOX_RETENTION_SECS`), then prunes them.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Rows parked after `MAX_PUBLISH_ATTEMPTS`, oldest first.
+    pub async fn parked(pool: &MySqlPool) -> Result<Vec<ParkedRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT global_position, attempts, parked_at, last_error FROM outbox \
+             WHERE parked_at IS NOT NULL AND sent_at IS NULL ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+    }
+
+    /// How many rows are parked now.
+    pub async fn parked_count(pool: &MySqlPool) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE parked_at IS NOT NULL AND sent_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await
+    }
+
+    /// Gives parked rows (one, or all) a fresh set of attempts; the next sweep
+    /// publishes them. Returns how many were released.
+    pub async fn retry_parked(pool: &MySqlPool, position: Option<i64>) -> Result<u64, sqlx::Error> {
+        let released = sqlx::query(
+            "UPDATE outbox SET parked_at = NULL, attempts = 0, claim_token = NULL, \
+             claimed_until = NULL WHERE parked_at IS NOT NULL AND sent_at IS NULL \
+             AND (? IS NULL OR global_position = ?)",
+        )
+        .bind(position)
+        .bind(position)
+        .execute(pool)
+        .await?;
+        Ok(released.rows_affected())
+    }
+
+    /// Deletes sent rows older than the retention, a batch at a time.
+    pub async fn prune_sent(&self) -> Result<u64, sqlx::Error> {
+        let mut pruned = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL \
+                 AND sent_at < NOW(6) - INTERVAL ? SECOND LIMIT ?",
+            )
+            .bind(self.retention.as_secs())
+            .bind(PRUNE_BATCH)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            pruned += deleted;
+            if deleted < u64::from(PRUNE_BATCH) {
+                return Ok(pruned);
+            }
         }
     }
 
@@ -110,7 +198,8 @@ impl OutboxRelay {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let claimed = sqlx::query(
             "UPDATE outbox SET claim_token = ?, claimed_until = NOW(6) + INTERVAL ? SECOND \
-             WHERE sent_at IS NULL AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
+             WHERE sent_at IS NULL AND parked_at IS NULL \
+             AND created_at < NOW(6) - INTERVAL ? MICROSECOND \
              AND (claimed_until IS NULL OR claimed_until < NOW(6)) ORDER BY id LIMIT ?",
         )
         .bind(&token)
@@ -163,6 +252,11 @@ impl OutboxRelay {
             match self.publisher.publish(event).await {
                 Ok(()) => sent.push(event.global_position),
                 Err(e) => {
+                    // Reachable right after: the row is at fault, not the broker.
+                    if self.publisher.channel().await.is_ok() {
+                        self.count_failure(event.global_position, &e).await?;
+                        continue;
+                    }
                     failure = Some(e);
                     break;
                 }
@@ -185,9 +279,49 @@ impl OutboxRelay {
         }
     }
 
-    /// Sweeps every `interval` until `shutdown`.
+    /// Counts a failed publish against its row, and parks the row once it has
+    /// failed `MAX_PUBLISH_ATTEMPTS` times.
+    async fn count_failure(&self, position: i64, error: &BusError) -> Result<(), sqlx::Error> {
+        let reason: String = error.to_string().chars().take(500).collect();
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, \
+             parked_at = IF(attempts >= ?, NOW(6), NULL) WHERE global_position = ?",
+        )
+        .bind(&reason)
+        .bind(MAX_PUBLISH_ATTEMPTS)
+        .bind(position)
+        .execute(&self.pool)
+        .await?;
+        let parked: Option<i32> = sqlx::query_scalar(
+            "SELECT attempts FROM outbox WHERE global_position = ? AND parked_at IS NOT NULL",
+        )
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        match parked {
+            Some(attempts) => tracing::error!(
+                global_position = position, attempts, error = %reason,
+                "the broker keeps refusing this event; parked it (see `worker outbox parked`)"
+            ),
+            None => tracing::warn!(global_position = position, error = %reason,
+                "the broker refused this event; the rows behind it go on"),
+        }
+        Ok(())
+    }
+
+    /// Sweeps every `interval` until `shutdown`, and prunes sent rows every
+    /// `PRUNE_EVERY`.
     pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
+        let mut pruned_at = Instant::now();
         loop {
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                pruned_at = Instant::now();
+                match self.prune_sent().await {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "pruned sent outbox rows"),
+                    Err(e) => tracing::debug!(error = %e, "could not prune the outbox"),
+                }
+            }
             let mut batch_full = false;
             match self.sweep().await {
                 Ok(sweep) => {

@@ -54,6 +54,7 @@ impl Isolation {
                 max_connections: 8,
                 acquire_timeout: std::time::Duration::from_secs(5),
                 commit_timeout: std::time::Duration::from_secs(10),
+                outbox_retention: std::time::Duration::from_secs(24 * 3600),
             },
             bus: BusSettings {
                 url: amqp_url(),

@@ -208,3 +208,106 @@ async fn rows_claimed_by_a_relay_that_dies_mid_sweep_go_out_within_the_claim() -
     assert_eq!(unsent(&pool).await?, 0);
     isolation.teardown().await
 }
+
+/// Issue 18, item 10: a row the broker refuses (here, one larger than its frame,
+/// which makes it close the connection) must not hold back the overdue rows
+/// behind it. It is counted, parked after a few tries, listed, and can be retried.
+#[tokio::test]
+async fn a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_go_out() -> anyhow::Result<()>
+{
+    let isolation = Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    let store = EventStore::new(pool.clone(), Arc::new(ReadModels));
+    let poison = EventMetadata {
+        correlation_id: Some("p".repeat(300_000)),
+        ..Default::default()
+    };
+    store
+        .append_to_stream(
+            "chat-1-1",
+            ExpectedVersion::Any,
+            &[message(1).to_new_event(poison)?],
+        )
+        .await?;
+    for n in 2..=4 {
+        let event = message(n).to_new_event(EventMetadata::default())?;
+        store
+            .append_to_stream(&format!("chat-1-{n}"), ExpectedVersion::Any, &[event])
+            .await?;
+    }
+    // Past the sweep's grace: all four are overdue, the poisoned one first.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        Arc::new(Publisher::new(isolation.bus.clone(), "sweeper")),
+    );
+    let first = relay.sweep().await?;
+    assert_eq!(first.sent, 3, "the rows behind the refused one went out");
+    assert_eq!(unsent(&pool).await?, 1);
+    for _ in 1..events::outbox::MAX_PUBLISH_ATTEMPTS {
+        relay.sweep().await?;
+    }
+    let parked = OutboxRelay::parked(&pool).await?;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].global_position, 1);
+    assert_eq!(parked[0].attempts, events::outbox::MAX_PUBLISH_ATTEMPTS);
+    assert!(parked[0].last_error.is_some());
+    // A parked row is no longer tried.
+    let attempts_before = parked[0].attempts;
+    relay.sweep().await?;
+    assert_eq!(
+        OutboxRelay::parked(&pool).await?[0].attempts,
+        attempts_before
+    );
+    // New rows still go out.
+    let later = message(5).to_new_event(EventMetadata::default())?;
+    store
+        .append_to_stream("chat-1-5", ExpectedVersion::Any, &[later])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(relay.sweep().await?.sent, 1);
+    // The operator's retry gives it fresh attempts (it fails again, being poison).
+    assert_eq!(OutboxRelay::retry_parked(&pool, Some(1)).await?, 1);
+    assert_eq!(OutboxRelay::parked_count(&pool).await?, 0);
+    relay.sweep().await?;
+    let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM outbox WHERE global_position = 1")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(attempts, 1);
+    pool.close().await;
+    isolation.teardown().await
+}
+
+/// Issue 18, item 3: sent rows are pruned after the retention; unsent and parked
+/// rows are kept.
+#[tokio::test]
+async fn sent_rows_are_pruned_after_the_retention() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    let store = EventStore::new(pool.clone(), Arc::new(ReadModels));
+    for n in 1..=3 {
+        let event = message(n).to_new_event(EventMetadata::default())?;
+        store
+            .append_to_stream(&format!("chat-1-{n}"), ExpectedVersion::Any, &[event])
+            .await?;
+    }
+    sqlx::query("UPDATE outbox SET sent_at = NOW(6) - INTERVAL 2 HOUR WHERE global_position <= 2")
+        .execute(&pool)
+        .await?;
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        Arc::new(Publisher::new(isolation.bus.clone(), "pruner")),
+    )
+    .with_retention(Duration::from_secs(3600));
+    assert_eq!(relay.prune_sent().await?, 2);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM outbox")
+        .fetch_all(&pool)
+        .await?;
+    assert_eq!(left, vec![3], "the unsent row stays");
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(events, 3, "the log keeps every event");
+    pool.close().await;
+    isolation.teardown().await
+}

@@ -38,6 +38,26 @@ enum Command {
         #[command(subcommand)]
         action: Replay,
     },
+    /// Outbox rows the broker kept refusing, parked so they hold nothing back.
+    Outbox {
+        #[command(subcommand)]
+        action: Outbox,
+    },
+}
+
+#[derive(Subcommand)]
+enum Outbox {
+    /// List parked rows: position, failed attempts, when, and the last error.
+    Parked,
+    /// Give parked rows a fresh set of attempts; the next sweep publishes them.
+    Retry {
+        /// Only the row of this global position.
+        #[arg(long, conflicts_with = "all")]
+        position: Option<i64>,
+        /// Every parked row.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +127,7 @@ async fn main() -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.roles).await,
         Command::Replay { action } => replay(action).await,
+        Command::Outbox { action } => outbox(action).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +143,36 @@ async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
     let worker = Worker::build(config).await?;
     tracing::info!(replies = roles.replies, memory = roles.memory, "roles");
     worker.run(roles, events::shutdown::on_signal()).await;
+    Ok(())
+}
+
+async fn outbox(action: Outbox) -> Result<(), Box<dyn std::error::Error>> {
+    use events::outbox::OutboxRelay;
+    let pool = events::db::connect_and_migrate_for_replay(&DatabaseSettings::from_env()?).await?;
+    match action {
+        Outbox::Parked => {
+            let parked = OutboxRelay::parked(&pool).await?;
+            if parked.is_empty() {
+                println!("no parked outbox rows");
+            }
+            for row in parked {
+                println!(
+                    "position {}: {} failed attempts, parked at {}: {}",
+                    row.global_position,
+                    row.attempts,
+                    row.parked_at,
+                    row.last_error.unwrap_or_default()
+                );
+            }
+        }
+        Outbox::Retry { position, all } => {
+            if position.is_none() && !all {
+                return Err("say which rows: --position <N>, or --all".into());
+            }
+            let released = OutboxRelay::retry_parked(&pool, position).await?;
+            println!("released {released} parked row(s); the next sweep publishes them");
+        }
+    }
     Ok(())
 }
 

@@ -38,7 +38,8 @@ impl Worker {
     pub async fn build(config: WorkerConfig) -> Result<Self, StartupError> {
         let pool = connect_and_migrate_patiently(&config.database).await?;
         let publisher = Arc::new(Publisher::new(config.bus.clone(), "worker-publisher"));
-        let relay = OutboxRelay::new(pool.clone(), publisher);
+        let relay = OutboxRelay::new(pool.clone(), publisher)
+            .with_retention(config.database.outbox_retention);
         let store = EventStore::with_commit_timeout(
             pool,
             Arc::new(ReadModels),

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use events::outbox::OutboxRelay;
+
 use crate::state::AppState;
 
 /// The process is up.
@@ -12,9 +14,12 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The database and the broker are reachable.
+/// The database and the broker are reachable. The detail also counts the
+/// outbox rows parked because the broker kept refusing them (they need an
+/// operator, not a restart, so they do not make the process unready).
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let parked = OutboxRelay::parked_count(&state.pool).await.ok();
+    let database = parked.is_some();
     let broker = state.relay.publisher().channel().await.is_ok();
     let status = if database && broker {
         StatusCode::OK
@@ -24,6 +29,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let word = |up: bool| if up { "up" } else { "down" };
     (
         status,
-        Json(json!({ "database": word(database), "broker": word(broker) })),
+        Json(json!({
+            "database": word(database),
+            "broker": word(broker),
+            "outbox_parked": parked,
+        })),
     )
 }

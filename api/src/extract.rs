@@ -291,9 +291,7 @@ pub fn is_acceptable_request_id(id: &[u8]) -> bool {
 
 /// Drops a request id that [`is_acceptable_request_id`] refuses, before the
 /// request-id layer runs, so that the layer generates one instead.
-pub fn drop_unacceptable_request_id<B>(
-    mut req: axum::http::Request<B>,
-) -> axum::http::Request<B> {
+pub fn drop_unacceptable_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
     let refused = req
         .headers()
         .get_all(REQUEST_ID_HEADER)

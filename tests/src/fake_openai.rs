@@ -325,7 +325,11 @@ fn streamed(
     };
     let mut words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
     let cut = inner.cut_next_after.lock().ok().and_then(|mut c| c.take());
-    let broken = inner.break_next_after.lock().ok().and_then(|mut c| c.take());
+    let broken = inner
+        .break_next_after
+        .lock()
+        .ok()
+        .and_then(|mut c| c.take());
     if let Some(keep) = cut.or(broken) {
         words.truncate(keep);
     }

@@ -420,7 +420,9 @@ async fn an_oversized_or_odd_request_id_is_replaced_and_nothing_stalls() -> anyh
     let kept = post("trace-42.a_b".into(), "third").await?;
     assert_eq!(kept.status(), 200);
     assert_eq!(
-        kept.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        kept.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
         Some("trace-42.a_b")
     );
     // A login with a huge id too (it records `SessionStarted`).
@@ -439,7 +441,10 @@ async fn an_oversized_or_odd_request_id_is_replaced_and_nothing_stalls() -> anyh
     )
     .fetch_one(&pool)
     .await?;
-    assert!(longest.unwrap_or(0) <= 128, "a correlation id of {longest:?} chars");
+    assert!(
+        longest.unwrap_or(0) <= 128,
+        "a correlation id of {longest:?} chars"
+    );
     let kept: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM events \
          WHERE JSON_UNQUOTE(JSON_EXTRACT(metadata, '$.correlation_id')) = 'trace-42.a_b'",
@@ -448,10 +453,9 @@ async fn an_oversized_or_odd_request_id_is_replaced_and_nothing_stalls() -> anyh
     .await?;
     assert!(kept >= 2, "the acceptable id is carried: {kept} events");
     eventually(Duration::from_secs(10), "an empty outbox", || async {
-        let unsent: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
-                .fetch_one(&pool)
-                .await?;
+        let unsent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&pool)
+            .await?;
         Ok((unsent == 0).then_some(()))
     })
     .await?;

@@ -116,8 +116,8 @@ async fn stalled_stream(port: u16, bot: i64, token: &str) -> anyhow::Result<toki
 }
 
 #[tokio::test]
-async fn a_stream_over_a_long_conversation_holds_a_page_not_the_conversation(
-) -> anyhow::Result<()> {
+async fn a_stream_over_a_long_conversation_holds_a_page_not_the_conversation() -> anyhow::Result<()>
+{
     let stack = Stack::start(StackOptions {
         env: vec![("SSE_MAX_STREAMS_PER_USER".into(), "50".into())],
         ..Default::default()
@@ -131,9 +131,13 @@ async fn a_stream_over_a_long_conversation_holds_a_page_not_the_conversation(
     let pid = stack.apis[0].pid().unwrap_or_default();
 
     let started = Instant::now();
-    let mut sse =
-        system_tests::sse::SseStream::open(&client.base, &format!("/chat/stream?chatbot_id={bot}"), Some(&token), None)
-            .await?;
+    let mut sse = system_tests::sse::SseStream::open(
+        &client.base,
+        &format!("/chat/stream?chatbot_id={bot}"),
+        Some(&token),
+        None,
+    )
+    .await?;
     let first = sse.next(Duration::from_secs(10)).await?;
     let to_first = started.elapsed();
     println!("first row of a 20,000-message stream after {to_first:?}");
@@ -141,7 +145,11 @@ async fn a_stream_over_a_long_conversation_holds_a_page_not_the_conversation(
     let mut last = 1;
     for _ in 1..20_000 {
         let event = sse.next(Duration::from_secs(10)).await?;
-        last = event.id.as_deref().and_then(|id| id.parse().ok()).unwrap_or(last);
+        last = event
+            .id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(last);
     }
     assert_eq!(last, 20_000, "every row, in order");
     drop(sse);
@@ -197,7 +205,11 @@ async fn plain_history_over_the_cap_ends_at_the_newest_row_and_pages_back() -> a
     let page = seqs(&plain.body);
     assert_eq!(page.len(), 10_000, "capped");
     assert_eq!(page.first(), Some(&203), "oldest first within the page");
-    assert_eq!(page.last(), Some(&10_202), "ends at the newest row: the reply");
+    assert_eq!(
+        page.last(),
+        Some(&10_202),
+        "ends at the newest row: the reply"
+    );
     assert_eq!(plain.body["data"][9_998][0], "still there?");
 
     let back = client

@@ -125,7 +125,10 @@ async fn an_oversized_answer_fails_once_with_no_retry_and_no_redelivery() -> any
     let row = outcome(&stack, "too_much", "write a novel").await?;
     assert_eq!(row["status"], "failed", "{row}");
     let reason = row["content"].as_str().unwrap_or_default();
-    assert!(reason.contains("longer than the limit of 262144 bytes"), "{reason}");
+    assert!(
+        reason.contains("longer than the limit of 262144 bytes"),
+        "{reason}"
+    );
     // Nothing tries again: not the worker, not the broker.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stack.model.calls(), 1, "one call for an oversized answer");

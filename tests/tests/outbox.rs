@@ -213,8 +213,7 @@ async fn rows_claimed_by_a_relay_that_dies_mid_sweep_go_out_within_the_claim() -
 /// which makes it close the connection) must not hold back the overdue rows
 /// behind it. It is counted, parked after a few tries, listed, and can be retried.
 #[tokio::test]
-async fn a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_go_out() -> anyhow::Result<()>
-{
+async fn a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_go_out() -> anyhow::Result<()> {
     let isolation = Isolation::new();
     let pool = isolation.migrated_pool().await?;
     let store = EventStore::new(pool.clone(), Arc::new(ReadModels));
@@ -270,9 +269,10 @@ async fn a_row_the_broker_refuses_is_parked_and_the_rows_behind_it_go_out() -> a
     assert_eq!(OutboxRelay::retry_parked(&pool, Some(1)).await?, 1);
     assert_eq!(OutboxRelay::parked_count(&pool).await?, 0);
     relay.sweep().await?;
-    let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM outbox WHERE global_position = 1")
-        .fetch_one(&pool)
-        .await?;
+    let (attempts,): (i32,) =
+        sqlx::query_as("SELECT attempts FROM outbox WHERE global_position = 1")
+            .fetch_one(&pool)
+            .await?;
     assert_eq!(attempts, 1);
     pool.close().await;
     isolation.teardown().await

@@ -148,7 +148,10 @@ async fn lock_names_fit_mysql_on_a_database_with_a_64_character_name() -> anyhow
         ))
         .fetch_one(&pool)
         .await?;
-        assert!(length <= 64, "{purpose}: a lock name of {length} characters");
+        assert!(
+            length <= 64,
+            "{purpose}: a lock name of {length} characters"
+        );
         // What the names were before: the database name itself.
         let old: i64 = sqlx::query_scalar(&format!(
             "SELECT CHAR_LENGTH(CONCAT('{purpose}:', DATABASE()))"

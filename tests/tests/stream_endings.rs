@@ -33,7 +33,11 @@ async fn until_ended(sse: &mut SseStream, timeout: Duration) -> (Vec<SseEvent>, 
     (seen, started.elapsed())
 }
 
-async fn ended_within(sse: &mut SseStream, limit: Duration, what: &str) -> anyhow::Result<Duration> {
+async fn ended_within(
+    sse: &mut SseStream,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<Duration> {
     let (seen, took) = until_ended(sse, limit + Duration::from_secs(5)).await;
     anyhow::ensure!(
         took < limit,
@@ -74,7 +78,10 @@ async fn a_stream_and_a_long_poll_end_at_logout() -> anyhow::Result<()> {
     let reply = reply?;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body["data"], json!([]), "answered without data");
-    assert!(waited < Duration::from_secs(5), "the long-poll waited {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "the long-poll waited {waited:?}"
+    );
 
     // A message posted afterwards from another login reaches no stream of the
     // old session, which is refused from now on.
@@ -115,8 +122,7 @@ async fn a_stream_ends_when_its_session_is_revoked_on_another_api() -> anyhow::R
 }
 
 #[tokio::test]
-async fn a_stream_ends_when_its_token_expires_and_when_its_bot_is_deleted() -> anyhow::Result<()>
-{
+async fn a_stream_ends_when_its_token_expires_and_when_its_bot_is_deleted() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         env: vec![("ACCESS_TOKEN_TTL_SECS".into(), "3".into())],
         ..Default::default()
@@ -138,7 +144,10 @@ async fn a_stream_ends_when_its_token_expires_and_when_its_bot_is_deleted() -> a
     let fresh = client
         .post_json("/login/refresh/", &json!({ "refresh": refresh }), None)
         .await?;
-    let access = fresh.body["access"].as_str().unwrap_or_default().to_string();
+    let access = fresh.body["access"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut sse = SseStream::open(&client.base, &stream_path(bot), Some(&access), None).await?;
     assert_eq!(sse.status, 200);
     let deleted = client
@@ -221,7 +230,11 @@ async fn after_a_retry_and_a_join_mid_reply_clients_assemble_the_final_text() ->
     let (_, token, bot) = client.user_with_bot("retried").await?;
     let mut early = SseStream::open(&client.base, &stream_path(bot), Some(&token), None).await?;
     let id = client
-        .post_later(&token, bot, "one two three four five six seven eight nine ten")
+        .post_later(
+            &token,
+            bot,
+            "one two three four five six seven eight nine ten",
+        )
         .await?;
     // Join while the second attempt is being written.
     let mut seen = early.until("reset", WAIT).await?;

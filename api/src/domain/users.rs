@@ -148,13 +148,12 @@ pub enum LockError {
 impl AccountsLock {
     pub async fn acquire(pool: &MySqlPool) -> Result<Self, LockError> {
         let mut conn = pool.acquire().await?;
-        let locked: Option<i64> =
-            sqlx::query_scalar(&format!(
-                "SELECT GET_LOCK({}, 10)",
-                events::db::lock_name_sql("accounts")
-            ))
-                .fetch_one(&mut *conn)
-                .await?;
+        let locked: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT GET_LOCK({}, 10)",
+            events::db::lock_name_sql("accounts")
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
         if locked != Some(1) {
             return Err(LockError::Busy);
         }
@@ -170,8 +169,8 @@ impl AccountsLock {
             "SELECT RELEASE_LOCK({})",
             events::db::lock_name_sql("accounts")
         ))
-            .execute(&mut *self.conn)
-            .await;
+        .execute(&mut *self.conn)
+        .await;
     }
 }
 
@@ -214,9 +213,9 @@ pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User
     let by_name: Option<User> = sqlx::query_as(&format!(
         "{SELECT_USER} WHERE username = ? COLLATE utf8mb4_unicode_ci"
     ))
-        .bind(login)
-        .fetch_optional(pool)
-        .await?;
+    .bind(login)
+    .fetch_optional(pool)
+    .await?;
     if by_name.is_some() || !login.contains('@') {
         return Ok(by_name);
     }
@@ -224,8 +223,8 @@ pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User
         "{SELECT_USER} WHERE email = ? COLLATE utf8mb4_unicode_ci"
     ))
     .bind(login)
-        .fetch_optional(pool)
-        .await
+    .fetch_optional(pool)
+    .await
 }
 
 pub async fn find(pool: &MySqlPool, id: UserId) -> Result<Option<User>, sqlx::Error> {

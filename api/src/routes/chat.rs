@@ -185,15 +185,13 @@ pub async fn history(
             before: Some(before),
         },
         (Some(after), None) => Window::After(after.max(0)),
-        (None, None) if params.limit.is_none() && wait.is_zero() => {
-            Window::Newest { before: None }
-        }
+        (None, None) if params.limit.is_none() && wait.is_zero() => Window::Newest { before: None },
         (None, None) => Window::After(0),
     };
     let format = row_format(params.format.as_deref())?;
     // Only what polling asks for is cached: the conversation's newest rows, now.
-    let key = (window == Window::Newest { before: None })
-        .then_some(ReadKey::History { bot_id, format });
+    let key =
+        (window == Window::Newest { before: None }).then_some(ReadKey::History { bot_id, format });
     if let Some(key) = &key {
         if let Some(body) = state.read_cache.get(user, key) {
             return Ok(json_body(body));

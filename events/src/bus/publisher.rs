@@ -122,7 +122,9 @@ impl Publisher {
 
     /// A live confirm-mode channel, connecting (and declaring the topology) if needed.
     pub async fn channel(&self) -> Result<Channel, BusError> {
-        self.current().await.map(|(channels, _)| channels.confirming)
+        self.current()
+            .await
+            .map(|(channels, _)| channels.confirming)
     }
 
     /// The live channels and their generation.
@@ -217,7 +219,11 @@ impl Publisher {
         };
         tokio::time::timeout(DELTA_TIMEOUT, send)
             .await
-            .unwrap_or_else(|_| Err(BusError::Unavailable("the broker took no delta in time".into())))
+            .unwrap_or_else(|_| {
+                Err(BusError::Unavailable(
+                    "the broker took no delta in time".into(),
+                ))
+            })
     }
 
     /// Publishes one event and waits for the broker's confirm.

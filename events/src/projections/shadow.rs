@@ -66,13 +66,12 @@ impl Shadow {
     /// Takes the replay lock and creates empty shadow tables.
     pub async fn create(pool: &MySqlPool, batch: u32) -> Result<Self, ReplayError> {
         let mut lock = pool.acquire().await?.detach();
-        let locked: Option<i64> =
-            sqlx::query_scalar(&format!(
-                "SELECT GET_LOCK({}, 0)",
-                crate::db::lock_name_sql("rebuild")
-            ))
-                .fetch_one(&mut lock)
-                .await?;
+        let locked: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT GET_LOCK({}, 0)",
+            crate::db::lock_name_sql("rebuild")
+        ))
+        .fetch_one(&mut lock)
+        .await?;
         if locked != Some(1) {
             return Err(ReplayError::AlreadyRunning);
         }
@@ -157,8 +156,8 @@ impl Shadow {
             "SELECT RELEASE_LOCK({})",
             crate::db::lock_name_sql("rebuild")
         ))
-            .execute(&mut self.lock)
-            .await;
+        .execute(&mut self.lock)
+        .await;
     }
 }
 

@@ -55,6 +55,22 @@ impl Client {
         self.send(Self::with_token(request, token)).await
     }
 
+    /// POST JSON with a chosen `X-Request-Id`.
+    pub async fn post_json_with_request_id(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+        request_id: &str,
+    ) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("x-request-id", request_id)
+            .json(body);
+        self.send(Self::with_token(request, token)).await
+    }
+
     /// POST `application/x-www-form-urlencoded`, every value a string, as the app does.
     pub async fn post_form(
         &self,

@@ -7,9 +7,9 @@
 //! an oversized `Content-Length` are layers on the router (see `startup`).
 //!
 //! On shutdown it stops accepting, lets every open connection finish its
-//! in-flight request, then returns. Long-lived responses (streams, long-polls,
-//! `new_chat` waiting for a reply) end on their own when the api starts draining
-//! (see `hangup`); the whole drain is still bounded by `DRAIN_TIMEOUT`, so a
+//! in-flight request, then returns. Streams and long-polls end as soon as the
+//! api starts draining (see `hangup`), and a `new_chat` waiting for its reply
+//! gets `REPLY_GRACE_WHEN_DRAINING` more before it answers "pending"; the whole drain is still bounded by `DRAIN_TIMEOUT`, so a
 //! deploy never ends in SIGKILL because one connection would not finish.
 
 use std::convert::Infallible;
@@ -28,6 +28,9 @@ use tower::{Service, ServiceExt};
 
 /// The longest the drain may take after the accept loop stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `new_chat` waiting for its reply may still wait once the drain
+/// starts, before it answers "pending": well inside `DRAIN_TIMEOUT`.
+pub const REPLY_GRACE_WHEN_DRAINING: Duration = Duration::from_secs(5);
 
 pub async fn serve<S>(
     listener: TcpListener,

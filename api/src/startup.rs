@@ -177,13 +177,14 @@ impl Application {
         .layer(routes);
 
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
-        let (stop, draining) = (background.clone(), state_draining);
+        // The background tasks (the feed above all) run on through the drain, so
+        // that a request finishing its wait still hears of its reply.
+        let draining = state_draining;
         let served =
             crate::server::serve(self.listener, app, config.header_read_timeout, async move {
                 signal.await;
                 tracing::info!("shutting down: ending streams and long-polls, draining requests");
                 draining.cancel();
-                stop.cancel();
             })
             .await;
         background.cancel();

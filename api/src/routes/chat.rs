@@ -106,7 +106,12 @@ pub async fn new_chat(
     if !wait {
         return Ok(pending());
     }
-    // A shutdown answers "pending" at once: the client reads the reply later.
+    // On shutdown the reply still gets a few seconds (inside the server's drain
+    // bound), then the answer is "pending" and the client reads the reply later.
+    let draining = async {
+        state.draining.cancelled().await;
+        tokio::time::sleep(crate::server::REPLY_GRACE_WHEN_DRAINING).await;
+    };
     let reply = tokio::select! {
         reply = feed::wait_for_reply(
             &state.pool,
@@ -115,7 +120,7 @@ pub async fn new_chat(
             just_posted,
             state.config.reply_wait,
         ) => reply?,
-        _ = state.draining.cancelled() => None,
+        _ = draining => None,
     };
     // The reply may have been read before this process heard of it on the bus.
     state.read_cache.invalidate(user);

@@ -144,6 +144,18 @@ impl events::store::InlineProjector for NoProjection {
     }
 }
 
+/// A process's resident memory, in MiB.
+pub fn rss_mib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
 /// How many events the log holds (to prove that bad input wrote nothing).
 pub async fn event_count(pool: &MySqlPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events")

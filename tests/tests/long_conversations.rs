@@ -11,18 +11,7 @@ use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use system_tests::{Stack, StackOptions};
-
-fn rss_mib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kib| kib / 1024)
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
-}
+use system_tests::{rss_mib, Stack, StackOptions};
 
 /// Writes `rows` answered messages straight into the conversation's history
 /// read model (what the GET routes and the stream read), in one statement.

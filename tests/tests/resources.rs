@@ -5,18 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use system_tests::{Stack, StackOptions};
-
-fn rss_mib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kib| kib / 1024)
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
-}
+use system_tests::{rss_mib, Stack, StackOptions};
 
 #[tokio::test]
 async fn distinct_history_queries_do_not_grow_the_api() -> anyhow::Result<()> {

@@ -292,12 +292,14 @@ pub fn is_acceptable_request_id(id: &[u8]) -> bool {
 /// Drops a request id that [`is_acceptable_request_id`] refuses, before the
 /// request-id layer runs, so that the layer generates one instead.
 pub fn drop_unacceptable_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
-    let refused = req
-        .headers()
-        .get_all(REQUEST_ID_HEADER)
-        .iter()
-        .any(|id| !is_acceptable_request_id(id.as_bytes()));
-    if refused || req.headers().get_all(REQUEST_ID_HEADER).iter().count() > 1 {
+    let mut ids = req.headers().get_all(REQUEST_ID_HEADER).iter();
+    let kept = match (ids.next(), ids.next()) {
+        (Some(id), None) => is_acceptable_request_id(id.as_bytes()),
+        (None, _) => true,
+        // Two ids: which one would travel is the layers' guess; make one instead.
+        (Some(_), Some(_)) => false,
+    };
+    if !kept {
         req.headers_mut().remove(REQUEST_ID_HEADER);
     }
     req

@@ -59,11 +59,10 @@ pub enum Notice {
     Delta {
         stream_id: String,
         reply_to: Uuid,
-        /// The model attempt, and this delta's place in it.
+        /// The model attempt, and this delta's place in it: each stream decides
+        /// from these what its client still needs (see `routes::stream`).
         attempt: Uuid,
         index: u32,
-        /// This delta starts a newer attempt: the text shown so far must go.
-        reset: bool,
         text: String,
     },
     /// A bot was deleted: its streams end.
@@ -271,13 +270,12 @@ impl ChatFeed {
             }
         };
         let stream_id = stream::chat(delta.user_id, delta.bot_id);
-        if let Applied::Forward { reset } = self.live.apply(&stream_id, &delta) {
+        if self.live.apply(&stream_id, &delta) == Applied::Forward {
             let _ = self.sender.send(Notice::Delta {
                 stream_id,
                 reply_to: delta.reply_to,
                 attempt: delta.attempt,
                 index: delta.index,
-                reset,
                 text: delta.text,
             });
         }

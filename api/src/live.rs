@@ -3,9 +3,8 @@
 //! text first, then the rest as it comes.
 //!
 //! An attempt's deltas are numbered: a delta of a newer attempt (a retry, or the
-//! message was redelivered after a worker crash) starts the text over, and says so
-//! (`reset`), so that clients drop what they showed; one of an older attempt is
-//! ignored. A reply's entry goes when its final event arrives, or, if it never
+//! message was redelivered after a worker crash) starts the text over; one of an
+//! older attempt is ignored. A reply's entry goes when its final event arrives, or, if it never
 //! does, after `FORGET_AFTER`. Deltas that arrive after the final event (they
 //! travel on another channel, and the worker never waits for them) are ignored:
 //! the ids of recently finished replies are remembered, a bounded number of them.
@@ -49,9 +48,8 @@ struct Partial {
 /// What a delta changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// Text to forward to streaming clients; `reset` when it starts a newer
-    /// attempt, so that the text shown so far must go.
-    Forward { reset: bool },
+    /// Text to forward to streaming clients.
+    Forward,
     /// Nothing (an older attempt, a repeat, a reply already finished).
     Nothing,
 }
@@ -116,13 +114,11 @@ impl LiveReplies {
                 overflowed: false,
                 touched: Instant::now(),
             });
-        let mut reset = false;
         if delta.attempt != partial.attempt {
             // Attempt ids are v7 UUIDs: the later one is the newer attempt.
             if delta.attempt < partial.attempt {
                 return Applied::Nothing;
             }
-            reset = true;
             partial.attempt = delta.attempt;
             partial.next = 0;
             state.bytes -= partial.text.len();
@@ -144,7 +140,7 @@ impl LiveReplies {
             partial.text.push_str(&delta.text);
             state.bytes += delta.text.len();
         }
-        Applied::Forward { reset }
+        Applied::Forward
     }
 
     /// The reply is final: forget its partial text, and ignore its late deltas.
@@ -230,7 +226,7 @@ mod tests {
         let (message, first, second) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         assert_eq!(
             live.apply("s", &delta(message, first, 0, "Hel")),
-            Applied::Forward { reset: false }
+            Applied::Forward
         );
         live.apply("s", &delta(message, first, 1, "lo"));
         let text = |live: &LiveReplies| {
@@ -242,7 +238,7 @@ mod tests {
         assert_eq!(text(&live), vec![(message, "Hello".to_string())]);
         assert_eq!(
             live.apply("s", &delta(message, second, 0, "Hi")),
-            Applied::Forward { reset: true }
+            Applied::Forward
         );
         assert_eq!(text(&live), vec![(message, "Hi".to_string())]);
         assert_eq!(live.in_progress("s")[0].next, 1);
@@ -274,7 +270,7 @@ mod tests {
         for i in 0..40 {
             assert_eq!(
                 live.apply("s", &delta(message, attempt, i, &piece)),
-                Applied::Forward { reset: false },
+                Applied::Forward,
                 "deltas are forwarded past the cap too"
             );
             assert!(live.bytes() <= MAX_REPLY_BYTES);

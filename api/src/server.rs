@@ -9,8 +9,9 @@
 //! On shutdown it stops accepting, lets every open connection finish its
 //! in-flight request, then returns. Streams and long-polls end as soon as the
 //! api starts draining (see `hangup`), and a `new_chat` waiting for its reply
-//! gets `REPLY_GRACE_WHEN_DRAINING` more before it answers "pending"; the whole drain is still bounded by `DRAIN_TIMEOUT`, so a
-//! deploy never ends in SIGKILL because one connection would not finish.
+//! gets `REPLY_GRACE_WHEN_DRAINING` more before it answers "pending". The whole
+//! drain is still bounded by `DRAIN_TIMEOUT`, so a deploy never ends in SIGKILL
+//! because one connection would not finish.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -145,7 +145,7 @@ impl Application {
 
         let config = state.config.clone();
         let publisher = state.relay.publisher().clone();
-        let state_draining = state.draining.clone();
+        let draining = state.draining.clone();
         let routes = router(state)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::from_fn_with_state(
@@ -179,7 +179,6 @@ impl Application {
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
         // The background tasks (the feed above all) run on through the drain, so
         // that a request finishing its wait still hears of its reply.
-        let draining = state_draining;
         let served =
             crate::server::serve(self.listener, app, config.header_read_timeout, async move {
                 signal.await;

@@ -224,6 +224,10 @@ pub async fn history(
     let mut hangup = Hangup::for_caller(&caller, &state);
     // A notice that brings the very next row saves the read.
     let mut brought: Option<Vec<HistoryRow>> = None;
+    let next_seq = match window {
+        Window::After(after) => after.checked_add(1),
+        Window::Newest { .. } => None,
+    };
     loop {
         let rows = match brought.take() {
             Some(rows) => rows,
@@ -232,22 +236,19 @@ pub async fn history(
         match notices.as_mut() {
             Some(notices) if rows.is_empty() && Instant::now() < deadline => {
                 let heard = tokio::select! {
-                    heard = feed::wait_for_stream(notices, &stream_id, bot_id, deadline) => heard,
-                    // Answered without data; the client's next poll is refused, or
-                    // goes to another replica.
-                    _ = hangup.wait() => return Ok(json_body(chat_ok_bytes(history_rows(Vec::new(), format)))),
-                };
-                let after = match window {
-                    Window::After(after) => after,
-                    Window::Newest { .. } => i64::MAX,
+                    heard = feed::wait_for_stream(notices, &stream_id, bot_id, deadline) => Some(heard),
+                    // The caller's session or token ended, or the api is stopping.
+                    _ = hangup.wait() => None,
                 };
                 match heard {
-                    Heard::BotDeleted => {
+                    // Answered without data; the client's next poll is refused,
+                    // or goes to another replica.
+                    None | Some(Heard::BotDeleted) => {
                         return Ok(json_body(chat_ok_bytes(history_rows(Vec::new(), format))))
                     }
-                    Heard::Changed(row) => {
+                    Some(Heard::Changed(row)) => {
                         brought = row
-                            .filter(|r| Some(r.seq) == after.checked_add(1))
+                            .filter(|r| Some(r.seq) == next_seq)
                             .map(|r| vec![(*r).clone()]);
                     }
                 }

@@ -85,14 +85,26 @@ impl ApiConfig {
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
+        let database = DatabaseSettings::from_env()?;
+        let refresh_ttl = Duration::from_secs(env_or("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?);
+        if database.session_retention < refresh_ttl {
+            return Err(ConfigError::Invalid {
+                name: "SESSION_RETENTION_SECS",
+                value: database.session_retention.as_secs().to_string(),
+                reason: format!(
+                    "must be at least REFRESH_TOKEN_TTL_SECS ({}), or sessions are pruned while still refreshable",
+                    refresh_ttl.as_secs()
+                ),
+            });
+        }
         Ok(Self {
-            database: DatabaseSettings::from_env()?,
+            database,
             bus: BusSettings::from_env()?,
             bind_addr: env_or("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
             jwt_secret,
             auth_mode: env_or("AUTH_MODE", AuthMode::Strict)?,
             access_ttl: Duration::from_secs(env_or("ACCESS_TOKEN_TTL_SECS", 3600)?),
-            refresh_ttl: Duration::from_secs(env_or("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?),
+            refresh_ttl,
             reply_wait: Duration::from_secs(env_or("REPLY_WAIT_SECS", 60)?),
             max_input_chars: env_or("MAX_INPUT_CHARS", 4000)?,
             max_body_bytes: env_or("MAX_BODY_BYTES", 64 * 1024)?,

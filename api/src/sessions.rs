@@ -24,6 +24,9 @@ use events::projections::SessionsProjection;
 
 /// How often the view is reloaded even without a reconnect.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
+/// How often, at most, inactive sessions are pruned, and how many per statement.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: u32 = 5_000;
 
 pub struct RevokedSessions {
     /// How long a revocation matters: the access tokens' TTL, plus the leeway
@@ -92,6 +95,34 @@ impl RevokedSessions {
             self.tick();
         }
         Ok(recent.len())
+    }
+
+    /// Prunes sessions unused for longer than `retention` (all their tokens have
+    /// expired), a batch at a time, until `shutdown`.
+    pub async fn prune_inactive_until(
+        pool: MySqlPool,
+        retention: Duration,
+        shutdown: CancellationToken,
+    ) {
+        // Often enough that a short retention (in tests) is honoured closely.
+        let every = (retention / 2).clamp(Duration::from_secs(1), PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            loop {
+                match SessionsProjection::prune_inactive(&pool, retention, PRUNE_BATCH).await {
+                    Ok(n) if n == u64::from(PRUNE_BATCH) => continue,
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(pruned = n, "pruned inactive sessions"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not prune sessions; trying again later")
+                    }
+                }
+                break;
+            }
+        }
     }
 
     /// Reloads on request and every `RELOAD_EVERY`, until `shutdown`.

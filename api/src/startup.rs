@@ -138,6 +138,11 @@ impl Application {
             );
             async move { sessions.run(pool, token).await }
         });
+        tokio::spawn(RevokedSessions::prune_inactive_until(
+            state.pool.clone(),
+            state.config.database.session_retention,
+            background.clone(),
+        ));
         tokio::spawn({
             let (cache, token) = (state.read_cache.clone(), background.clone());
             async move { cache.purge_expired_until(token).await }

@@ -58,6 +58,10 @@ pub struct DatabaseSettings {
     /// `OUTBOX_RETENTION_SECS`: how long sent outbox rows are kept before they
     /// are pruned (the event log is the record).
     pub outbox_retention: Duration,
+    /// `SESSION_RETENTION_SECS`: how long a session unused since its start or last
+    /// refresh is kept; at least the refresh tokens' TTL, since a pruned session
+    /// cannot be refreshed.
+    pub session_retention: Duration,
 }
 
 impl DatabaseSettings {
@@ -71,6 +75,10 @@ impl DatabaseSettings {
             acquire_timeout: Duration::from_millis(env_or("DB_ACQUIRE_TIMEOUT_MS", 3000)?),
             commit_timeout: Duration::from_millis(env_or("DB_COMMIT_TIMEOUT_MS", 10_000)?),
             outbox_retention: Duration::from_secs(env_or("OUTBOX_RETENTION_SECS", 24 * 3600)?),
+            session_retention: Duration::from_secs(env_or(
+                "SESSION_RETENTION_SECS",
+                30 * 24 * 3600,
+            )?),
         })
     }
 }

@@ -772,3 +772,53 @@ async fn on_a_terminal_the_rebuild_draws_a_progress_bar() -> anyhow::Result<()> 
     );
     isolation.teardown().await
 }
+
+/// Sessions whose tokens have all expired are pruned from the read model (the
+/// log keeps them), and `verify` still finds the views matching the log.
+#[tokio::test]
+async fn inactive_sessions_are_pruned_and_verify_still_matches() -> anyhow::Result<()> {
+    let retention = [
+        ("ACCESS_TOKEN_TTL_SECS", "1"),
+        ("REFRESH_TOKEN_TTL_SECS", "2"),
+        ("SESSION_RETENTION_SECS", "3"),
+    ];
+    let stack = Stack::start(StackOptions {
+        env: retention
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let pool = stack.pool()?;
+    for n in 0..5 {
+        client
+            .signup(&format!("fleeting{n}"), "a long enough password")
+            .await?;
+    }
+    let sessions = || async {
+        Ok::<i64, anyhow::Error>(
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+                .fetch_one(&pool)
+                .await?,
+        )
+    };
+    assert_eq!(sessions().await?, 5);
+    eventually(Duration::from_secs(20), "the sessions pruned", || async {
+        Ok((sessions().await? == 0).then_some(()))
+    })
+    .await?;
+    let started: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'SessionStarted'")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(started, 5, "the log keeps every session");
+    // A session of now is compared; the pruned ones are not.
+    let (_, _, refresh) = client.login("fleeting0", "a long enough password").await?;
+    assert!(!refresh.is_empty());
+    let (ok, report) = verify(&stack.env()).await?;
+    assert!(ok, "{report}");
+    assert!(report.contains("sessions 1"), "{report}");
+    stack.teardown().await
+}

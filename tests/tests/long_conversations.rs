@@ -225,3 +225,51 @@ async fn plain_history_over_the_cap_ends_at_the_newest_row_and_pages_back() -> a
     pool.close().await;
     stack.teardown().await
 }
+
+/// Rows the server read through its handlers for one call of `activity_after`
+/// on a single-connection pool.
+async fn rows_read_for_activity(pool: &MySqlPool, user: i64, bot: i64) -> anyhow::Result<i64> {
+    let reads = || async {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SHOW SESSION STATUS WHERE Variable_name IN \
+             ('Handler_read_next', 'Handler_read_prev', 'Handler_read_rnd_next', 'Handler_read_key')",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok::<i64, anyhow::Error>(rows.iter().filter_map(|(_, v)| v.parse::<i64>().ok()).sum())
+    };
+    // What reading the counters costs by itself, measured twice over.
+    let (a, b) = (reads().await?, reads().await?);
+    let before = reads().await?;
+    let (count, idle) =
+        events::projections::ChatHistoryProjection::activity_after(pool, user, bot, 100, 6).await?;
+    let after = reads().await?;
+    anyhow::ensure!(count == 6, "six unsummarized messages counted, not {count}");
+    anyhow::ensure!(idle.is_some(), "the conversation's last row is dated");
+    Ok(after - before - (b - a))
+}
+
+/// A memory job's check of a conversation (how many messages memory has not
+/// covered, and how long it has been idle) reads a handful of rows, whether the
+/// conversation holds 200 rows or 20,000 (issue 18, item 4).
+#[tokio::test]
+async fn a_memory_jobs_check_costs_the_same_on_a_long_conversation() -> anyhow::Result<()> {
+    let isolation = system_tests::Isolation::new();
+    isolation.migrated_pool().await?.close().await;
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&isolation.database.url)
+        .await?;
+    seed_history(&pool, 1, 1, 200).await?;
+    seed_history(&pool, 2, 1, 20_000).await?;
+    let short = rows_read_for_activity(&pool, 1, 1).await?;
+    let long = rows_read_for_activity(&pool, 2, 1).await?;
+    println!("rows read by the memory check: {short} on 200 rows, {long} on 20,000 rows");
+    assert!(
+        long <= 60,
+        "the check read {long} rows of a 20,000-row conversation"
+    );
+    assert!(long <= short + 10, "{long} rows read against {short}");
+    pool.close().await;
+    isolation.teardown().await
+}

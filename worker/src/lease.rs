@@ -34,7 +34,7 @@ const POLL: Duration = Duration::from_millis(150);
 pub struct ConversationLeases {
     pool: MySqlPool,
     ttl: Duration,
-    local: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    local: LocalMutexes,
 }
 
 /// A held lease; renewed in the background until [`Lease::release`].
@@ -43,8 +43,38 @@ pub struct Lease {
     stream_id: String,
     holder: String,
     renewing: CancellationToken,
-    _local: OwnedMutexGuard<()>,
+    _local: LocalSlot,
 }
+
+/// A caller's share of a conversation's in-process mutex (and its guard, once
+/// taken). However the caller ends (a lease released or dropped, an error, a
+/// stop, a cancelled future), the last one out removes the map's entry, so the
+/// map holds only conversations in use.
+struct LocalSlot {
+    local: LocalMutexes,
+    stream_id: String,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for LocalSlot {
+    fn drop(&mut self) {
+        self.guard = None;
+        let Ok(mut local) = self.local.lock() else {
+            return;
+        };
+        // Clones are only made under this lock: two references (the map's and
+        // ours) mean nobody else holds or waits for it.
+        if local
+            .get(&self.stream_id)
+            .is_some_and(|m| Arc::ptr_eq(m, &self.mutex) && Arc::strong_count(m) == 2)
+        {
+            local.remove(&self.stream_id);
+        }
+    }
+}
+
+type LocalMutexes = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
 impl ConversationLeases {
     pub fn new(pool: MySqlPool, ttl: Duration) -> Self {
@@ -62,9 +92,10 @@ impl ConversationLeases {
         stream_id: &str,
         stop: &CancellationToken,
     ) -> Result<Option<Lease>, sqlx::Error> {
-        let local = self.local_mutex(stream_id);
-        let guard = tokio::select! {
-            guard = local.lock_owned() => guard,
+        let mut slot = self.local_slot(stream_id);
+        let mutex = slot.mutex.clone();
+        tokio::select! {
+            guard = mutex.lock_owned() => slot.guard = Some(guard),
             _ = stop.cancelled() => return Ok(None),
         };
         let holder = uuid::Uuid::new_v4().simple().to_string();
@@ -75,7 +106,7 @@ impl ConversationLeases {
                     stream_id: stream_id.to_string(),
                     holder,
                     renewing: CancellationToken::new(),
-                    _local: guard,
+                    _local: slot,
                 };
                 lease.renew_in_background();
                 return Ok(Some(lease));
@@ -88,24 +119,24 @@ impl ConversationLeases {
         }
     }
 
-    fn local_mutex(&self, stream_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let Ok(mut local) = self.local.lock() else {
-            return Arc::default();
+    /// This conversation's in-process mutex, shared with every other caller for it.
+    fn local_slot(&self, stream_id: &str) -> LocalSlot {
+        let mutex = match self.local.lock() {
+            Ok(mut local) => local.entry(stream_id.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
         };
-        local.entry(stream_id.to_string()).or_default().clone()
+        LocalSlot {
+            local: self.local.clone(),
+            stream_id: stream_id.to_string(),
+            mutex,
+            guard: None,
+        }
     }
 
-    /// Forgets the in-process mutex of a conversation nobody holds or waits for.
-    fn forget_idle(&self, stream_id: &str) {
-        if let Ok(mut local) = self.local.lock() {
-            // One reference is the map's own, one the caller's guard about to drop.
-            if local
-                .get(stream_id)
-                .is_some_and(|m| Arc::strong_count(m) <= 2)
-            {
-                local.remove(stream_id);
-            }
-        }
+    /// Conversations with an in-process mutex: held, awaited, or about to be.
+    #[cfg(test)]
+    fn local_len(&self) -> usize {
+        self.local.lock().map(|l| l.len()).unwrap_or(0)
     }
 
     fn ttl_micros(&self) -> u64 {
@@ -191,7 +222,6 @@ impl Lease {
         if let Err(e) = released {
             tracing::debug!(stream_id = %self.stream_id, error = %e, "lease not released; it will expire");
         }
-        self.leases.forget_idle(&self.stream_id);
     }
 }
 
@@ -200,5 +230,60 @@ impl Drop for Lease {
         // Dropped without `release` (cancelled at the end of a shutdown's grace):
         // stop renewing, and the row expires on its own.
         self.renewing.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool whose every query fails: nothing listens on port 1.
+    fn unreachable() -> ConversationLeases {
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("mysql://root@127.0.0.1:1/none")
+            .unwrap();
+        ConversationLeases::new(pool, Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn a_failed_take_leaves_no_entry_behind() {
+        let leases = unreachable();
+        let stop = CancellationToken::new();
+        for n in 0..10 {
+            let taken = leases.acquire(&format!("chat-{n}"), &stop).await;
+            assert!(taken.is_err());
+        }
+        assert_eq!(leases.local_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_or_cancelled_wait_leaves_no_entry_behind() {
+        let leases = unreachable();
+        // One caller holds the in-process mutex, as a lease holder would.
+        let held = leases.local_slot("chat-1");
+        let guard = held.mutex.clone().lock_owned().await;
+        let stop = CancellationToken::new();
+        let waiting = tokio::spawn({
+            let (leases, stop) = (leases.clone(), stop.clone());
+            async move { leases.acquire("chat-1", &stop).await.map(|l| l.is_some()) }
+        });
+        let cancelled = tokio::spawn({
+            let leases = leases.clone();
+            async move {
+                leases
+                    .acquire("chat-1", &CancellationToken::new())
+                    .await
+                    .is_ok()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancelled.abort();
+        stop.cancel();
+        assert!(!waiting.await.unwrap().unwrap());
+        assert_eq!(leases.local_len(), 1, "the holder's entry stays");
+        drop(guard);
+        drop(held);
+        assert_eq!(leases.local_len(), 0);
     }
 }

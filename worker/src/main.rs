@@ -177,7 +177,8 @@ async fn outbox(action: Outbox) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = events::db::connect_and_migrate_for_replay(&DatabaseSettings::from_env()?).await?;
+    let settings = DatabaseSettings::from_env()?;
+    let pool = events::db::connect_and_migrate_for_replay(&settings).await?;
     // Ctrl-C (or SIGTERM) stops a rebuild or verify between batches; the live
     // views are never touched before the swap.
     let cancel = events::shutdown::on_signal();
@@ -186,7 +187,8 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             worker::replay::rebuild(&pool, batch, &cancel).await?;
         }
         Replay::Verify { batch } => {
-            let report = worker::replay::verify(&pool, batch, &cancel).await?;
+            let report =
+                worker::replay::verify(&pool, batch, settings.session_retention, &cancel).await?;
             println!("{}", worker::replay::describe(&report));
             if !report.is_identical() {
                 return Err("the live views differ from the log (listed above)".into());

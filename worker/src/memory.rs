@@ -141,6 +141,7 @@ impl MemoryKeeper {
             job.user_id,
             job.bot_id,
             memory.remembered_through(),
+            self.settings.every_messages,
         )
         .await?;
         Ok(if job.idle_check {

@@ -65,8 +65,8 @@ async fn load(
     }
     if !touched.sessions.is_empty() {
         let mut query = QueryBuilder::<MySql>::new(format!(
-            "SELECT session_id, user_id, refresh_jti, created_at, revoked_at, revoked_reason \
-             FROM {} WHERE session_id IN ",
+            "SELECT session_id, user_id, refresh_jti, created_at, revoked_at, revoked_reason, \
+             last_active_at FROM {} WHERE session_id IN ",
             tables.sessions
         ));
         query.push_tuples(&touched.sessions, |mut b, id| {
@@ -257,11 +257,12 @@ async fn write_sessions(
         conn,
         &format!(
             "INSERT INTO {} (session_id, user_id, refresh_jti, created_at, revoked_at, \
-             revoked_reason) ",
+             revoked_reason, last_active_at) ",
             tables.sessions
         ),
         " ON DUPLICATE KEY UPDATE refresh_jti = VALUES(refresh_jti), \
-         revoked_at = VALUES(revoked_at), revoked_reason = VALUES(revoked_reason)",
+         revoked_at = VALUES(revoked_at), revoked_reason = VALUES(revoked_reason), \
+         last_active_at = VALUES(last_active_at)",
         &sessions,
         |_| 0,
         |b, s| {
@@ -270,7 +271,8 @@ async fn write_sessions(
                 .push_bind(&s.refresh_jti)
                 .push_bind(s.created_at)
                 .push_bind(s.revoked_at)
-                .push_bind(&s.revoked_reason);
+                .push_bind(&s.revoked_reason)
+                .push_bind(s.last_active_at);
         },
     )
     .await

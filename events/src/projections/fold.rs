@@ -46,6 +46,8 @@ pub struct SessionRow {
     pub created_at: NaiveDateTime,
     pub revoked_at: Option<NaiveDateTime>,
     pub revoked_reason: Option<String>,
+    /// Started or last refreshed.
+    pub last_active_at: NaiveDateTime,
 }
 
 /// A conversation's memory with its key, as the table stores it.
@@ -174,6 +176,7 @@ impl Fold {
                             created_at: at,
                             revoked_at: None,
                             revoked_reason: None,
+                            last_active_at: at,
                         },
                     );
                     self.changed_sessions.insert(id);
@@ -183,6 +186,7 @@ impl Fold {
                 let id = e.session_id.to_string();
                 if let Some(session) = self.sessions.get_mut(&id) {
                     session.refresh_jti = e.refresh_jti.clone();
+                    session.last_active_at = at;
                     self.changed_sessions.insert(id);
                 }
             }

@@ -256,20 +256,30 @@ impl ChatHistoryProjection {
         Self::read(pool, user_id, bot_id, after, limit).await
     }
 
-    /// How many user messages came after `after`, and how long ago (on the
-    /// database's clock) the conversation's last row was written.
+    /// How many user messages came after `after`, counted up to `enough`, and
+    /// how long ago (on the database's clock) the conversation's last row was
+    /// written. Two short range reads of the primary key: the cost does not grow
+    /// with the conversation, nor with what memory has not covered yet.
     pub async fn activity_after(
         pool: &MySqlPool,
         user_id: UserId,
         bot_id: BotId,
         after: i64,
+        enough: u32,
     ) -> Result<(i64, Option<std::time::Duration>), sqlx::Error> {
         let (count, idle_micros): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(by_user = 1 AND seq > ?), 0) AS SIGNED), \
-             CAST(TIMESTAMPDIFF(MICROSECOND, MAX(created_at), NOW(6)) AS SIGNED) \
-             FROM chat_history WHERE user_id = ? AND chatbot_id = ?",
+            "SELECT \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM chat_history \
+               WHERE user_id = ? AND chatbot_id = ? AND seq > ? AND by_user = 1 \
+               ORDER BY seq LIMIT ?) AS unsummarized), \
+             (SELECT CAST(TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6)) AS SIGNED) \
+               FROM chat_history WHERE user_id = ? AND chatbot_id = ? \
+               ORDER BY seq DESC LIMIT 1)",
         )
+        .bind(user_id)
+        .bind(bot_id)
         .bind(after)
+        .bind(enough.max(1))
         .bind(user_id)
         .bind(bot_id)
         .fetch_one(pool)

@@ -86,25 +86,37 @@ impl fmt::Display for Difference {
 
 /// Rebuilds every read model into shadow tables and compares them with the live
 /// ones at one position. The shadow tables are dropped afterwards.
+///
+/// Sessions unused for longer than `session_retention` are left out on both
+/// sides: the api prunes them on its own clock (see
+/// `SessionsProjection::prune_inactive`), while the log keeps them. Any session
+/// compared was too recent to have been pruned before the comparison began.
 pub async fn verify_read_models(
     pool: &MySqlPool,
     batch: u32,
+    session_retention: std::time::Duration,
     cancel: &CancellationToken,
     mut progress: impl FnMut(Progress),
 ) -> Result<VerifyReport, ReplayError> {
     let mut shadow = Shadow::create(pool, batch).await?;
-    let outcome = compare_with_live(&mut shadow, cancel, &mut progress).await;
+    let outcome = compare_with_live(&mut shadow, session_retention, cancel, &mut progress).await;
     shadow.discard().await?;
     outcome
 }
 
 async fn compare_with_live(
     shadow: &mut Shadow,
+    session_retention: std::time::Duration,
     cancel: &CancellationToken,
     progress: &mut impl FnMut(Progress),
 ) -> Result<VerifyReport, ReplayError> {
-    shadow.replay(None, cancel, &mut *progress).await?;
     let pool = shadow.pool().clone();
+    let sessions_from: chrono::NaiveDateTime =
+        sqlx::query_scalar("SELECT NOW(6) - INTERVAL ? SECOND")
+            .bind(session_retention.as_secs())
+            .fetch_one(&pool)
+            .await?;
+    shadow.replay(None, cancel, &mut *progress).await?;
 
     // A connection of its own, closed rather than returned to the pool, since it
     // carries a long transaction.
@@ -135,7 +147,13 @@ async fn compare_with_live(
         if cancel.is_cancelled() {
             return Err(ReplayError::Cancelled);
         }
-        tables.push(compare_table(&mut snapshot, &mut rebuilt, live, shadow_table).await?);
+        let kept = (live == Tables::LIVE.sessions).then(|| {
+            format!(
+                "last_active_at >= '{}'",
+                sessions_from.format("%Y-%m-%d %H:%M:%S%.6f")
+            )
+        });
+        tables.push(compare_table(&mut snapshot, &mut rebuilt, (live, shadow_table), kept).await?);
     }
     let _ = snapshot.close().await;
     Ok(VerifyReport { position, tables })
@@ -188,7 +206,7 @@ impl Layout {
 
     /// Every row as one JSON array, key columns first, in key order (text keys
     /// compared byte by byte, as [`compare_keys`] does).
-    fn select(&self, table: &str) -> String {
+    fn select(&self, table: &str, kept: Option<&str>) -> String {
         let all = self
             .key
             .iter()
@@ -205,7 +223,8 @@ impl Layout {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        format!("SELECT CAST(JSON_ARRAY({all}) AS CHAR) FROM {table} ORDER BY {order}")
+        let filter = kept.map(|k| format!(" WHERE {k}")).unwrap_or_default();
+        format!("SELECT CAST(JSON_ARRAY({all}) AS CHAR) FROM {table}{filter} ORDER BY {order}")
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
@@ -216,8 +235,8 @@ impl Layout {
 async fn compare_table(
     live_conn: &mut MySqlConnection,
     rebuilt_conn: &mut MySqlConnection,
-    live: &'static str,
-    shadow: &'static str,
+    (live, shadow): (&'static str, &'static str),
+    kept: Option<String>,
 ) -> Result<TableComparison, ReplayError> {
     let layout = Layout::of(&mut *rebuilt_conn, live).await?;
     let keys = layout.key.len();
@@ -228,8 +247,8 @@ async fn compare_table(
         differences_total: 0,
         differences: Vec::new(),
     };
-    let live_sql = layout.select(live);
-    let shadow_sql = layout.select(shadow);
+    let live_sql = layout.select(live, kept.as_deref());
+    let shadow_sql = layout.select(shadow, kept.as_deref());
     let mut live_rows = sqlx::query_scalar::<_, String>(&live_sql).fetch(&mut *live_conn);
     let mut rebuilt_rows = sqlx::query_scalar::<_, String>(&shadow_sql).fetch(&mut *rebuilt_conn);
     let parse = |row: Option<String>| -> Result<Option<Vec<Value>>, sqlx::Error> {

@@ -61,10 +61,14 @@ pub async fn rebuild(
 pub async fn verify(
     pool: &MySqlPool,
     batch: u32,
+    session_retention: std::time::Duration,
     cancel: &CancellationToken,
 ) -> Result<VerifyReport, ReplayError> {
     let mut display = ProgressDisplay::new("verify");
-    let report = verify_read_models(pool, batch, cancel, |p| display.update(p)).await;
+    let report = verify_read_models(pool, batch, session_retention, cancel, |p| {
+        display.update(p)
+    })
+    .await;
     display.finish();
     Ok(report?)
 }

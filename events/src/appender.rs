@@ -27,13 +27,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
 use futures::future::BoxFuture;
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::types::Json;
 use sqlx::{Acquire, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::record::{now_micros, NewEvent, RecordedEvent};
+use crate::record::{NewEvent, RecordedEvent};
 
 /// What the appender believes the stream's current version is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,14 +229,17 @@ async fn commit(
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     // The lock first: every read below then sees all appends committed before ours.
-    let head: i64 =
-        sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
+    // The time comes with it, from the database and never before the last append's,
+    // so `recorded_at` rises with the position whatever this process's clock says.
+    let (head, recorded_at): (i64, NaiveDateTime) = sqlx::query_as(
+        "SELECT position, CAST(GREATEST(NOW(6), COALESCE(recorded_at, NOW(6))) AS DATETIME(6)) \
+         FROM event_log_head WHERE id = 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let mut versions = stream_versions(&mut tx, batch).await?;
     let mut taken = recorded_keys(&mut tx, batch).await?;
 
-    let recorded_at = now_micros();
     let mut position = head;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut accepted: Vec<(RecordedEvent, Option<String>)> = Vec::new();
@@ -322,8 +326,9 @@ async fn commit(
 
     let events: Vec<RecordedEvent> = accepted.into_iter().map(|(r, _)| r).collect();
     projector.apply(&mut tx, &events).await?;
-    sqlx::query("UPDATE event_log_head SET position = ? WHERE id = 1")
+    sqlx::query("UPDATE event_log_head SET position = ?, recorded_at = ? WHERE id = 1")
         .bind(position)
+        .bind(recorded_at)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

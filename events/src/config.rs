@@ -94,8 +94,6 @@ pub struct BusSettings {
     pub heartbeat_secs: u16,
     /// `DELIVERY_LIMIT`: deliveries of one message before it is dead-lettered.
     pub delivery_limit: u32,
-    /// `MEMORY_IDLE_SECS`: a conversation idle this long gets its memory refreshed.
-    pub memory_idle_secs: u32,
 }
 
 impl BusSettings {
@@ -108,7 +106,6 @@ impl BusSettings {
             namespace: env_or("BUS_NAMESPACE", "chatbot".to_string())?,
             heartbeat_secs: env_or("AMQP_HEARTBEAT_SECS", 10)?,
             delivery_limit: env_or("DELIVERY_LIMIT", 5)?,
-            memory_idle_secs: env_or("MEMORY_IDLE_SECS", 60)?.max(1),
         })
     }
 }

@@ -62,7 +62,6 @@ impl Isolation {
                 namespace: name,
                 heartbeat_secs: 5,
                 delivery_limit: 5,
-                memory_idle_secs: 60,
             },
             torn_down: std::sync::atomic::AtomicBool::new(false),
         }

@@ -509,3 +509,102 @@ async fn deleting_a_bot_ends_its_memory_jobs() -> anyhow::Result<()> {
     assert_eq!(gone.status, 404);
     stack.teardown().await
 }
+
+/// How many messages `queue` holds, or `None` when there is no such queue.
+async fn queue_depth(stack: &Stack, queue: &str) -> anyhow::Result<Option<u32>> {
+    let connection = events::bus::connect(&stack.isolation.bus, "probe").await?;
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done").await;
+    Ok(declared.ok().map(|q| q.message_count()))
+}
+
+/// Changing `MEMORY_IDLE_SECS` across a rolling deploy leaves one idle queue and
+/// one idle check per reply: the delay is each message's own, and the queue an
+/// earlier release named after its TTL (and bound to the events) is retired
+/// (issue 18, item 3).
+#[tokio::test]
+async fn a_new_idle_time_leaves_one_idle_queue_and_one_idle_check_per_reply() -> anyhow::Result<()>
+{
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        env: vec![("MEMORY_EVERY_MESSAGES".into(), "100".into())],
+        ..Default::default()
+    })
+    .await?;
+    let ns = stack.isolation.bus.namespace.clone();
+    // The idle queue an earlier release declared for MEMORY_IDLE_SECS=5.
+    let legacy = format!("{ns}.memory.idle.5s");
+    {
+        let connection = events::bus::connect(&stack.isolation.bus, "old-release").await?;
+        let channel = connection.create_channel().await?;
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongUInt(5000));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(format!("{ns}.memory.jobs").into()),
+        );
+        let durable = lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel.queue_declare(&legacy, durable, args).await?;
+        channel
+            .queue_bind(
+                &legacy,
+                &format!("{ns}.events"),
+                "BotReplyGenerated",
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = connection.close(200, "done").await;
+    }
+    // Mid-deploy: one worker on the old idle time, one on the new.
+    stack
+        .spawn_worker_with(&[("MEMORY_IDLE_SECS", "5")])
+        .await?;
+    stack
+        .spawn_worker_with(&[("MEMORY_IDLE_SECS", "8")])
+        .await?;
+    assert_eq!(
+        queue_depth(&stack, &legacy).await?,
+        None,
+        "the earlier release's idle queue is retired"
+    );
+    assert_eq!(
+        queue_depth(&stack, &format!("{ns}.memory.idle.8s")).await?,
+        None
+    );
+
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("rolling-idle").await?;
+    chat(&client, &token, bot, "I keep bees in Lisbon").await?;
+    let idle = format!("{ns}.memory.idle");
+    let waiting = eventually(Duration::from_secs(4), "the idle check", || async {
+        Ok(queue_depth(&stack, &idle).await?.filter(|n| *n > 0))
+    })
+    .await?;
+    assert_eq!(waiting, 1, "one idle check for one reply");
+    let remembered = memory_covering(&client, &token, bot, 2).await?;
+    assert!(remembered["summary"]
+        .as_str()
+        .is_some_and(|s| s.contains("Lisbon")));
+    let calls = memory_settles(&stack, Duration::from_secs(3)).await?;
+    assert_eq!(calls, 2, "one refresh: a summary and a profile");
+    stack.teardown().await
+}

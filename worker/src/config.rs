@@ -31,8 +31,8 @@ pub struct ModelSettings {
 pub struct MemorySettings {
     /// `MEMORY_EVERY_MESSAGES`: user messages that make a refresh due.
     pub every_messages: u32,
-    /// `MEMORY_IDLE_SECS` (read with the bus settings): an idle conversation with
-    /// anything unsummarized is refreshed after this.
+    /// `MEMORY_IDLE_SECS`: an idle conversation with anything unsummarized is
+    /// refreshed after this.
     pub idle: Duration,
     /// `MEMORY_MAX_CHARS`: the longest summary or profile.
     pub max_chars: usize,
@@ -64,7 +64,7 @@ impl WorkerConfig {
             database: DatabaseSettings::from_env()?,
             memory: MemorySettings {
                 every_messages: env_or("MEMORY_EVERY_MESSAGES", 6)?.max(1),
-                idle: Duration::from_secs(u64::from(bus.memory_idle_secs)),
+                idle: Duration::from_secs(env_or("MEMORY_IDLE_SECS", 60u64)?.max(1)),
                 max_chars: env_or("MEMORY_MAX_CHARS", 2000)?.max(1),
                 prefetch: env_or("MEMORY_PREFETCH", 8)?,
             },

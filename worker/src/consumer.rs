@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -28,7 +29,7 @@ use events::bus::correlation_id;
 use events::event::DomainEvent;
 use events::store::RecordedEvent;
 
-use crate::memory::{MemoryJob, MemoryKeeper};
+use crate::memory::{MemoryJob, MemoryKeeper, IDLE_AFTER_HEADER};
 use crate::responder::{MessageRef, Responder};
 
 /// Pause before requeueing after a transient failure, so an outage is not a hot loop.
@@ -158,7 +159,16 @@ pub async fn handle_memory_job(keeper: MemoryKeeper, delivery: Delivery) {
         };
         tracing::Span::current().record("user_id", job.user_id);
         tracing::Span::current().record("bot_id", job.bot_id);
-        match keeper.handle(job).await {
+        let handled = match keeper.handle(job).await {
+            // A reply's first job schedules its idle check, before the ack, so
+            // that a crash in between repeats the job rather than losing it.
+            Ok(()) if !job.idle_check => {
+                let headers = delivery.properties.headers().clone().unwrap_or_default();
+                keeper.schedule_idle_check(&delivery.data, headers).await
+            }
+            other => other,
+        };
+        match handled {
             Ok(()) => ack(&delivery).await,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "memory job failed; requeueing it");
@@ -192,16 +202,21 @@ fn memory_job(delivery: &Delivery) -> Option<MemoryJob> {
         return None;
     }
     let conversation = Conversation::deserialize(&event.payload).ok()?;
-    let idle_check = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .is_some_and(|h| h.inner().contains_key("x-death"));
+    let headers = delivery.properties.headers().as_ref().map(|h| h.inner());
+    let idle_check = headers.is_some_and(|h| h.contains_key("x-death"));
+    let idle_after = headers
+        .and_then(|h| h.get(IDLE_AFTER_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+            _ => None,
+        })
+        .map(Duration::from_millis);
     Some(MemoryJob {
         user_id: conversation.user_id,
         bot_id: conversation.bot_id,
         seq: event.stream_version,
         idle_check,
+        idle_after,
     })
 }
 

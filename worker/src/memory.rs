@@ -54,6 +54,8 @@ pub enum MemoryError {
     Model(#[from] ModelFailure),
     #[error("the worker is stopping")]
     Stopping,
+    #[error("cannot schedule the idle check: {0}")]
+    Bus(#[from] events::bus::BusError),
 }
 
 impl MemoryError {
@@ -73,7 +75,13 @@ pub struct MemoryJob {
     /// Delivered again after `MEMORY_IDLE_SECS`: due only if the conversation has
     /// been idle since.
     pub idle_check: bool,
+    /// The idle time the check was scheduled for, which a worker with another
+    /// `MEMORY_IDLE_SECS` (mid-deploy) judges it by.
+    pub idle_after: Option<Duration>,
 }
+
+/// The header that carries an idle check's delay, in milliseconds.
+pub const IDLE_AFTER_HEADER: &str = "x-idle-after-ms";
 
 #[derive(Clone)]
 pub struct MemoryKeeper {
@@ -133,6 +141,25 @@ impl MemoryKeeper {
         refreshed
     }
 
+    /// Puts the reply's job back on the bus as an idle check, due after
+    /// `MEMORY_IDLE_SECS` (see `events::bus`).
+    pub async fn schedule_idle_check(
+        &self,
+        body: &[u8],
+        mut headers: lapin::types::FieldTable,
+    ) -> Result<(), MemoryError> {
+        let millis = i64::try_from(self.settings.idle.as_millis()).unwrap_or(i64::MAX);
+        headers.insert(
+            IDLE_AFTER_HEADER.into(),
+            lapin::types::AMQPValue::LongLongInt(millis),
+        );
+        Ok(self
+            .relay
+            .publisher()
+            .publish_idle_check(body, headers, self.settings.idle)
+            .await?)
+    }
+
     async fn due(&self, job: &MemoryJob) -> Result<bool, MemoryError> {
         let pool = self.store.pool();
         let memory = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
@@ -145,7 +172,8 @@ impl MemoryKeeper {
         )
         .await?;
         Ok(if job.idle_check {
-            unsummarized > 0 && idle.is_some_and(|idle| idle >= self.settings.idle)
+            let idle_for = job.idle_after.unwrap_or(self.settings.idle);
+            unsummarized > 0 && idle.is_some_and(|idle| idle >= idle_for)
         } else {
             unsummarized >= i64::from(self.settings.every_messages)
         })

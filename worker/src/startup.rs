@@ -131,7 +131,11 @@ impl Worker {
             );
             let memory = ConsumerSupervisor::new(
                 self.config.bus.clone(),
-                Subscription::MemoryJobs,
+                Subscription::MemoryJobs {
+                    // This release's idle time, and the default, as an earlier
+                    // release would have named its idle queue.
+                    legacy_idle_secs: vec![self.config.memory.idle.as_secs(), 60],
+                },
                 self.config.memory.prefetch,
                 format!("worker-memory-{id}"),
             )

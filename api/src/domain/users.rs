@@ -183,12 +183,11 @@ pub async fn insert(
 ) -> Result<Option<UserId>, sqlx::Error> {
     let result = sqlx::query(
         "INSERT INTO users (username, email, password_hash, created_at) \
-         VALUES (?, NULLIF(?, ''), ?, ?)",
+         VALUES (?, NULLIF(?, ''), ?, NOW(6))",
     )
     .bind(username)
     .bind(email)
     .bind(password_hash)
-    .bind(events::store::now_micros())
     .execute(conn)
     .await;
     match result {

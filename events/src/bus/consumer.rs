@@ -45,7 +45,8 @@ pub enum Subscription {
     /// Messages given up on (the delivery limit, or rejected as poison).
     DeadLetters,
     /// Memory jobs: reply events, straight after the reply and again once idle.
-    MemoryJobs,
+    /// An earlier release's idle queues for these idle times are retired.
+    MemoryJobs { legacy_idle_secs: Vec<u64> },
     /// A private queue that lives as long as this connection and receives the given
     /// event types (an api process's reply notifications), and with `deltas` the
     /// reply deltas too, delivered without acks.
@@ -191,8 +192,10 @@ impl ConsumerSupervisor {
         let queue = match &self.subscription {
             Subscription::UserMessages => self.topology.user_messages_queue.clone(),
             Subscription::DeadLetters => self.topology.dead_letter_queue.clone(),
-            Subscription::MemoryJobs => {
-                self.topology.declare_memory(&channel).await?;
+            Subscription::MemoryJobs { legacy_idle_secs } => {
+                self.topology
+                    .declare_memory(&connection, &channel, legacy_idle_secs)
+                    .await?;
                 self.topology.memory_jobs_queue.clone()
             }
             Subscription::Private {

@@ -12,9 +12,11 @@
 //!   a broker restart, and covered by the final `BotReplyGenerated` either way.
 //! - memory (declared by the workers that keep it): `<ns>.memory.jobs` (quorum,
 //!   bound to `BotReplyGenerated`; delivery limit → `<ns>.memory.dlx` →
-//!   `<ns>.memory.dead_letters`), and `<ns>.memory.idle.<N>s`, also bound to
-//!   `BotReplyGenerated`, whose messages expire after N seconds into the job queue:
-//!   a reply comes back as an "is it idle now?" job.
+//!   `<ns>.memory.dead_letters`), and `<ns>.memory.idle`, bound to nothing: a
+//!   worker that handled a reply's job puts a copy there that expires after
+//!   `MEMORY_IDLE_SECS` into the job queue, so the reply comes back as an "is it
+//!   idle now?" job. The delay is each message's own (its `expiration`), so a new
+//!   `MEMORY_IDLE_SECS` needs no new queue and leaves none bound behind it.
 //!
 //! [`publisher::Publisher`] publishes with confirms; [`consumer::ConsumerSupervisor`]
 //! consumes, and reconnects and redeclares when the broker goes away.
@@ -81,10 +83,10 @@ pub struct Topology {
     pub memory_jobs_queue: String,
     pub memory_dead_letter_exchange: String,
     pub memory_dead_letter_queue: String,
-    /// Named after its TTL, so changing `MEMORY_IDLE_SECS` declares a new queue
-    /// rather than clashing with the old one's arguments.
     pub memory_idle_queue: String,
-    pub memory_idle_secs: u32,
+    /// Earlier releases named the idle queue after its TTL and bound it to the
+    /// events: `<ns>.memory.idle.` + `<N>s`.
+    legacy_idle_prefix: String,
 }
 
 impl Topology {
@@ -100,13 +102,19 @@ impl Topology {
             memory_jobs_queue: format!("{ns}.memory.jobs"),
             memory_dead_letter_exchange: format!("{ns}.memory.dlx"),
             memory_dead_letter_queue: format!("{ns}.memory.dead_letters"),
-            memory_idle_queue: format!("{ns}.memory.idle.{}s", settings.memory_idle_secs),
-            memory_idle_secs: settings.memory_idle_secs,
+            memory_idle_queue: format!("{ns}.memory.idle"),
+            legacy_idle_prefix: format!("{ns}.memory.idle."),
         }
     }
 
-    /// Declares the memory queues (idempotent; see the module's doc).
-    pub async fn declare_memory(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// Declares the memory queues (idempotent; see the module's doc), and retires
+    /// the idle queue an earlier release would have bound for `legacy_idle_secs`.
+    pub async fn declare_memory(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        legacy_idle_secs: &[u64],
+    ) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -157,10 +165,6 @@ impl Topology {
         // Expired messages go, through the default exchange, to the job queue.
         let mut idle = FieldTable::default();
         idle.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongUInt(self.memory_idle_secs.saturating_mul(1000)),
-        );
-        idle.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("".into()),
         );
@@ -171,13 +175,55 @@ impl Topology {
         channel
             .queue_declare(&self.memory_idle_queue, queue, idle)
             .await?;
-        self.bind(
-            channel,
-            &self.memory_idle_queue,
-            &self.events_exchange,
-            DomainEvent::BOT_REPLY_GENERATED,
-        )
-        .await
+        for secs in legacy_idle_secs {
+            self.retire_legacy_idle_queue(connection, *secs).await;
+        }
+        Ok(())
+    }
+
+    /// Unbinds an earlier release's idle queue, so it doubles no more idle jobs;
+    /// what it holds still expires into the job queue, and once it is empty it
+    /// is deleted (at this start or a later one). Each step runs on a channel of
+    /// its own, since the broker closes a channel over a queue that is not there.
+    async fn retire_legacy_idle_queue(&self, connection: &Connection, secs: u64) {
+        use lapin::options::QueueDeleteOptions;
+        let queue = format!("{}{secs}s", self.legacy_idle_prefix);
+        let Ok(channel) = connection.create_channel().await else {
+            return;
+        };
+        let exists = channel
+            .queue_declare(
+                &queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        if exists {
+            let _ = channel
+                .queue_unbind(
+                    &queue,
+                    &self.events_exchange,
+                    DomainEvent::BOT_REPLY_GENERATED,
+                    FieldTable::default(),
+                )
+                .await;
+            let emptied = channel
+                .queue_delete(
+                    &queue,
+                    QueueDeleteOptions {
+                        if_empty: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
+            tracing::info!(%queue, deleted = emptied.is_ok(),
+                "retired an idle queue of an earlier release (unbound; deleted once empty)");
+        }
+        let _ = channel.close(200, "done").await;
     }
 
     async fn bind(

@@ -257,31 +257,71 @@ impl Publisher {
             .with_message_id(event.event_id.to_string().into())
             .with_type(event.event_type.as_str().into())
             .with_headers(headers);
-        let confirm = async {
-            channel
-                .basic_publish(
-                    &self.topology.events_exchange,
-                    &event.event_type,
-                    BasicPublishOptions {
-                        mandatory,
-                        ..Default::default()
-                    },
-                    &body,
-                    properties,
-                )
-                .await?
-                .await
+        let options = BasicPublishOptions {
+            mandatory,
+            ..Default::default()
         };
-        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-            .await
-            .map_err(|_| BusError::Unavailable("no publisher confirm in time".into()))??;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_returned)) => {
-                Err(BusError::Unroutable(event.event_type.clone()))
-            }
-            Confirmation::Nack(_) => Err(BusError::Nacked),
+        let target = (
+            self.topology.events_exchange.as_str(),
+            event.event_type.as_str(),
+        );
+        confirmed(channel, target, options, &body, properties).await
+    }
+
+    /// Puts a copy of a memory job on the idle queue, to come back to the job
+    /// queue after `delay` (see `Topology::declare_memory`), and waits for the
+    /// broker's confirm.
+    pub async fn publish_idle_check(
+        &self,
+        body: &[u8],
+        headers: FieldTable,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        let (channels, generation) = self.current().await?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_expiration(delay.as_millis().to_string().into())
+            .with_headers(headers);
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        // The default exchange routes by queue name.
+        let target = ("", self.topology.memory_idle_queue.as_str());
+        let result = confirmed(&channels.confirming, target, options, body, properties).await;
+        if matches!(
+            result,
+            Err(BusError::Amqp(_) | BusError::Unavailable(_) | BusError::ConnectTimeout)
+        ) {
+            self.reset(generation).await;
         }
+        result
+    }
+}
+
+/// Publishes on a confirm-mode channel and waits for the broker's verdict: a
+/// mandatory message that no queue took is `Unroutable`.
+async fn confirmed(
+    channel: &Channel,
+    (exchange, routing_key): (&str, &str),
+    options: BasicPublishOptions,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BusError> {
+    let confirm = async {
+        channel
+            .basic_publish(exchange, routing_key, options, body, properties)
+            .await?
+            .await
+    };
+    let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+        .await
+        .map_err(|_| BusError::Unavailable("no publisher confirm in time".into()))??;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_returned)) => Err(BusError::Unroutable(routing_key.to_string())),
+        Confirmation::Nack(_) => Err(BusError::Nacked),
     }
 }
 

@@ -1,26 +1,38 @@
 //! The broker topology, against the real RabbitMQ: a message that keeps failing is
-//! dead-lettered after the delivery limit instead of looping forever.
+//! dead-lettered after the delivery limit instead of looping forever, and a new
+//! limit rolls out without a redeclare failure.
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use events::bus::{connect, Topology};
+use lapin::options::{BasicNackOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use events::bus::consumer::Subscription;
+use events::bus::{connect, ConsumerSupervisor, Topology};
 use events::event::DomainEvent;
 use system_tests::Isolation;
 
-#[tokio::test]
-async fn a_message_nacked_past_the_delivery_limit_is_dead_lettered() -> anyhow::Result<()> {
-    let mut isolation = Isolation::new();
-    isolation.bus.delivery_limit = 2;
-    let connection = connect(&isolation.bus, "delivery-limit-test").await?;
-    let channel = connection.create_channel().await?;
-    let topology = Topology::new(&isolation.bus);
-    topology.declare(&channel).await?;
+/// How many messages `queue` holds.
+async fn depth(channel: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}
+
+/// Publishes one (empty) user message.
+async fn publish_message(channel: &lapin::Channel, topology: &Topology) -> anyhow::Result<()> {
     channel
         .basic_publish(
             &topology.events_exchange,
@@ -31,44 +43,176 @@ async fn a_message_nacked_past_the_delivery_limit_is_dead_lettered() -> anyhow::
         )
         .await?
         .await?;
+    Ok(())
+}
 
-    let mut consumer = channel
-        .basic_consume(
-            &topology.user_messages_queue,
-            "nacker",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut deliveries = 0;
-    while let Ok(Some(delivery)) =
-        tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
-    {
-        deliveries += 1;
-        delivery?
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await?;
+/// A consumer of the work queue whose handler requeues every delivery, counting
+/// them; it reports each (re)subscription.
+fn requeuing_consumer(
+    settings: &events::config::BusSettings,
+    name: &str,
+    handled: Arc<AtomicUsize>,
+    subscribed: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let supervisor = ConsumerSupervisor::new(
+        settings.clone(),
+        Subscription::UserMessages,
+        4,
+        name.to_string(),
+    );
+    tokio::spawn(async move {
+        supervisor
+            .run(
+                stop,
+                move |delivery: lapin::message::Delivery| {
+                    let handled = handled.clone();
+                    async move {
+                        handled.fetch_add(1, Ordering::SeqCst);
+                        let _ = delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                multiple: false,
+                            })
+                            .await;
+                    }
+                },
+                move |up| {
+                    if up {
+                        subscribed.fetch_add(1, Ordering::SeqCst);
+                    }
+                },
+            )
+            .await
+    })
+}
+
+/// Waits until the dead letters hold one message; returns how many deliveries
+/// were handled by then.
+async fn dead_lettered(
+    channel: &lapin::Channel,
+    topology: &Topology,
+    handled: &AtomicUsize,
+) -> anyhow::Result<usize> {
+    system_tests::eventually(Duration::from_secs(15), "the dead letter", || async {
         anyhow::ensure!(
-            deliveries < 20,
+            handled.load(Ordering::SeqCst) < 20,
             "the message loops instead of being dead-lettered"
         );
-    }
+        Ok((depth(channel, &topology.dead_letter_queue).await? == 1).then_some(()))
+    })
+    .await?;
+    Ok(handled.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_message_requeued_past_the_delivery_limit_is_dead_lettered() -> anyhow::Result<()> {
+    let mut isolation = Isolation::new();
+    isolation.bus.delivery_limit = 2;
+    let connection = connect(&isolation.bus, "delivery-limit-test").await?;
+    let channel = connection.create_channel().await?;
+    let topology = Topology::new(&isolation.bus);
+    topology.declare(&connection, &channel).await?;
+    let (handled, subscribed, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        CancellationToken::new(),
+    );
+    let consumer = requeuing_consumer(
+        &isolation.bus,
+        "requeuer",
+        handled.clone(),
+        subscribed,
+        stop.clone(),
+    );
+    publish_message(&channel, &topology).await?;
+    let deliveries = dead_lettered(&channel, &topology, &handled).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(deliveries, 3, "the first delivery and two redeliveries");
-    let dead = channel
-        .queue_declare(
-            &topology.dead_letter_queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    assert_eq!(handled.load(Ordering::SeqCst), 3, "and no more after");
+    stop.cancel();
+    consumer.await?;
+    let _ = connection.close(200, "done").await;
+    isolation.teardown().await
+}
+
+/// Changing `DELIVERY_LIMIT` mid-deploy (issue 18, item 19): processes with the old
+/// and the new limit stay on the broker together, even on a queue an earlier
+/// release declared with an `x-delivery-limit` argument, and the new limit holds.
+#[tokio::test]
+async fn a_new_delivery_limit_rolls_out_without_taking_anyone_off_the_broker() -> anyhow::Result<()>
+{
+    use lapin::types::AMQPValue;
+    let isolation = Isolation::new();
+    let topology = Topology::new(&isolation.bus);
+    let connection = connect(&isolation.bus, "earlier-release").await?;
+    let channel = connection.create_channel().await?;
+    // The work queue as an earlier release declared it: the limit an argument.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(5));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(&topology.user_messages_queue, durable, args)
         .await?;
-    assert_eq!(dead.message_count(), 1);
+    topology.declare(&connection, &channel).await?;
+
+    let mut old = isolation.bus.clone();
+    old.delivery_limit = 5;
+    let mut new = isolation.bus.clone();
+    new.delivery_limit = 2;
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let (old_stop, new_stop) = (CancellationToken::new(), CancellationToken::new());
+    let old_consumer = requeuing_consumer(
+        &old,
+        "old-limit",
+        Arc::new(AtomicUsize::new(0)),
+        subscribed.clone(),
+        old_stop.clone(),
+    );
+    let handled = Arc::new(AtomicUsize::new(0));
+    let new_consumer = requeuing_consumer(
+        &new,
+        "new-limit",
+        handled.clone(),
+        subscribed.clone(),
+        new_stop.clone(),
+    );
+    // A publisher of the new release declares too.
+    let publisher = events::bus::Publisher::new(new.clone(), "new-publisher");
+    publisher.channel().await?;
+    system_tests::eventually(Duration::from_secs(10), "both subscribed", || async {
+        Ok((subscribed.load(Ordering::SeqCst) >= 2).then_some(()))
+    })
+    .await?;
+    // The old processes go; the new limit is the one that holds.
+    old_stop.cancel();
+    old_consumer.await?;
+    publish_message(&channel, &topology).await?;
+    let deliveries = dead_lettered(&channel, &topology, &handled).await?;
+    assert_eq!(
+        deliveries, 3,
+        "DELIVERY_LIMIT=2: the first delivery and two more"
+    );
+    assert_eq!(
+        subscribed.load(Ordering::SeqCst),
+        2,
+        "nobody was taken off the broker and resubscribed"
+    );
+    new_stop.cancel();
+    new_consumer.await?;
+    publisher.close().await;
     let _ = connection.close(200, "done").await;
     isolation.teardown().await
 }

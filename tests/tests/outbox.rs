@@ -73,7 +73,7 @@ async fn rows_wait_while_the_broker_is_unreachable_and_are_sent_after_its_confir
     let connection = events::bus::connect(&isolation.bus, "test-listener").await?;
     let channel = connection.create_channel().await?;
     let topology = Topology::new(&isolation.bus);
-    topology.declare(&channel).await?;
+    topology.declare(&connection, &channel).await?;
     let queue = channel
         .queue_declare(
             "",

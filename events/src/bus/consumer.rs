@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use super::{connect, Backoff, BusError, Topology};
 use crate::config::BusSettings;
 use crate::episode::Episode;
+use lapin::options::BasicRejectOptions;
 
 /// How often the connection's health is checked besides the stream itself.
 const WATCHDOG_INTERVAL: Duration = Duration::from_secs(2);
@@ -165,6 +166,16 @@ impl ConsumerSupervisor {
         }
     }
 
+    /// Whether a work queue's delivery has used up `DELIVERY_LIMIT`: the first
+    /// delivery and that many redeliveries, as the broker's own limit counted.
+    fn spent(&self, delivery: &Delivery) -> bool {
+        let limited = matches!(
+            self.subscription,
+            Subscription::UserMessages | Subscription::MemoryJobs { .. }
+        );
+        limited && super::earlier_deliveries(delivery) > u64::from(self.settings.delivery_limit)
+    }
+
     /// One connection's worth of consuming. `Ok` means shutdown was requested.
     async fn session<H, Fut>(
         &self,
@@ -188,7 +199,7 @@ impl ConsumerSupervisor {
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
-        self.topology.declare(&channel).await?;
+        self.topology.declare(&connection, &channel).await?;
         let queue = match &self.subscription {
             Subscription::UserMessages => self.topology.user_messages_queue.clone(),
             Subscription::DeadLetters => self.topology.dead_letter_queue.clone(),
@@ -264,6 +275,9 @@ impl ConsumerSupervisor {
                     // deltas must not overtake each other. Work is handled
                     // concurrently, up to the prefetch.
                     Some(Ok(delivery)) if in_order => handler(delivery).await,
+                    Some(Ok(delivery)) if self.spent(&delivery) => {
+                        tracker.spawn(dead_letter(delivery, self.settings.delivery_limit));
+                    }
                     Some(Ok(delivery)) => {
                         let handler = handler.clone();
                         let stop = stop_handlers.clone();
@@ -299,5 +313,22 @@ impl ConsumerSupervisor {
             let _ = connection.close(200, "shutdown").await;
         }
         outcome
+    }
+}
+
+/// Sends a delivery that used up the delivery limit to the queue's dead-letter
+/// exchange, without handling it again.
+async fn dead_letter(delivery: Delivery, limit: u32) {
+    tracing::warn!(
+        delivery_limit = limit,
+        earlier_deliveries = super::earlier_deliveries(&delivery),
+        "a message reached the delivery limit; dead-lettering it"
+    );
+    if let Err(e) = delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+    {
+        tracing::warn!(error = %e, "could not dead-letter the delivery; it will be redelivered");
     }
 }

@@ -4,7 +4,11 @@
 //! - `<ns>.events` (topic exchange): every event, routed by its type.
 //! - `<ns>.chat.user_messages` (quorum queue, bound to `UserMessagePosted`): the
 //!   workers' work. A delivery limit sends poison messages to `<ns>.dlx` →
-//!   `<ns>.dead_letters` instead of letting them loop.
+//!   `<ns>.dead_letters` instead of letting them loop. The limit is the
+//!   consumers' (`DELIVERY_LIMIT`, checked against the quorum queue's
+//!   `x-delivery-count`), not a queue argument: a queue's arguments are fixed at
+//!   its creation, and redeclaring one with another value fails, so a new limit
+//!   rolled out as an argument would take every process off the broker.
 //! - each api process binds a private, auto-deleted queue to the reply events, to wake
 //!   the requests that wait for them.
 //! - `<ns>.deltas` (fanout, not durable): the text of replies as the model writes
@@ -132,7 +136,7 @@ impl Topology {
             ..Default::default()
         };
         // Kept for a person to inspect, never consumed: bounded, oldest dropped first.
-        let mut dead = quorum_args(None);
+        let mut dead = quorum_args();
         dead.insert(
             "x-max-length".into(),
             AMQPValue::LongInt(MEMORY_DEAD_LETTERS_KEPT),
@@ -147,14 +151,12 @@ impl Topology {
             "",
         )
         .await?;
-        let mut jobs = quorum_args(Some(self.delivery_limit));
+        let mut jobs = quorum_args();
         jobs.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(self.memory_dead_letter_exchange.as_str().into()),
         );
-        channel
-            .queue_declare(&self.memory_jobs_queue, queue, jobs)
-            .await?;
+        declare_work_queue(connection, channel, &self.memory_jobs_queue, jobs).await?;
         self.bind(
             channel,
             &self.memory_jobs_queue,
@@ -246,7 +248,11 @@ impl Topology {
 
     /// Declares the shared exchanges and durable queues. Idempotent, so every process
     /// declares on every (re)connect and none depends on another having run first.
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+    ) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -281,7 +287,7 @@ impl Topology {
             ..Default::default()
         };
         channel
-            .queue_declare(&self.dead_letter_queue, queue, quorum_args(None))
+            .queue_declare(&self.dead_letter_queue, queue, quorum_args())
             .await?;
         channel
             .queue_bind(
@@ -293,14 +299,12 @@ impl Topology {
             )
             .await?;
 
-        let mut args = quorum_args(Some(self.delivery_limit));
+        let mut args = quorum_args();
         args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
         );
-        channel
-            .queue_declare(&self.user_messages_queue, queue, args)
-            .await?;
+        declare_work_queue(connection, channel, &self.user_messages_queue, args).await?;
         channel
             .queue_bind(
                 &self.user_messages_queue,
@@ -341,19 +345,63 @@ impl Topology {
     }
 }
 
-fn quorum_args(delivery_limit: Option<u32>) -> FieldTable {
+fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    if let Some(limit) = delivery_limit {
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(i32::try_from(limit).unwrap_or(i32::MAX)),
-        );
-    }
     args
+}
+
+/// Declares a work queue with `args` if it does not exist yet, and otherwise
+/// takes it as it is: an earlier release declared these with an `x-delivery-limit`
+/// argument, and redeclaring without it would fail. The check runs on a channel of
+/// its own, since the broker closes a channel that asks after a missing queue.
+async fn declare_work_queue(
+    connection: &Connection,
+    channel: &Channel,
+    queue: &str,
+    args: FieldTable,
+) -> Result<(), lapin::Error> {
+    let probe = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = probe
+        .queue_declare(queue, passive, FieldTable::default())
+        .await
+        .is_ok();
+    if probe.status().connected() {
+        let _ = probe.close(200, "done").await;
+    }
+    if !exists {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel.queue_declare(queue, durable, args).await?;
+    }
+    Ok(())
+}
+
+/// How many times the broker delivered this message before, by the quorum
+/// queue's `x-delivery-count` (absent on a first delivery).
+pub fn earlier_deliveries(delivery: &lapin::message::Delivery) -> u64 {
+    let Some(headers) = delivery.properties.headers().as_ref() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortUInt(n)) => u64::from(*n),
+        _ => 0,
+    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -170,7 +170,7 @@ impl Publisher {
         confirming
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.topology.declare(&confirming).await?;
+        self.topology.declare(&connection, &confirming).await?;
         let deltas = connection.create_channel().await?;
         Ok((connection, Channels { confirming, deltas }))
     }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use events::config::{env_opt, env_or, BusSettings, ConfigError, DatabaseSettings};
+use events::config::{env_opt, env_or, BusSettings, ConfigError, DatabaseSettings, SecretString};
 
 use crate::auth::AuthMode;
 
@@ -30,7 +30,7 @@ pub struct ApiConfig {
     /// `BIND_ADDR`.
     pub bind_addr: SocketAddr,
     /// `JWT_SECRET`.
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
     /// `AUTH_MODE`: `strict` (default) or `legacy`.
     pub auth_mode: AuthMode,
     /// `ACCESS_TOKEN_TTL_SECS`, `REFRESH_TOKEN_TTL_SECS`.
@@ -101,7 +101,7 @@ impl ApiConfig {
             database,
             bus: BusSettings::from_env()?,
             bind_addr: env_or("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
-            jwt_secret,
+            jwt_secret: jwt_secret.into(),
             auth_mode: env_or("AUTH_MODE", AuthMode::Strict)?,
             access_ttl: Duration::from_secs(env_or("ACCESS_TOKEN_TTL_SECS", 3600)?),
             refresh_ttl,

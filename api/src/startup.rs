@@ -17,6 +17,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use events::bus::Publisher;
+use events::config::ExposeSecret;
 use events::db::{connect_and_migrate_patiently, DbSetupError};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
@@ -79,7 +80,7 @@ impl Application {
         password::warm_up().await;
         let state = AppState {
             jwt: Arc::new(JwtKeys::new(
-                &config.jwt_secret,
+                config.jwt_secret.expose_secret(),
                 config.access_ttl,
                 config.refresh_ttl,
             )),

@@ -5,6 +5,8 @@
 //! error at start, never silently replaced by the default.
 
 use std::str::FromStr;
+
+pub use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +47,9 @@ pub fn env_opt(name: &'static str) -> Option<String> {
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// `DATABASE_URL`; the database named in it is created when missing.
-    pub url: String,
+    /// `DATABASE_URL`; the database named in it is created when missing. Secret:
+    /// it may carry a password, and `Debug` prints it as redacted.
+    pub url: SecretString,
     /// `DB_MAX_CONNECTIONS`: pool size per process.
     pub max_connections: u32,
     /// `DB_ACQUIRE_TIMEOUT_MS`: how long a request waits for a connection before it
@@ -70,7 +73,8 @@ impl DatabaseSettings {
             url: env_or(
                 "DATABASE_URL",
                 "mysql://root@127.0.0.1:3306/chatbot".to_string(),
-            )?,
+            )?
+            .into(),
             max_connections: env_or("DB_MAX_CONNECTIONS", 16)?,
             acquire_timeout: Duration::from_millis(env_or("DB_ACQUIRE_TIMEOUT_MS", 3000)?),
             commit_timeout: Duration::from_millis(env_or("DB_COMMIT_TIMEOUT_MS", 10_000)?),
@@ -85,8 +89,8 @@ impl DatabaseSettings {
 
 #[derive(Debug, Clone)]
 pub struct BusSettings {
-    /// `AMQP_URL`.
-    pub url: String,
+    /// `AMQP_URL`; secret, as it carries the broker's password.
+    pub url: SecretString,
     /// `BUS_NAMESPACE`: prefix of every exchange and queue name, so that several
     /// deployments (or parallel tests) can share one broker.
     pub namespace: String,
@@ -102,10 +106,44 @@ impl BusSettings {
             url: env_or(
                 "AMQP_URL",
                 "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
-            )?,
+            )?
+            .into(),
             namespace: env_or("BUS_NAMESPACE", "chatbot".to_string())?,
             heartbeat_secs: env_or("AMQP_HEARTBEAT_SECS", 10)?,
             delivery_limit: env_or("DELIVERY_LIMIT", 5)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_names_no_password() {
+        let database = DatabaseSettings {
+            url: "mysql://app:hunter2@db.internal:3306/chatbot"
+                .to_string()
+                .into(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(1),
+            commit_timeout: Duration::from_secs(1),
+            outbox_retention: Duration::from_secs(1),
+            session_retention: Duration::from_secs(1),
+        };
+        let bus = BusSettings {
+            url: "amqps://app:swordfish@mq.internal/%2f".to_string().into(),
+            namespace: "chatbot".into(),
+            heartbeat_secs: 10,
+            delivery_limit: 5,
+        };
+        let printed = format!("{database:?} {bus:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("swordfish"), "{printed}");
+        assert!(printed.contains("REDACTED"), "{printed}");
+        assert_eq!(
+            bus.url.expose_secret(),
+            "amqps://app:swordfish@mq.internal/%2f"
+        );
     }
 }

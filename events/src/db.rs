@@ -12,7 +12,7 @@ use std::str::FromStr;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, ExposeSecret};
 
 /// Connections idle for longer than this are pinged before use.
 const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(1);
@@ -70,7 +70,8 @@ pub async fn connect_and_migrate_patiently(
 
 /// Creates the database if needed, migrates it, and returns a pool.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<MySqlPool, DbSetupError> {
-    let options = MySqlConnectOptions::from_str(&settings.url).map_err(DbSetupError::Url)?;
+    let options =
+        MySqlConnectOptions::from_str(settings.url.expose_secret()).map_err(DbSetupError::Url)?;
     connect_and_migrate_with(settings, options).await
 }
 
@@ -79,7 +80,7 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<MySqlPoo
 pub async fn connect_and_migrate_for_replay(
     settings: &DatabaseSettings,
 ) -> Result<MySqlPool, DbSetupError> {
-    let options = MySqlConnectOptions::from_str(&settings.url)
+    let options = MySqlConnectOptions::from_str(settings.url.expose_secret())
         .map_err(DbSetupError::Url)?
         .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::MAX);
     connect_and_migrate_with(settings, options).await
@@ -89,7 +90,7 @@ async fn connect_and_migrate_with(
     settings: &DatabaseSettings,
     options: MySqlConnectOptions,
 ) -> Result<MySqlPool, DbSetupError> {
-    create_database_if_missing(&settings.url, &options).await?;
+    create_database_if_missing(settings.url.expose_secret(), &options).await?;
     let pool = pool(settings, options);
     migrate(&pool).await?;
     Ok(pool)

@@ -13,6 +13,7 @@ pub mod stack;
 
 use std::str::FromStr;
 
+use events::config::ExposeSecret;
 use events::config::{BusSettings, DatabaseSettings};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 
@@ -50,7 +51,7 @@ impl Isolation {
         let name = unique_name("t");
         Self {
             database: DatabaseSettings {
-                url: format!("{}/{name}", database_server()),
+                url: format!("{}/{name}", database_server()).into(),
                 max_connections: 8,
                 acquire_timeout: std::time::Duration::from_secs(5),
                 commit_timeout: std::time::Duration::from_secs(10),
@@ -58,7 +59,7 @@ impl Isolation {
                 session_retention: std::time::Duration::from_secs(30 * 24 * 3600),
             },
             bus: BusSettings {
-                url: amqp_url(),
+                url: amqp_url().into(),
                 namespace: name,
                 heartbeat_secs: 5,
                 delivery_limit: 5,
@@ -76,7 +77,7 @@ impl Isolation {
     pub fn pool(&self) -> anyhow::Result<MySqlPool> {
         Ok(events::db::pool(
             &self.database,
-            MySqlConnectOptions::from_str(&self.database.url)?,
+            MySqlConnectOptions::from_str(self.database.url.expose_secret())?,
         ))
     }
 
@@ -109,7 +110,7 @@ impl Drop for Isolation {
 }
 
 async fn remove(database: &DatabaseSettings, bus: &BusSettings) -> anyhow::Result<()> {
-    let options = MySqlConnectOptions::from_str(&database.url)?;
+    let options = MySqlConnectOptions::from_str(database.url.expose_secret())?;
     if let Some(name) = options.get_database() {
         let server = MySqlPool::connect(&format!("{}/", database_server())).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))

@@ -10,6 +10,8 @@ use tokio::process::{Child, Command};
 
 use crate::{Client, FakeOpenAi, Isolation, TcpProxy};
 
+use events::config::ExposeSecret;
+
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub auth_mode: &'static str,
@@ -167,8 +169,14 @@ impl Stack {
     /// The environment every process gets.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
-            ("DATABASE_URL", self.isolation.database.url.clone()),
-            ("AMQP_URL", self.isolation.bus.url.clone()),
+            (
+                "DATABASE_URL",
+                self.isolation.database.url.expose_secret().to_string(),
+            ),
+            (
+                "AMQP_URL",
+                self.isolation.bus.url.expose_secret().to_string(),
+            ),
             ("BUS_NAMESPACE", self.isolation.bus.namespace.clone()),
             ("AUTH_MODE", self.options.auth_mode.to_string()),
             ("JWT_SECRET", "system-test-secret".to_string()),
@@ -196,6 +204,7 @@ impl Stack {
                 .isolation
                 .database
                 .url
+                .expose_secret()
                 .replace(":3306/", &format!(":{}/", proxy.port));
             env.push(("DATABASE_URL".into(), url));
         }

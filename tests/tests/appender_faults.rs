@@ -9,6 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use events::config::DatabaseSettings;
+use events::config::ExposeSecret;
 use events::event::EventMetadata;
 use events::store::{AppendError, EventStore, ExpectedVersion, NewEvent};
 use system_tests::{Isolation, NoProjection, TcpProxy};
@@ -87,11 +88,13 @@ async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> 
         url: isolation
             .database
             .url
-            .replace(":3306/", &format!(":{}/", proxy.port)),
+            .expose_secret()
+            .replace(":3306/", &format!(":{}/", proxy.port))
+            .into(),
         max_connections: 1,
         ..isolation.database.clone()
     };
-    let pool = events::db::pool(&settings, settings.url.parse()?);
+    let pool = events::db::pool(&settings, settings.url.expose_secret().parse()?);
     let store =
         EventStore::with_commit_timeout(pool, Arc::new(NoProjection), Duration::from_secs(1));
     let first = store

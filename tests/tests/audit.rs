@@ -13,6 +13,7 @@ use sqlx::MySqlPool;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
+use events::config::ExposeSecret;
 use events::store::read_all;
 use system_tests::seed::{seed_log, SeedPlan};
 use system_tests::{binary, eventually, Client, Isolation, Stack, StackOptions};
@@ -663,7 +664,10 @@ async fn an_interrupted_rebuild_leaves_the_live_views_and_a_second_run_is_refuse
         events: 20_000,
     };
     seed_log(&pool, plan, |_| {}).await?;
-    let env = vec![("DATABASE_URL".to_string(), isolation.database.url.clone())];
+    let env = vec![(
+        "DATABASE_URL".to_string(),
+        isolation.database.url.expose_secret().to_string(),
+    )];
     let first = replay(&env, &["rebuild"]).await?;
     assert!(first.status.success(), "{}", text(&first.stderr));
     let before = checksums(&pool).await?;
@@ -757,7 +761,7 @@ async fn on_a_terminal_the_rebuild_draws_a_progress_bar() -> anyhow::Result<()> 
             &format!("{} replay rebuild --batch 5", worker.display()),
             "/dev/null",
         ])
-        .env("DATABASE_URL", &isolation.database.url)
+        .env("DATABASE_URL", isolation.database.url.expose_secret())
         .output()
         .await?;
     let drawn = text(&output.stdout);

@@ -228,7 +228,7 @@ async fn a_late_failure_on_an_old_connection_leaves_the_new_one_alone() -> anyho
     let isolation = Isolation::new();
     let proxy = TcpProxy::start("127.0.0.1:5672").await?;
     let mut settings = isolation.bus.clone();
-    settings.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    settings.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port).into();
     // Heartbeats far apart, so that only the confirm timeout notices the hang.
     settings.heartbeat_secs = 120;
     let publisher = std::sync::Arc::new(Publisher::new(settings, "late-failure-test"));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use events::bus::Publisher;
+use events::config::ExposeSecret;
 use events::event::DomainEvent;
 use system_tests::{
     eventually, history_rows, outcomes_for, wait_until_answered, Stack, StackOptions,
@@ -437,7 +438,7 @@ async fn an_api_crash_between_commit_and_publish_is_covered_by_the_outbox() -> a
         .await?;
     assert!(unsent >= 1, "committed but never published");
 
-    let direct = stack.isolation.bus.url.clone();
+    let direct = stack.isolation.bus.url.expose_secret().to_string();
     stack
         .spawn_worker_with(&[("AMQP_URL", direct.as_str())])
         .await?;

@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use system_tests::{rss_mib, Stack, StackOptions};
 
+use events::config::ExposeSecret;
+
 /// Writes `rows` answered messages straight into the conversation's history
 /// read model (what the GET routes and the stream read), in one statement.
 async fn seed_history(pool: &MySqlPool, user: i64, bot: i64, rows: i64) -> anyhow::Result<()> {
@@ -258,7 +260,7 @@ async fn a_memory_jobs_check_costs_the_same_on_a_long_conversation() -> anyhow::
     isolation.migrated_pool().await?.close().await;
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
-        .connect(&isolation.database.url)
+        .connect(isolation.database.url.expose_secret())
         .await?;
     seed_history(&pool, 1, 1, 200).await?;
     seed_history(&pool, 2, 1, 20_000).await?;

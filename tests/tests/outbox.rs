@@ -154,7 +154,7 @@ async fn rows_claimed_by_a_relay_that_dies_mid_sweep_go_out_within_the_claim() -
     // a confirm that never comes.
     let proxy = TcpProxy::start("127.0.0.1:5672").await?;
     let mut through_proxy = isolation.bus.clone();
-    through_proxy.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    through_proxy.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port).into();
     let doomed = OutboxRelay::new(
         pool.clone(),
         Arc::new(Publisher::new(through_proxy, "doomed")),

@@ -11,6 +11,8 @@ use tokio::process::Command;
 use system_tests::stack::binary;
 use system_tests::{Client, Isolation, Stack, StackOptions};
 
+use events::config::ExposeSecret;
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -23,8 +25,11 @@ fn free_port() -> anyhow::Result<u16> {
 async fn many_processes_create_and_migrate_one_database_concurrently() -> anyhow::Result<()> {
     let isolation = Isolation::new();
     let env = [
-        ("DATABASE_URL", isolation.database.url.clone()),
-        ("AMQP_URL", isolation.bus.url.clone()),
+        (
+            "DATABASE_URL",
+            isolation.database.url.expose_secret().to_string(),
+        ),
+        ("AMQP_URL", isolation.bus.url.expose_secret().to_string()),
         ("BUS_NAMESPACE", isolation.bus.namespace.clone()),
         ("JWT_SECRET", "s".to_string()),
         ("NO_COLOR", "1".to_string()),
@@ -139,7 +144,7 @@ async fn lock_names_fit_mysql_on_a_database_with_a_64_character_name() -> anyhow
     let mut isolation = Isolation::new();
     let long = format!("{}_{}", isolation.bus.namespace, "l".repeat(64));
     let long = &long[..64];
-    isolation.database.url = format!("{}/{long}", system_tests::database_server());
+    isolation.database.url = format!("{}/{long}", system_tests::database_server()).into();
     let pool = isolation.migrated_pool().await?;
     for purpose in ["migrate", "accounts", "rebuild"] {
         let length: i64 = sqlx::query_scalar(&format!(
@@ -163,8 +168,8 @@ async fn lock_names_fit_mysql_on_a_database_with_a_64_character_name() -> anyhow
     pool.close().await;
     let port = free_port()?;
     let mut api = Command::new(binary("api")?)
-        .env("DATABASE_URL", &isolation.database.url)
-        .env("AMQP_URL", &isolation.bus.url)
+        .env("DATABASE_URL", isolation.database.url.expose_secret())
+        .env("AMQP_URL", isolation.bus.url.expose_secret())
         .env("BUS_NAMESPACE", &isolation.bus.namespace)
         .env("JWT_SECRET", "s")
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))

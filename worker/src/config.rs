@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use events::config::{env_opt, env_or, BusSettings, ConfigError, DatabaseSettings};
+use events::config::{env_opt, env_or, BusSettings, ConfigError, DatabaseSettings, SecretString};
 
 #[derive(Debug, Clone)]
 pub struct ModelSettings {
     /// `OPENAI_API_KEY`; without it the worker uses the offline responder.
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     /// `OPENAI_BASE_URL`: any OpenAI-compatible server.
     pub base_url: String,
     /// `OPENAI_MODEL`.
@@ -70,7 +70,7 @@ impl WorkerConfig {
             },
             bus,
             model: ModelSettings {
-                api_key: env_opt("OPENAI_API_KEY"),
+                api_key: env_opt("OPENAI_API_KEY").map(SecretString::from),
                 base_url: env_or("OPENAI_BASE_URL", "https://api.openai.com/v1".to_string())?,
                 model: env_or("OPENAI_MODEL", "gpt-4o-mini".to_string())?,
                 timeout: Duration::from_secs(env_or("MODEL_TIMEOUT_SECS", 600)?),

@@ -30,6 +30,7 @@ use async_openai::types::chat::{
     CreateChatCompletionRequest,
 };
 use async_openai::Client;
+use events::config::ExposeSecret;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -97,7 +98,7 @@ impl Model {
                     .connect_timeout(Duration::from_secs(10))
                     .build()?;
                 let config = OpenAIConfig::new()
-                    .with_api_key(key)
+                    .with_api_key(key.expose_secret())
                     .with_api_base(settings.base_url.trim_end_matches('/'));
                 Backend::OpenAi {
                     client: Box::new(

@@ -37,7 +37,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::BusSettings;
+use crate::config::{BusSettings, ExposeSecret};
 use crate::event::DomainEvent;
 
 pub use crate::backoff::Backoff;
@@ -412,7 +412,7 @@ const MEMORY_DEAD_LETTERS_KEPT: i32 = 10_000;
 /// Opens a connection on the tokio runtime, with heartbeats so that a dead peer is
 /// noticed even when no traffic flows.
 pub async fn connect(settings: &BusSettings, name: &str) -> Result<Connection, BusError> {
-    let mut uri = AMQPUri::from_str(&settings.url).map_err(BusError::Url)?;
+    let mut uri = AMQPUri::from_str(settings.url.expose_secret()).map_err(BusError::Url)?;
     uri.query.heartbeat = Some(settings.heartbeat_secs);
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())

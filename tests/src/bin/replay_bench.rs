@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use system_tests::seed::{seed_log, SeedPlan};
 use system_tests::{binary, Isolation};
 
+use events::config::ExposeSecret;
+
 struct Run {
     elapsed: Duration,
     peak_rss_kib: u64,
@@ -107,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
             on_disk as f64 / 1048576.0,
             seeding.as_secs_f64()
         );
-        let url = &isolation.database.url;
+        let url = isolation.database.url.expose_secret();
         let rebuild = run_worker(url, &["rebuild", "--batch", &batch]).await?;
         let verify = run_worker(url, &["verify", "--batch", &batch]).await?;
         let export = run_worker(url, &["export", "--user", "1"]).await?;

@@ -22,6 +22,7 @@ use events::db::{connect_and_migrate_patiently, DbSetupError};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::EventStore;
+use events::supervisor::Supervisor;
 
 use crate::auth::{password, AuthMode, JwtKeys};
 use crate::config::ApiConfig;
@@ -120,18 +121,20 @@ impl Application {
     ) -> std::io::Result<()> {
         let background = CancellationToken::new();
         let state = self.state;
-        tokio::spawn({
+        let mut tasks = Supervisor::new(background.clone());
+        tasks.spawn("outbox relay", {
             let relay = state.relay.clone();
             let token = background.clone();
             async move { relay.run(Duration::from_secs(1), token).await }
         });
-        tokio::spawn(
+        tasks.spawn(
+            "chat feed",
             state
                 .feed
                 .clone()
                 .run(state.config.bus.clone(), background.clone()),
         );
-        tokio::spawn({
+        tasks.spawn("revocation reload", {
             let (sessions, pool, token) = (
                 state.sessions.clone(),
                 state.pool.clone(),
@@ -139,15 +142,20 @@ impl Application {
             );
             async move { sessions.run(pool, token).await }
         });
-        tokio::spawn(RevokedSessions::prune_inactive_until(
-            state.pool.clone(),
-            state.config.database.session_retention,
-            background.clone(),
-        ));
-        tokio::spawn({
+        tasks.spawn(
+            "session pruning",
+            RevokedSessions::prune_inactive_until(
+                state.pool.clone(),
+                state.config.database.session_retention,
+                background.clone(),
+            ),
+        );
+        tasks.spawn("read cache purge", {
             let (cache, token) = (state.read_cache.clone(), background.clone());
             async move { cache.purge_expired_until(token).await }
         });
+        let task_failed = tasks.failed();
+        let watching = tokio::spawn(tasks.watch());
 
         let config = state.config.clone();
         let publisher = state.relay.publisher().clone();
@@ -187,13 +195,18 @@ impl Application {
         // that a request finishing its wait still hears of its reply.
         let served =
             crate::server::serve(self.listener, app, config.header_read_timeout, async move {
-                signal.await;
+                tokio::select! {
+                    _ = signal => {}
+                    _ = task_failed.cancelled() => {}
+                }
                 tracing::info!("shutting down: ending streams and long-polls, draining requests");
                 draining.cancel();
             })
             .await;
         background.cancel();
         publisher.close().await;
-        served
+        let watched = watching.await.map_err(std::io::Error::other)?;
+        served?;
+        watched.map_err(std::io::Error::other)
     }
 }

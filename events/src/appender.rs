@@ -24,11 +24,13 @@
 //! connection, and enough of them exceed the server's `max_prepared_stmt_count`.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlRow};
 use sqlx::types::Json;
 use sqlx::{Acquire, QueryBuilder, Row};
@@ -131,7 +133,28 @@ async fn run(committer: Committer, mut receiver: mpsc::Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        let outcomes = committer.commit_all(&batch).await;
+        // A panic (in a projector, say) fails its batch, not the process's every
+        // later append: this task is the only way in to the log.
+        let outcomes = match AssertUnwindSafe(committer.commit_all(&batch))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                tracing::error!(
+                    jobs = batch.len(),
+                    "an append batch panicked; its appends fail and the appender goes on"
+                );
+                batch
+                    .iter()
+                    .map(|_| {
+                        Err(AppendError::Database(sqlx::Error::Protocol(
+                            "the append failed unexpectedly (it panicked)".into(),
+                        )))
+                    })
+                    .collect()
+            }
+        };
         for (job, outcome) in batch.into_iter().zip(outcomes) {
             let _ = job.reply.send(outcome);
         }

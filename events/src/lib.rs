@@ -21,6 +21,8 @@
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.
+//! - [`supervisor`]: a process's background tasks, watched: one that ends early
+//!   stops the process rather than leaving it half alive.
 //! - [`episode`]: expected, handled conditions logged once per episode.
 //! - [`backoff`]: exponential backoff with jitter, for retry loops.
 //! - [`outbox`]: the relay that moves committed events from the outbox table to the bus.
@@ -42,5 +44,6 @@ pub mod projections;
 pub mod record;
 pub mod shutdown;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod upcast;

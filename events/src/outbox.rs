@@ -31,9 +31,11 @@
 //! Sent rows are pruned after `OUTBOX_RETENTION_SECS`: the event log is the
 //! record; the outbox only carries events to the broker.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::QueryBuilder;
 use tokio::sync::mpsc;
@@ -383,9 +385,19 @@ impl SentMarks {
             mark.push_tuples(&batch, |mut b, p| {
                 b.push_bind(p);
             });
-            if let Err(e) = mark.build().persistent(false).execute(&pool).await {
-                tracing::warn!(error = %e, count = batch.len(),
-                    "could not mark outbox rows sent; the sweep may publish them again");
+            // A panic loses this batch's marks (the sweep covers them), not the
+            // task that every later mark needs.
+            let marked = AssertUnwindSafe(mark.build().persistent(false).execute(&pool))
+                .catch_unwind()
+                .await;
+            match marked {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, count = batch.len(),
+                    "could not mark outbox rows sent; the sweep may publish them again"),
+                Err(_) => tracing::error!(
+                    count = batch.len(),
+                    "marking outbox rows sent panicked; the sweep may publish them again"
+                ),
             }
             batch.clear();
         }

@@ -127,3 +127,43 @@ async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> 
     drop(proxy);
     isolation.teardown().await
 }
+
+/// A projector that panics on one event type.
+struct PanicsOnBoom;
+
+impl events::store::InlineProjector for PanicsOnBoom {
+    fn apply<'a>(
+        &'a self,
+        _conn: &'a mut sqlx::mysql::MySqlConnection,
+        events: &'a [events::store::RecordedEvent],
+    ) -> futures::future::BoxFuture<'a, Result<(), sqlx::Error>> {
+        let boom = events.iter().any(|e| e.event_type == "Boom");
+        Box::pin(async move {
+            assert!(!boom, "a projector bug");
+            Ok(())
+        })
+    }
+}
+
+/// A panic inside an append (a projector's bug) fails that append, and the
+/// process's appender goes on: it is the only way in to the log (issue 18,
+/// item 23).
+#[tokio::test]
+async fn a_panicking_append_fails_alone_and_the_appender_lives_on() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    let store = EventStore::new(isolation.migrated_pool().await?, Arc::new(PanicsOnBoom));
+    let mut boom = event(None);
+    boom.event_type = "Boom".into();
+    let failed = store
+        .append_to_stream("panics", ExpectedVersion::Any, &[boom])
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    for _ in 0..3 {
+        store
+            .append_to_stream("panics", ExpectedVersion::Any, &[event(None)])
+            .await?;
+    }
+    let recorded = events::store::read_all(store.pool(), 0, 10).await?;
+    assert_eq!(recorded.len(), 3, "the panicked append left nothing behind");
+    isolation.teardown().await
+}

@@ -142,7 +142,7 @@ async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
     let config = WorkerConfig::from_env()?;
     let worker = Worker::build(config).await?;
     tracing::info!(replies = roles.replies, memory = roles.memory, "roles");
-    worker.run(roles, events::shutdown::on_signal()).await;
+    worker.run(roles, events::shutdown::on_signal()).await?;
     Ok(())
 }
 

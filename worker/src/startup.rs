@@ -11,6 +11,7 @@ use events::db::{connect_and_migrate_patiently, DbSetupError};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
 use events::store::EventStore;
+use events::supervisor::{Supervisor, TaskEnded};
 
 use crate::config::WorkerConfig;
 use crate::consumer::{handle_dead_letter, handle_delivery, handle_memory_job};
@@ -60,9 +61,11 @@ impl Worker {
     }
 
     /// Consumes until `shutdown` in the given roles, then finishes or hands back
-    /// in-flight messages.
-    pub async fn run(self, roles: Roles, shutdown: CancellationToken) {
-        let relay_task = tokio::spawn({
+    /// in-flight messages. A background task that ends sooner shuts the worker
+    /// down the same way, and is the error.
+    pub async fn run(self, roles: Roles, shutdown: CancellationToken) -> Result<(), TaskEnded> {
+        let mut tasks = Supervisor::new(shutdown.clone());
+        tasks.spawn("outbox relay", {
             let relay = self.relay.clone();
             let token = shutdown.clone();
             async move { relay.run(Duration::from_secs(1), token).await }
@@ -70,7 +73,6 @@ impl Worker {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let leases =
             ConversationLeases::new(self.store.pool().clone(), self.config.conversation_lease);
-        let mut consumers = Vec::new();
         if roles.replies {
             let responder = Responder::new(
                 self.store.clone(),
@@ -94,7 +96,7 @@ impl Worker {
                 format!("worker-dead-letters-{id}"),
             )
             .with_grace(Duration::from_secs(5));
-            consumers.push(tokio::spawn({
+            tasks.spawn("reply consumer", {
                 let (responder, token) = (responder.clone(), shutdown.clone());
                 async move {
                     replies
@@ -105,8 +107,8 @@ impl Worker {
                         )
                         .await
                 }
-            }));
-            consumers.push(tokio::spawn({
+            });
+            tasks.spawn("dead-letter consumer", {
                 let token = shutdown.clone();
                 async move {
                     dead_letters
@@ -117,7 +119,7 @@ impl Worker {
                         )
                         .await
                 }
-            }));
+            });
         }
         if roles.memory {
             let keeper = MemoryKeeper::new(
@@ -140,21 +142,29 @@ impl Worker {
                 format!("worker-memory-{id}"),
             )
             .with_grace(self.config.shutdown_grace);
-            consumers.push(tokio::spawn({
+            tasks.spawn("memory consumer", {
                 let token = shutdown.clone();
                 async move {
                     memory
                         .run(token, move |d| handle_memory_job(keeper.clone(), d), |_| {})
                         .await
                 }
-            }));
+            });
         }
-        for consumer in consumers {
-            let _ = consumer.await;
-        }
-        let _ = relay_task.await;
+        let failed = tasks.failed();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::select! {
+                    _ = failed.cancelled() => shutdown.cancel(),
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        });
+        let watched = tasks.watch().await;
         self.relay.publisher().close().await;
         tracing::info!("worker stopped");
+        watched
     }
 }
 

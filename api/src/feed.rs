@@ -226,6 +226,11 @@ impl ChatFeed {
                 if let Some(sid) = event.payload.get("session_id").and_then(|s| s.as_str()) {
                     self.sessions.revoke(sid);
                 }
+                // A password change: read the user's new credentials version.
+                let reason = event.payload.get("reason").and_then(|r| r.as_str());
+                if reason == Some(crate::domain::sessions::REASON_PASSWORD_CHANGED) {
+                    self.sessions.request_reload();
+                }
             }
             Ok(event) => {
                 // Drop cached reads before waking anyone, so a woken reader re-reads.

@@ -41,7 +41,7 @@ impl HangupReason {
 }
 
 pub struct Hangup {
-    session: Option<(String, Arc<RevokedSessions>, watch::Receiver<u64>)>,
+    session: Option<(TokenSession, Arc<RevokedSessions>, watch::Receiver<u64>)>,
     expires_at: Option<Instant>,
     shutdown: CancellationToken,
 }
@@ -52,13 +52,7 @@ impl Hangup {
     pub fn for_caller(caller: &Caller, state: &AppState) -> Self {
         let session = caller.session();
         Self {
-            session: session.map(|s| {
-                (
-                    s.sid.clone(),
-                    state.sessions.clone(),
-                    state.sessions.changes(),
-                )
-            }),
+            session: session.map(|s| (s.clone(), state.sessions.clone(), state.sessions.changes())),
             expires_at: session.map(expiry_instant),
             shutdown: state.draining.clone(),
         }
@@ -74,8 +68,8 @@ impl Hangup {
         };
         let revoked = async {
             match &mut self.session {
-                Some((sid, sessions, changes)) => loop {
-                    if sessions.is_revoked(sid) {
+                Some((token, sessions, changes)) => loop {
+                    if sessions.is_revoked(&token.sid, token.user, token.credentials) {
                         return;
                     }
                     if changes.changed().await.is_err() {

@@ -1,13 +1,21 @@
-//! Which sessions were revoked, in memory, so that checking an access token costs
-//! no database round trip.
+//! Which sessions were revoked, and which users changed their password, in
+//! memory, so that checking an access token costs no database round trip.
+//!
+//! A password change raises the user's credentials version (in the same UPDATE
+//! as the hash), and every token carries the version its session started under:
+//! a token of an older version is refused here, even one whose login raced the
+//! change and started its session after the change had listed the sessions to
+//! revoke.
 //!
 //! An access token outlives its session's revocation by at most its own TTL, so
 //! only sessions revoked within the last access TTL need remembering: the view is
 //! bounded by the revocations of one TTL window. It is fed three ways:
-//! - this process's own revocations, at once;
-//! - every other api's, by `SessionRevoked` notices on the bus (see `feed`);
-//! - a reload from the `sessions` read model at start, after every bus reconnect
-//!   (notices may have been missed), and every `RELOAD_EVERY` as a backstop.
+//! - this process's own revocations and password changes, at once;
+//! - every other api's, by `SessionRevoked` notices on the bus (see `feed`); a
+//!   password change's notices ask for a reload, which reads the new version;
+//! - a reload from the `sessions` read model and the users' recent credentials
+//!   changes at start, after every bus reconnect (notices may have been missed),
+//!   and every `RELOAD_EVERY` as a backstop.
 //!
 //! Every revocation also ticks a watch, so that the streams and long-polls open on
 //! a session hear of it at once and end (see `hangup`).
@@ -20,7 +28,10 @@ use sqlx::MySqlPool;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use events::event::UserId;
 use events::projections::SessionsProjection;
+
+use crate::domain::users;
 
 /// How often the view is reloaded even without a reconnect.
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
@@ -33,6 +44,8 @@ pub struct RevokedSessions {
     /// their validation allows.
     remember: Duration,
     revoked: RwLock<HashMap<String, Instant>>,
+    /// Users whose credentials version rose within `remember`: the version now.
+    credentials: RwLock<HashMap<UserId, (u32, Instant)>>,
     reload: Notify,
     /// Ticks at every revocation this view learns of.
     changes: watch::Sender<u64>,
@@ -43,6 +56,7 @@ impl RevokedSessions {
         Self {
             remember: access_ttl + Duration::from_secs(10),
             revoked: RwLock::default(),
+            credentials: RwLock::default(),
             reload: Notify::new(),
             changes: watch::channel(0).0,
         }
@@ -57,12 +71,36 @@ impl RevokedSessions {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub fn is_revoked(&self, sid: &str) -> bool {
-        self.revoked
+    /// Whether a token of session `sid`, issued to `user` under credentials
+    /// version `credentials`, no longer works.
+    pub fn is_revoked(&self, sid: &str, user: UserId, credentials: u32) -> bool {
+        // A poisoned lock means a panic elsewhere: refuse rather than allow.
+        let revoked = self
+            .revoked
             .read()
             .map(|revoked| revoked.contains_key(sid))
-            // A poisoned lock means a panic elsewhere: refuse rather than allow.
-            .unwrap_or(true)
+            .unwrap_or(true);
+        revoked
+            || self
+                .credentials
+                .read()
+                .map(|c| c.get(&user).is_some_and(|(now, _)| *now > credentials))
+                .unwrap_or(true)
+    }
+
+    /// `user`'s credentials version is now `version` (it only ever rises).
+    pub fn raise_credentials(&self, user: UserId, version: u32) {
+        let mut raised = false;
+        if let Ok(mut credentials) = self.credentials.write() {
+            let entry = credentials.entry(user).or_insert((0, Instant::now()));
+            if version > entry.0 {
+                *entry = (version, Instant::now());
+                raised = true;
+            }
+        }
+        if raised {
+            self.tick();
+        }
     }
 
     pub fn revoke(&self, sid: &str) {
@@ -77,10 +115,18 @@ impl RevokedSessions {
         self.reload.notify_one();
     }
 
-    /// Replaces the view with the database's recent revocations.
+    /// Replaces the view with the database's recent revocations and credentials
+    /// changes.
     pub async fn load(&self, pool: &MySqlPool) -> Result<usize, sqlx::Error> {
         let recent = SessionsProjection::revoked_since(pool, self.remember).await?;
+        let changed = users::credentials_changed_since(pool, self.remember).await?;
         let now = Instant::now();
+        if let Ok(mut credentials) = self.credentials.write() {
+            credentials.retain(|_, (_, at)| now.duration_since(*at) < self.remember);
+        }
+        for (user, version) in changed {
+            self.raise_credentials(user, version);
+        }
         let mut learned = false;
         if let Ok(mut revoked) = self.revoked.write() {
             revoked.retain(|_, at| now.duration_since(*at) < self.remember);
@@ -147,9 +193,23 @@ mod tests {
     #[test]
     fn revoked_sessions_are_refused_and_others_are_not() {
         let view = RevokedSessions::new(Duration::from_secs(60));
-        assert!(!view.is_revoked("a"));
+        assert!(!view.is_revoked("a", 1, 0));
         view.revoke("a");
-        assert!(view.is_revoked("a"));
-        assert!(!view.is_revoked("b"));
+        assert!(view.is_revoked("a", 1, 0));
+        assert!(!view.is_revoked("b", 1, 0));
+    }
+
+    #[test]
+    fn tokens_of_older_credentials_are_refused() {
+        let view = RevokedSessions::new(Duration::from_secs(60));
+        let changes = view.changes();
+        view.raise_credentials(7, 2);
+        assert!(changes.has_changed().unwrap());
+        assert!(view.is_revoked("a", 7, 1), "issued before the change");
+        assert!(!view.is_revoked("a", 7, 2), "issued after it");
+        assert!(!view.is_revoked("a", 8, 0), "another user");
+        // A stale, lower version learned later changes nothing.
+        view.raise_credentials(7, 1);
+        assert!(view.is_revoked("a", 7, 1));
     }
 }

@@ -291,3 +291,120 @@ async fn concurrent_logins_queue_for_hashing_instead_of_exhausting_memory() -> a
     assert!(peak < 300, "peak RSS {peak} MiB");
     stack.teardown().await
 }
+
+/// Logins with the old password racing a password change (issue 18, item 6): no
+/// session they started survives the change, on either replica, however the
+/// login and the change interleaved, and the old password cannot take the
+/// account back.
+#[tokio::test]
+async fn no_login_racing_a_password_change_survives_it() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let stack = Stack::start(StackOptions {
+        apis: 2,
+        workers: 0,
+        ..Default::default()
+    })
+    .await?;
+    let (owner_api, attacker_api) = (stack.client(0), stack.client(1));
+    let (user, owner_access, _) = owner_api.signup("raced", "old pass word").await?;
+
+    // The attacker logs in with the old password, continuously, from 4 clients.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stolen = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let attackers: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, stolen) = (stop.clone(), stolen.clone());
+            let client = stack.client(i % 2);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let answer = client
+                        .post_json(
+                            "/login/",
+                            &json!({ "username": "raced", "password": "old pass word" }),
+                            None,
+                        )
+                        .await;
+                    if let Ok(answer) = answer {
+                        if answer.status == 200 {
+                            let text =
+                                |f: &str| answer.body[f].as_str().unwrap_or_default().to_string();
+                            if let Ok(mut stolen) = stolen.lock() {
+                                stolen.push((text("access"), text("refresh")));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let changed = owner_api
+        .patch_json(
+            &format!("/users/users/{user}/"),
+            &json!({ "password": "new pass word" }),
+            Some(&owner_access),
+        )
+        .await?;
+    assert_eq!(changed.status, 200, "{changed:?}");
+    // Logins already past their password check finish after the change.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::SeqCst);
+    for attacker in attackers {
+        attacker.await?;
+    }
+    let stolen = stolen.lock().map(|s| s.clone()).unwrap_or_default();
+    println!(
+        "{} logins with the old password succeeded around the change",
+        stolen.len()
+    );
+    assert!(
+        stolen.len() >= 4,
+        "the race was run ({} logins)",
+        stolen.len()
+    );
+
+    let mut survivors = 0;
+    for (access, refresh_token) in &stolen {
+        for api in [&owner_api, &attacker_api] {
+            if eventually(Duration::from_secs(3), "the token refused", || async {
+                Ok((!works(api, access).await?).then_some(()))
+            })
+            .await
+            .is_err()
+            {
+                survivors += 1;
+            }
+        }
+        if refresh(&attacker_api, refresh_token).await?.is_some() {
+            survivors += 1;
+        }
+    }
+    assert_eq!(
+        survivors, 0,
+        "tokens of logins that raced the change still work"
+    );
+    // The old password is refused; the owner's new one works, and the attacker
+    // cannot change it back with anything they hold.
+    let old = attacker_api
+        .post_json(
+            "/login/",
+            &json!({ "username": "raced", "password": "old pass word" }),
+            None,
+        )
+        .await?;
+    assert_eq!(old.status, 401, "{old:?}");
+    if let Some((access, _)) = stolen.last() {
+        let retaken = attacker_api
+            .patch_json(
+                &format!("/users/users/{user}/"),
+                &json!({ "password": "attacker's" }),
+                Some(access),
+            )
+            .await?;
+        assert_eq!(retaken.status, 401, "{retaken:?}");
+    }
+    let (fresh, _) = login(&attacker_api, "raced", "new pass word").await?;
+    assert!(works(&owner_api, &fresh).await?);
+    stack.teardown().await
+}

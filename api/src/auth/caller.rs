@@ -5,8 +5,9 @@
 //! result and never read headers themselves.
 //!
 //! A token is refused when its signature, type or expiry is wrong, when its
-//! session was revoked (logout, password change, a reused refresh token), and when
-//! its user does not exist. The last two are answered from memory (see
+//! session was revoked (logout, password change, a reused refresh token) or it
+//! was issued before the user's last password change, and when its user does
+//! not exist. The last two are answered from memory (see
 //! `sessions` and `known_users`), so a valid token costs no database round trip.
 
 use std::sync::atomic::Ordering;
@@ -40,6 +41,8 @@ pub struct TokenSession {
     pub sid: String,
     /// The token's `exp`, in Unix seconds.
     pub expires_at: i64,
+    /// The credentials version the token was issued under.
+    pub credentials: u32,
 }
 
 fn bearer(parts: &Parts) -> Option<Result<&str, ()>> {
@@ -76,6 +79,7 @@ impl FromRequestParts<AppState> for Caller {
                         user: claims.user_id,
                         sid: claims.sid,
                         expires_at: claims.exp,
+                        credentials: claims.cv,
                     })),
                     Err(why) => Err(ApiError::Unauthorized(format!(
                         "Access token rejected: {why}. Log in again."
@@ -98,8 +102,13 @@ async fn check_session(
     claims: &Claims,
     state: &AppState,
 ) -> Result<Result<(), &'static str>, ApiError> {
-    if state.sessions.is_revoked(&claims.sid) {
-        return Ok(Err("its session was signed out"));
+    if state
+        .sessions
+        .is_revoked(&claims.sid, claims.user_id, claims.cv)
+    {
+        return Ok(Err(
+            "its session was signed out, or the password changed since",
+        ));
     }
     if !state.users.exists(&state.pool, claims.user_id).await? {
         return Ok(Err("its user does not exist"));

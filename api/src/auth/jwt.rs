@@ -30,6 +30,11 @@ pub struct Claims {
     pub jti: String,
     /// The session (one login) that issued this token.
     pub sid: String,
+    /// The user's credentials version when the session was started: a password
+    /// change raises it, and older tokens stop working. Absent (0) in tokens from
+    /// before it existed.
+    #[serde(default)]
+    pub cv: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +82,7 @@ impl JwtKeys {
 
     pub fn issue(
         &self,
-        user_id: UserId,
-        sid: &str,
+        (user_id, sid, cv): (UserId, &str, u32),
         kind: TokenKind,
         jti: String,
     ) -> Result<String, TokenError> {
@@ -94,20 +98,21 @@ impl JwtKeys {
             exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
             jti,
             sid: sid.to_string(),
+            cv,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Sign)
     }
 
-    /// A fresh access token and the refresh token `refresh_jti` of session `sid`.
+    /// A fresh access token and the refresh token `refresh_jti` of session `sid`,
+    /// started under credentials version `cv`.
     pub fn pair(
         &self,
-        user_id: UserId,
-        sid: &str,
+        subject: (UserId, &str, u32),
         refresh_jti: &str,
     ) -> Result<(String, String), TokenError> {
         Ok((
-            self.issue(user_id, sid, TokenKind::Access, Self::new_jti())?,
-            self.issue(user_id, sid, TokenKind::Refresh, refresh_jti.to_string())?,
+            self.issue(subject, TokenKind::Access, Self::new_jti())?,
+            self.issue(subject, TokenKind::Refresh, refresh_jti.to_string())?,
         ))
     }
 
@@ -137,7 +142,7 @@ mod tests {
     #[test]
     fn a_real_token_round_trips_and_kinds_do_not_mix() {
         let keys = keys();
-        let (access, refresh) = keys.pair(42, "s1", "j1").unwrap();
+        let (access, refresh) = keys.pair((42, "s1", 0), "j1").unwrap();
         assert_eq!(keys.verify(&access, TokenKind::Access).unwrap().user_id, 42);
         let claims = keys.verify(&refresh, TokenKind::Refresh).unwrap();
         assert_eq!((claims.sid.as_str(), claims.jti.as_str()), ("s1", "j1"));
@@ -156,18 +161,18 @@ mod tests {
     fn tampered_foreign_and_unsigned_tokens_fail() {
         let keys = keys();
         let access = keys
-            .issue(1, "s", TokenKind::Access, JwtKeys::new_jti())
+            .issue((1, "s", 0), TokenKind::Access, JwtKeys::new_jti())
             .unwrap();
         let mut parts: Vec<String> = access.split('.').map(str::to_string).collect();
         // Re-sign nothing: swap the payload for one naming another user.
         let other = keys
-            .issue(2, "s", TokenKind::Access, JwtKeys::new_jti())
+            .issue((2, "s", 0), TokenKind::Access, JwtKeys::new_jti())
             .unwrap();
         parts[1] = other.split('.').nth(1).unwrap().to_string();
         assert!(keys.verify(&parts.join("."), TokenKind::Access).is_err());
 
         let foreign = JwtKeys::new("other", Duration::from_secs(60), Duration::from_secs(60))
-            .issue(1, "s", TokenKind::Access, JwtKeys::new_jti())
+            .issue((1, "s", 0), TokenKind::Access, JwtKeys::new_jti())
             .unwrap();
         assert!(keys.verify(&foreign, TokenKind::Access).is_err());
 

@@ -17,6 +17,8 @@ pub struct User {
     pub username: String,
     pub email: String,
     pub password_hash: String,
+    /// Raised by every password change (see the migration that added it).
+    pub credentials_version: u32,
 }
 
 /// Field errors keyed by field name, as DRF reports them.
@@ -205,7 +207,8 @@ pub fn is_duplicate(e: &sqlx::Error) -> bool {
 
 /// An absent email reads as `""`, as the contract shows it.
 const SELECT_USER: &str =
-    "SELECT id, username, COALESCE(email, '') AS email, password_hash FROM users";
+    "SELECT id, username, COALESCE(email, '') AS email, password_hash, credentials_version \
+     FROM users";
 
 /// Finds a user by username, or else by email (the login form takes either).
 pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User>, sqlx::Error> {
@@ -223,6 +226,21 @@ pub async fn find_for_login(pool: &MySqlPool, login: &str) -> Result<Option<User
     ))
     .bind(login)
     .fetch_optional(pool)
+    .await
+}
+
+/// The users whose password changed within the last `within`, by the database's
+/// clock, with their credentials versions now.
+pub async fn credentials_changed_since(
+    pool: &MySqlPool,
+    within: std::time::Duration,
+) -> Result<Vec<(UserId, u32)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, credentials_version FROM users \
+         WHERE credentials_changed_at > NOW(6) - INTERVAL ? SECOND",
+    )
+    .bind(within.as_secs())
+    .fetch_all(pool)
     .await
 }
 
@@ -245,11 +263,16 @@ pub async fn update(
     let result = sqlx::query(
         "UPDATE users SET username = COALESCE(?, username), \
          email = IF(?, NULLIF(?, ''), email), \
-         password_hash = COALESCE(?, password_hash) WHERE id = ?",
+         password_hash = COALESCE(?, password_hash), \
+         credentials_version = credentials_version + IF(? IS NULL, 0, 1), \
+         credentials_changed_at = IF(? IS NULL, credentials_changed_at, NOW(6)) \
+         WHERE id = ?",
     )
     .bind(username)
     .bind(email.is_some())
     .bind(email)
+    .bind(password_hash)
+    .bind(password_hash)
     .bind(password_hash)
     .bind(id)
     .execute(conn)

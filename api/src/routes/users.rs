@@ -123,8 +123,11 @@ pub async fn login(
     let (access, refresh) = state
         .jwt
         .pair(
-            user.id,
-            &session.session_id.to_string(),
+            (
+                user.id,
+                &session.session_id.to_string(),
+                user.credentials_version,
+            ),
             &session.refresh_jti,
         )
         .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -185,6 +188,19 @@ pub async fn refresh(
     Payload(body): Payload<RefreshBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let claims = refresh_claims(&state, body)?;
+    // The password changed since this session started (its login may have raced
+    // the change): the session is over, whatever the revocations say.
+    let credentials = users::find(&state.pool, claims.user_id)
+        .await?
+        .map(|u| u.credentials_version);
+    match credentials {
+        Some(version) if version == claims.cv => {}
+        Some(version) => {
+            state.sessions.raise_credentials(claims.user_id, version);
+            return Err(refresh_token_not_valid());
+        }
+        None => return Err(refresh_token_not_valid()),
+    }
     let refreshed = sessions::refresh(
         &state.store,
         &claims.sid,
@@ -205,7 +221,10 @@ pub async fn refresh(
     };
     let (access, refresh) = state
         .jwt
-        .pair(claims.user_id, &claims.sid, &session.refresh_jti)
+        .pair(
+            (claims.user_id, &claims.sid, claims.cv),
+            &session.refresh_jti,
+        )
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     publish_in_background(&state, session.events);
     Ok(Json(json!({ "access": access, "refresh": refresh })))
@@ -283,8 +302,18 @@ pub async fn update(
     if !updated? {
         return Err(taken());
     }
+    let user = users::find(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user.".into()))?;
     if hash.is_some() {
-        // Whoever held a token of this account before the change holds nothing now.
+        // Whoever held a token of this account before the change holds nothing
+        // now: the new credentials version (committed with the hash) refuses
+        // every older token, here at once and on the other apis as soon as the
+        // revocations below reach them. Revoking the sessions also ends them in
+        // the read model.
+        state
+            .sessions
+            .raise_credentials(id, user.credentials_version);
         let (ids, events) = sessions::revoke_all(
             &state.store,
             id,
@@ -295,9 +324,6 @@ pub async fn update(
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         revoked(&state, events, &ids);
     }
-    let user = users::find(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("No such user.".into()))?;
     Ok(ok(
         json!({ "username": user.username, "email": user.email }),
     ))

@@ -61,6 +61,12 @@ pub struct DatabaseSettings {
     /// `OUTBOX_RETENTION_SECS`: how long sent outbox rows are kept before they
     /// are pruned (the event log is the record).
     pub outbox_retention: Duration,
+    /// `DB_SESSION_IDLE_TIMEOUT_SECS`: the server closes a connection of ours
+    /// that stays silent this long, in a transaction or not (MySQL's and
+    /// MariaDB's `wait_timeout`), so that a frozen or partitioned process cannot
+    /// hold the log's head lock for the server's default of 8 hours. `None` (0)
+    /// leaves the server's default (`worker replay`, whose lock connection idles).
+    pub session_idle_timeout: Option<Duration>,
     /// `SESSION_RETENTION_SECS`: how long a session unused since its start or last
     /// refresh is kept; at least the refresh tokens' TTL, since a pruned session
     /// cannot be refreshed.
@@ -79,6 +85,10 @@ impl DatabaseSettings {
             acquire_timeout: Duration::from_millis(env_or("DB_ACQUIRE_TIMEOUT_MS", 3000)?),
             commit_timeout: Duration::from_millis(env_or("DB_COMMIT_TIMEOUT_MS", 10_000)?),
             outbox_retention: Duration::from_secs(env_or("OUTBOX_RETENTION_SECS", 24 * 3600)?),
+            session_idle_timeout: match env_or("DB_SESSION_IDLE_TIMEOUT_SECS", 20u64)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             session_retention: Duration::from_secs(env_or(
                 "SESSION_RETENTION_SECS",
                 30 * 24 * 3600,
@@ -129,6 +139,7 @@ mod tests {
             acquire_timeout: Duration::from_secs(1),
             commit_timeout: Duration::from_secs(1),
             outbox_retention: Duration::from_secs(1),
+            session_idle_timeout: None,
             session_retention: Duration::from_secs(1),
         };
         let bus = BusSettings {

@@ -83,7 +83,12 @@ pub async fn connect_and_migrate_for_replay(
     let options = MySqlConnectOptions::from_str(settings.url.expose_secret())
         .map_err(DbSetupError::Url)?
         .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::MAX);
-    connect_and_migrate_with(settings, options).await
+    // Its lock connection idles for the whole run: the server must not close it.
+    let settings = DatabaseSettings {
+        session_idle_timeout: None,
+        ..settings.clone()
+    };
+    connect_and_migrate_with(&settings, options).await
 }
 
 async fn connect_and_migrate_with(
@@ -106,8 +111,18 @@ fn migrate_error(error: sqlx::migrate::MigrateError) -> DbSetupError {
 
 /// A pool against an existing database, without migrating (for tools and tests).
 pub fn pool(settings: &DatabaseSettings, options: MySqlConnectOptions) -> MySqlPool {
-    MySqlPoolOptions::new()
-        .max_connections(settings.max_connections)
+    // Every timestamp is UTC, the database's own `NOW(6)` included. A lock wait
+    // gives up after a few seconds (and is retried) rather than the server's 50.
+    let mut session = "SET time_zone = '+00:00', innodb_lock_wait_timeout = 5".to_string();
+    let mut pool = MySqlPoolOptions::new();
+    if let Some(idle) = settings.session_idle_timeout {
+        let secs = idle.as_secs().max(2);
+        session.push_str(&format!(", wait_timeout = {secs}"));
+        // The pool retires its idle connections before the server closes them.
+        pool = pool.idle_timeout(std::time::Duration::from_secs(secs - 1));
+    }
+    let session: std::sync::Arc<str> = session.into();
+    pool.max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         // Ping only connections that sat idle (they may have died with a database
         // restart); a busy pool would otherwise pay a round trip per query. A busy
@@ -121,15 +136,9 @@ pub fn pool(settings: &DatabaseSettings, options: MySqlConnectOptions) -> MySqlP
                 Ok(conn.ping().await.is_ok())
             })
         })
-        // Every timestamp is UTC, the database's own `NOW(6)` included. A lock wait
-        // gives up after a few seconds (and is retried) rather than the server's 50.
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::query("SET time_zone = '+00:00', innodb_lock_wait_timeout = 5")
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
-            })
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move { sqlx::query(&session).execute(conn).await.map(|_| ()) })
         })
         .connect_lazy_with(options.log_statements(tracing::log::LevelFilter::Trace))
 }

@@ -56,6 +56,7 @@ impl Isolation {
                 acquire_timeout: std::time::Duration::from_secs(5),
                 commit_timeout: std::time::Duration::from_secs(10),
                 outbox_retention: std::time::Duration::from_secs(24 * 3600),
+                session_idle_timeout: Some(std::time::Duration::from_secs(20)),
                 session_retention: std::time::Duration::from_secs(30 * 24 * 3600),
             },
             bus: BusSettings {

@@ -167,3 +167,72 @@ async fn a_panicking_append_fails_alone_and_the_appender_lives_on() -> anyhow::R
     assert_eq!(recorded.len(), 3, "the panicked append left nothing behind");
     isolation.teardown().await
 }
+
+/// A process that freezes (SIGSTOP, a VM pause, a partition) while it holds the
+/// log's head lock, without closing its connection, holds up every other
+/// process's appends only until the server's idle timeout closes that
+/// connection (issue 18, item 14). The freeze is a proxy that swallows both
+/// directions and sends no FIN.
+#[tokio::test]
+async fn a_frozen_lock_holder_stops_other_appends_for_seconds_not_hours() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    isolation.migrated_pool().await?.close().await;
+    let proxy = TcpProxy::start("127.0.0.1:3306").await?;
+    // The frozen process's connection, with the settings every process uses.
+    let frozen_settings = DatabaseSettings {
+        url: isolation
+            .database
+            .url
+            .expose_secret()
+            .replace(":3306/", &format!(":{}/", proxy.port))
+            .into(),
+        max_connections: 1,
+        ..DatabaseSettings::from_env()?
+    };
+    let timeout = frozen_settings
+        .session_idle_timeout
+        .ok_or_else(|| anyhow::anyhow!("the default bounds an idle session"))?;
+    let frozen_pool = events::db::pool(
+        &frozen_settings,
+        frozen_settings.url.expose_secret().parse()?,
+    );
+    let mut frozen = frozen_pool.acquire().await?;
+    sqlx::query("BEGIN").execute(&mut *frozen).await?;
+    sqlx::query("SELECT position FROM event_log_head WHERE id = 1 FOR UPDATE")
+        .execute(&mut *frozen)
+        .await?;
+    proxy.freeze();
+
+    // Another process appends meanwhile, as a client would retry it.
+    let store = EventStore::new(isolation.pool()?, Arc::new(NoProjection));
+    let started = Instant::now();
+    let mut failed_tries = 0;
+    loop {
+        match store
+            .append_to_stream("after-freeze", ExpectedVersion::Any, &[event(None)])
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                failed_tries += 1;
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "appends still blocked after {:?}: {e}",
+                    started.elapsed()
+                );
+            }
+        }
+    }
+    let blocked = started.elapsed();
+    println!(
+        "appends resumed {blocked:?} after the lock holder froze ({failed_tries} failed tries; idle timeout {timeout:?})"
+    );
+    assert!(blocked < Duration::from_secs(30), "{blocked:?}");
+    assert!(
+        blocked >= timeout.saturating_sub(Duration::from_secs(2)),
+        "the lock was really held: {blocked:?}"
+    );
+    drop(frozen);
+    drop(proxy);
+    isolation.teardown().await
+}

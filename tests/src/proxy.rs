@@ -7,7 +7,10 @@
 //! - `restore`: accepts and forwards again (it came back);
 //! - `freeze`: existing connections stay open but nothing more gets through in
 //!   either direction, the way a dead peer behind a NAT looks; new connections
-//!   work normally.
+//!   work normally;
+//! - `stall`: existing connections stay open and nothing is read from either
+//!   side, so the peers' TCP buffers fill and their writes block: a broker that
+//!   stops reading (a memory alarm) looks so.
 //!
 //! It also counts the bytes it forwards, so a test can see how much a process
 //! talks to the service behind it.
@@ -28,6 +31,8 @@ struct Control {
     refusing: bool,
     /// Connections with a generation at or below this are blackholed.
     frozen_upto: u64,
+    /// Connections with a generation at or below this are no longer read.
+    stalled_upto: u64,
 }
 
 pub struct TcpProxy {
@@ -46,6 +51,7 @@ impl TcpProxy {
             cut_upto: 0,
             refusing: false,
             frozen_upto: 0,
+            stalled_upto: 0,
         });
         let generation = Arc::new(AtomicU64::new(0));
         let forwarded = Arc::new(AtomicU64::new(0));
@@ -109,6 +115,11 @@ impl TcpProxy {
         self.forwarded.load(Ordering::SeqCst)
     }
 
+    pub fn stall(&self) {
+        let now = self.generation.load(Ordering::SeqCst);
+        self.control.send_modify(|c| c.stalled_upto = now);
+    }
+
     pub fn freeze(&self) {
         let now = self.generation.load(Ordering::SeqCst);
         self.control.send_modify(|c| c.frozen_upto = now);
@@ -133,6 +144,13 @@ async fn pump(
     loop {
         if control.borrow().cut_upto >= id {
             return;
+        }
+        if control.borrow().stalled_upto >= id {
+            // Read nothing more: wait for a cut (or the end).
+            if control.changed().await.is_err() {
+                return;
+            }
+            continue;
         }
         tokio::select! {
             read = from.read(&mut buf) => match read {

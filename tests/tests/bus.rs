@@ -277,3 +277,59 @@ async fn a_late_failure_on_an_old_connection_leaves_the_new_one_alone() -> anyho
     drop(proxy);
     isolation.teardown().await
 }
+
+/// A broker that stops reading (a memory alarm blocks publishers so) cannot hold
+/// a delta publish, or anything behind it, for long (issue 18, item 13): once the
+/// TCP buffers are full, each publish gives up within its bound (the worker's
+/// reply is then recorded without its deltas; the responder never waits on them).
+#[tokio::test]
+async fn a_broker_that_stops_reading_holds_no_delta_publish_for_long() -> anyhow::Result<()> {
+    use events::bus::deltas::ReplyDelta;
+    use events::bus::Publisher;
+    use system_tests::TcpProxy;
+
+    let isolation = Isolation::new();
+    let proxy = TcpProxy::start("127.0.0.1:5672").await?;
+    let mut settings = isolation.bus.clone();
+    settings.url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port).into();
+    // Heartbeats far apart: only the publish's own bound can end a wait.
+    settings.heartbeat_secs = 300;
+    let publisher = Publisher::new(settings, "stalled-deltas-test");
+    let delta = |index: u32| ReplyDelta {
+        reply_to: uuid::Uuid::now_v7(),
+        user_id: 1,
+        bot_id: 1,
+        attempt: uuid::Uuid::now_v7(),
+        index,
+        text: "x".repeat(64 * 1024),
+    };
+    publisher.publish_delta(&delta(0)).await?;
+
+    proxy.stall();
+    let mut slowest = Duration::ZERO;
+    let mut refused = 0;
+    let started = std::time::Instant::now();
+    // Up to 256 MiB: far more than any TCP buffers hold.
+    for index in 1..=4096 {
+        let one = std::time::Instant::now();
+        let published = publisher.publish_delta(&delta(index)).await;
+        slowest = slowest.max(one.elapsed());
+        if published.is_err() {
+            refused += 1;
+            if refused == 3 {
+                break;
+            }
+        }
+    }
+    println!(
+        "stalled broker: slowest delta publish {slowest:?}, {refused} refused, {:?} in all",
+        started.elapsed()
+    );
+    assert!(refused >= 1, "the stall was never felt");
+    assert!(
+        slowest < Duration::from_secs(4),
+        "a publish waited {slowest:?}"
+    );
+    drop(proxy);
+    isolation.teardown().await
+}

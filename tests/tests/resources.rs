@@ -107,3 +107,84 @@ async fn idle_long_polls_wait_on_the_bus_not_on_the_database() -> anyhow::Result
     }
     stack.teardown().await
 }
+
+/// Posts `count` messages of about 45 words (so about 45 streamed deltas each),
+/// from 16 clients at once, each waiting for its reply.
+async fn streamed_replies(
+    clients: &[(system_tests::Client, String, i64)],
+    count: usize,
+) -> anyhow::Result<()> {
+    let words = (0..44)
+        .map(|i| format!("w{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let per_client = count.div_ceil(clients.len());
+    let runs = clients.iter().map(|(client, token, bot)| {
+        let words = words.clone();
+        async move {
+            for _ in 0..per_client {
+                let reply = client
+                    .post_json(
+                        "/chat/new_chat",
+                        &json!({ "chatbot_id": bot, "input": words }),
+                        Some(token),
+                    )
+                    .await?;
+                anyhow::ensure!(reply.status == 200, "{reply:?}");
+            }
+            Ok(())
+        }
+    });
+    for run in futures::future::join_all(runs).await {
+        run?;
+    }
+    Ok(())
+}
+
+/// The worker's memory stays flat however many replies it streams (issue 18,
+/// item 1): deltas go out on a channel without publisher confirms, so nothing
+/// is kept per delta. CI streams 3,000 replies; `WORKER_RSS_REPLIES=10000` runs
+/// the full check. RSS is read after the first 1,000 and at the end.
+#[tokio::test]
+async fn the_workers_memory_stays_flat_over_thousands_of_streamed_replies() -> anyhow::Result<()> {
+    let total: usize = std::env::var("WORKER_RSS_REPLIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000)
+        .max(2_000);
+    let stack = Stack::start(StackOptions {
+        env: vec![("MEMORY_EVERY_MESSAGES".into(), "1000000".into())],
+        ..Default::default()
+    })
+    .await?;
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let client = stack.client(0);
+        let (_, token, bot) = client.user_with_bot(&format!("streamer{i}")).await?;
+        clients.push((client, token, bot));
+    }
+    let pid = stack.workers[0].pid().unwrap_or_default();
+    let start = rss_mib(pid)?;
+    streamed_replies(&clients, 1_000).await?;
+    let warmed = rss_mib(pid)?;
+    let mut samples = vec![warmed];
+    let mut done = 1_000;
+    while done < total {
+        let step = (total - done).min(1_000);
+        streamed_replies(&clients, step).await?;
+        done += step;
+        samples.push(rss_mib(pid)?);
+    }
+    let end = rss_mib(pid)?;
+    let deltas = stack.model.answered();
+    println!(
+        "worker RSS: {start} MiB at start, {warmed} MiB after 1,000 replies, {end} MiB after {done} \
+         (every 1,000: {samples:?}); model answers: {deltas}"
+    );
+    assert!(
+        end * 10 <= warmed * 11,
+        "RSS grew from {warmed} to {end} MiB over {} more replies",
+        done - 1_000
+    );
+    stack.teardown().await
+}

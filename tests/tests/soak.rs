@@ -151,7 +151,7 @@ async fn inject(
     conversations: &[(i64, String, i64)],
 ) -> anyhow::Result<()> {
     let outage = Duration::from_millis(rng.gen_range(500..3000));
-    match rng.gen_range(0..6) {
+    match rng.gen_range(0..7) {
         0 => {
             let slot = rng.gen_range(0..WORKERS);
             faults.record(format!("SIGKILL worker {slot}"));
@@ -217,6 +217,39 @@ async fn inject(
             proxy.cut();
             tokio::time::sleep(outage).await;
             proxy.restore();
+        }
+        5 => {
+            let (on, off) = (rng.gen_range(0..APIS), rng.gen_range(0..APIS));
+            let u = rng.gen_range(0..conversations.len());
+            faults.record(format!(
+                "an SSE client of soak{u} logs out mid-stream (stream on api {on}, logout on api {off})"
+            ));
+            let (_, _, bot) = &conversations[u];
+            let stream_api = Client::new(format!("http://127.0.0.1:{}", processes.apis[on].0));
+            let logout_api = Client::new(format!("http://127.0.0.1:{}", processes.apis[off].0));
+            let (_, access, refresh) = logout_api.login(&format!("soak{u}"), "pass word").await?;
+            let path = format!("/chat/stream?chatbot_id={bot}");
+            let mut sse = SseStream::open(&stream_api.base, &path, Some(&access), None).await?;
+            anyhow::ensure!(sse.status == 200, "the stream opened ({})", sse.status);
+            let logout = logout_api
+                .post_json("/logout/", &json!({ "refresh": refresh }), None)
+                .await?;
+            anyhow::ensure!(logout.status == 200, "logout: {logout:?}");
+            let ended = tokio::time::Instant::now() + Duration::from_secs(5);
+            // Rows and keep-alives may come first; then the stream must end.
+            loop {
+                let left = ended.saturating_duration_since(tokio::time::Instant::now());
+                match sse.next(left).await {
+                    Ok(_) if left > Duration::ZERO => continue,
+                    Err(e) if e.to_string().contains("ended") => break,
+                    _ => anyhow::bail!("a stream outlived its logout by 5 s"),
+                }
+            }
+            let again = SseStream::open(&stream_api.base, &path, Some(&access), None).await?;
+            anyhow::ensure!(
+                again.status == 401,
+                "the logged-out token reopened a stream"
+            );
         }
         _ => {
             let burst = rng.gen_range(1..=MAX_BURST);

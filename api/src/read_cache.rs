@@ -225,9 +225,12 @@ impl ReadCache {
         slots.bytes = slots.bytes.saturating_sub(freed);
     }
 
-    /// Sweeps expired entries every TTL until `shutdown`.
+    /// Sweeps expired entries every TTL until `shutdown` (a disabled cache has
+    /// nothing to sweep, and waits for it all the same: the task's end means the
+    /// process is stopping).
     pub async fn purge_expired_until(&self, shutdown: CancellationToken) {
         if !self.enabled() {
+            shutdown.cancelled().await;
             return;
         }
         let every = self.ttl.max(Duration::from_secs(1));

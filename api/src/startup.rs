@@ -204,8 +204,8 @@ impl Application {
             })
             .await;
         background.cancel();
-        publisher.close().await;
         let watched = watching.await.map_err(std::io::Error::other)?;
+        publisher.close().await;
         served?;
         watched.map_err(std::io::Error::other)
     }

@@ -133,8 +133,9 @@ async fn run(committer: Committer, mut receiver: mpsc::Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        // A panic (in a projector, say) fails its batch, not the process's every
-        // later append: this task is the only way in to the log.
+        // A panic inside a commit fails one job (see `commit_bounded`); this is
+        // the last guard, for one anywhere else: this task is the only way in to
+        // the log, and must outlive any batch.
         let outcomes = match AssertUnwindSafe(committer.commit_all(&batch))
             .catch_unwind()
             .await
@@ -219,13 +220,27 @@ impl Committer {
         let mut conn = tokio::time::timeout(self.commit_timeout, self.pool.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        // A panic (a projector's bug) fails this commit like a refused statement,
+        // so that `commit_all` retries the jobs one by one and only the one that
+        // panics fails.
         let committed = tokio::time::timeout(
             self.commit_timeout,
-            commit(&mut conn, self.projector.as_ref(), batch),
+            AssertUnwindSafe(commit(&mut conn, self.projector.as_ref(), batch)).catch_unwind(),
         )
         .await;
         match committed {
-            Ok(result) => result,
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => {
+                // Its transaction state is unknown: never reuse the connection.
+                drop(conn.detach());
+                tracing::error!(
+                    jobs = batch.len(),
+                    "an append panicked; nothing of it was committed"
+                );
+                Err(sqlx::Error::Protocol(
+                    "the append failed unexpectedly (it panicked)".into(),
+                ))
+            }
             Err(_) => {
                 // Dropping the raw connection closes its socket without a goodbye
                 // that a hung peer would never answer; the pool opens a new one.
@@ -252,7 +267,8 @@ async fn commit(
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     // The lock first: every read below then sees all appends committed before ours.
-    // The time comes with it, from the database and never before the last append's,
+    // The time is read with it, from the database (the statement's start, which may
+    // be a little before the lock was granted) and never before the last append's,
     // so `recorded_at` rises with the position whatever this process's clock says.
     let (head, recorded_at): (i64, NaiveDateTime) = sqlx::query_as(
         "SELECT position, CAST(GREATEST(NOW(6), COALESCE(recorded_at, NOW(6))) AS DATETIME(6)) \

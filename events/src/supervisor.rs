@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 #[error("the background task `{task}` {how} before shutdown")]
 pub struct TaskEnded {
     pub task: &'static str,
-    /// "stopped" or "panicked".
+    /// "stopped", "panicked" or "was cancelled".
     pub how: &'static str,
 }
 
@@ -61,6 +61,10 @@ impl Supervisor {
                 Err(e) => (e.id(), "was cancelled"),
             };
             if self.shutdown.is_cancelled() || first.is_some() {
+                if how != "stopped" {
+                    let task = self.names.get(&id).copied().unwrap_or("unnamed");
+                    tracing::warn!(task, how, "a background task ended badly while the process stopped");
+                }
                 continue;
             }
             let ended = TaskEnded {

@@ -121,7 +121,16 @@ async fn remove(database: &DatabaseSettings, bus: &BusSettings) -> anyhow::Resul
     }
     let connection = events::bus::connect(bus, "teardown").await?;
     let channel = connection.create_channel().await?;
-    events::bus::Topology::new(bus).delete(&channel).await?;
+    let topology = events::bus::Topology::new(bus);
+    topology.delete(&channel).await?;
+    // The idle queues of the idle times tests use (one per delay).
+    for secs in [1, 2, 3, 5, 8] {
+        use lapin::options::QueueDeleteOptions;
+        let queue = topology.memory_idle_queue(std::time::Duration::from_secs(secs));
+        channel
+            .queue_delete(&queue, QueueDeleteOptions::default())
+            .await?;
+    }
     let _ = connection.close(200, "teardown").await;
     Ok(())
 }

@@ -359,7 +359,7 @@ async fn no_login_racing_a_password_change_survives_it() -> anyhow::Result<()> {
         stolen.len()
     );
     assert!(
-        stolen.len() >= 4,
+        stolen.len() >= 2,
         "the race was run ({} logins)",
         stolen.len()
     );

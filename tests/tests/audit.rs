@@ -784,7 +784,7 @@ async fn inactive_sessions_are_pruned_and_verify_still_matches() -> anyhow::Resu
     let retention = [
         ("ACCESS_TOKEN_TTL_SECS", "1"),
         ("REFRESH_TOKEN_TTL_SECS", "2"),
-        ("SESSION_RETENTION_SECS", "3"),
+        ("SESSION_RETENTION_SECS", "8"),
     ];
     let stack = Stack::start(StackOptions {
         env: retention
@@ -809,7 +809,7 @@ async fn inactive_sessions_are_pruned_and_verify_still_matches() -> anyhow::Resu
         )
     };
     assert_eq!(sessions().await?, 5);
-    eventually(Duration::from_secs(20), "the sessions pruned", || async {
+    eventually(Duration::from_secs(30), "the sessions pruned", || async {
         Ok((sessions().await? == 0).then_some(()))
     })
     .await?;

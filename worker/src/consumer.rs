@@ -93,6 +93,7 @@ pub async fn handle_delivery(responder: Responder, delivery: Delivery) {
                 tracing::warn!(error = %e, "could not answer now; requeueing");
                 let pause = match e {
                     crate::responder::RespondError::Stopping => Duration::ZERO,
+                    crate::responder::RespondError::Contended => Duration::from_millis(200),
                     _ => REQUEUE_PAUSE,
                 };
                 requeue(&delivery, pause).await;
@@ -163,8 +164,9 @@ pub async fn handle_memory_job(keeper: MemoryKeeper, delivery: Delivery) {
             // A reply's first job schedules its idle check, before the ack, so
             // that a crash in between repeats the job rather than losing it.
             Ok(()) if !job.idle_check => {
-                let headers = delivery.properties.headers().clone().unwrap_or_default();
-                keeper.schedule_idle_check(&delivery.data, headers).await
+                keeper
+                    .schedule_idle_check(&delivery.data, correlation_id(&delivery))
+                    .await
             }
             other => other,
         };

@@ -26,6 +26,15 @@ pub struct ConversationId {
 }
 
 impl ConversationId {
+    /// The conversation of a `chat-<user>-<bot>` stream.
+    pub fn from_stream(stream_id: &str) -> Option<Self> {
+        let (user, bot) = stream_id.strip_prefix("chat-")?.split_once('-')?;
+        Some(Self {
+            user_id: user.parse().ok()?,
+            bot_id: bot.parse().ok()?,
+        })
+    }
+
     /// The oldest message that still waits for an outcome.
     pub async fn oldest_pending(
         &self,

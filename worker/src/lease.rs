@@ -46,6 +46,15 @@ pub struct Lease {
     _local: LocalSlot,
 }
 
+/// What [`Lease::release_if_quiet`] did.
+pub enum Release {
+    Released,
+    /// A hand-off came meanwhile: the lease is still held, look for work again.
+    Busy(Lease),
+    /// The lease ran out and another holder took it (and the work with it).
+    Lost,
+}
+
 /// A caller's share of a conversation's in-process mutex (and its guard, once
 /// taken). However the caller ends (a lease released or dropped, an error, a
 /// stop, a cancelled future), the last one out removes the map's entry, so the
@@ -63,8 +72,8 @@ impl Drop for LocalSlot {
         let Ok(mut local) = self.local.lock() else {
             return;
         };
-        // Clones are only made under this lock: two references (the map's and
-        // ours) mean nobody else holds or waits for it.
+        // Every slot takes its clone under this lock, and holds it until its own
+        // drop: two references (the map's and ours) mean no other slot exists.
         if local
             .get(&self.stream_id)
             .is_some_and(|m| Arc::ptr_eq(m, &self.mutex) && Arc::strong_count(m) == 2)
@@ -117,6 +126,56 @@ impl ConversationLeases {
                 _ = stop.cancelled() => return Ok(None),
             }
         }
+    }
+
+    /// Takes the conversation's lease if nobody holds it (or its holder's time
+    /// ran out); `None` at once otherwise. Never waits.
+    pub async fn try_acquire(&self, stream_id: &str) -> Result<Option<Lease>, sqlx::Error> {
+        let mut slot = self.local_slot(stream_id);
+        match slot.mutex.clone().try_lock_owned() {
+            Ok(guard) => slot.guard = Some(guard),
+            Err(_) => return Ok(None),
+        }
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        if !self.try_take(stream_id, &holder).await? {
+            return Ok(None);
+        }
+        let lease = Lease {
+            leases: self.clone(),
+            stream_id: stream_id.to_string(),
+            holder,
+            renewing: CancellationToken::new(),
+            _local: slot,
+        };
+        lease.renew_in_background();
+        Ok(Some(lease))
+    }
+
+    /// Hands the conversation's work to whoever holds its lease now: `true` if a
+    /// live holder was told (it looks for unanswered messages again before it
+    /// lets go), `false` if nobody holds it and the caller should take it.
+    pub async fn hand_off(&self, stream_id: &str) -> Result<bool, sqlx::Error> {
+        let told = sqlx::query(
+            "UPDATE conversation_leases SET handoffs = handoffs + 1 \
+             WHERE stream_id = ? AND expires_at >= NOW(6)",
+        )
+        .bind(stream_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(told.rows_affected() == 1)
+    }
+
+    /// Conversations (`chat-…` streams) whose lease ran out without a release:
+    /// their holder died or stopped mid-work, and may have been handed messages.
+    pub async fn expired_chats(&self, limit: u32) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT stream_id FROM conversation_leases \
+             WHERE expires_at < NOW(6) AND stream_id LIKE 'chat-%' \
+             ORDER BY expires_at LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// This conversation's in-process mutex, shared with every other caller for it.
@@ -208,6 +267,61 @@ impl Lease {
                 }
             }
         });
+    }
+
+    /// How many hand-offs the lease has had so far (see [`Lease::release_if_quiet`]).
+    pub async fn handoffs(&self) -> Result<i64, sqlx::Error> {
+        let count: Option<i64> = sqlx::query_scalar(
+            "SELECT handoffs FROM conversation_leases WHERE stream_id = ? AND holder = ?",
+        )
+        .bind(&self.stream_id)
+        .bind(&self.holder)
+        .fetch_optional(&self.leases.pool)
+        .await?;
+        Ok(count.unwrap_or(-1))
+    }
+
+    /// Lets go of the lease unless a hand-off came after `seen` was read (then
+    /// there may be work the caller has not seen yet, and it keeps the lease).
+    pub async fn release_if_quiet(self, seen: i64) -> Result<Release, (Self, sqlx::Error)> {
+        let deleted = sqlx::query(
+            "DELETE FROM conversation_leases WHERE stream_id = ? AND holder = ? AND handoffs = ?",
+        )
+        .bind(&self.stream_id)
+        .bind(&self.holder)
+        .bind(seen)
+        .execute(&self.leases.pool)
+        .await;
+        match deleted {
+            Ok(done) if done.rows_affected() == 1 => {
+                self.renewing.cancel();
+                Ok(Release::Released)
+            }
+            Ok(_) => match self.handoffs().await {
+                Ok(-1) => Ok(Release::Lost),
+                Ok(_) => Ok(Release::Busy(self)),
+                Err(e) => Err((self, e)),
+            },
+            Err(e) => Err((self, e)),
+        }
+    }
+
+    /// Stops holding the lease without letting go of its work: the row expires at
+    /// once, so the sweep of expired leases (on any worker) takes the
+    /// conversation over. For a holder that stops part-way.
+    pub async fn abandon(self) {
+        self.renewing.cancel();
+        let expired = sqlx::query(
+            "UPDATE conversation_leases SET expires_at = NOW(6) - INTERVAL 1 SECOND \
+             WHERE stream_id = ? AND holder = ?",
+        )
+        .bind(&self.stream_id)
+        .bind(&self.holder)
+        .execute(&self.leases.pool)
+        .await;
+        if let Err(e) = expired {
+            tracing::debug!(stream_id = %self.stream_id, error = %e, "lease not expired; it will run out");
+        }
     }
 
     /// Gives the lease up at once, rather than leaving it to expire.

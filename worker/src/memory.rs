@@ -146,13 +146,18 @@ impl MemoryKeeper {
     pub async fn schedule_idle_check(
         &self,
         body: &[u8],
-        mut headers: lapin::types::FieldTable,
+        correlation_id: Option<String>,
     ) -> Result<(), MemoryError> {
+        use lapin::types::{AMQPValue, FieldTable};
+        let mut headers = FieldTable::default();
         let millis = i64::try_from(self.settings.idle.as_millis()).unwrap_or(i64::MAX);
-        headers.insert(
-            IDLE_AFTER_HEADER.into(),
-            lapin::types::AMQPValue::LongLongInt(millis),
-        );
+        headers.insert(IDLE_AFTER_HEADER.into(), AMQPValue::LongLongInt(millis));
+        if let Some(id) = correlation_id {
+            headers.insert(
+                events::bus::CORRELATION_HEADER.into(),
+                AMQPValue::LongString(id.into()),
+            );
+        }
         Ok(self
             .relay
             .publisher()

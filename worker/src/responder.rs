@@ -3,10 +3,16 @@
 //! - Exactly once: the reply's idempotency key is derived from the message it
 //!   answers, so however many deliveries or workers race on a message, only one
 //!   `BotReplyGenerated` (or `BotReplyFailed`) can be appended.
-//! - One model call: a delivery first takes the conversation's lease (see
-//!   [`crate::lease`]), so only one delivery at a time calls the model for a
-//!   conversation, and it answers the oldest unanswered messages up to its own, in
-//!   order. The deliveries behind it mostly find their message answered already.
+//! - One model call: only the holder of a conversation's lease (see
+//!   [`crate::lease`]) calls the model for it, and it answers the conversation's
+//!   unanswered messages oldest first until none is left.
+//! - Waiting costs nothing: a delivery that finds the lease held hands its
+//!   message to the holder (a hand-off counted on the lease row, which the holder
+//!   checks before it lets go) and is acknowledged at once, so a conversation's
+//!   backlog takes one of a worker's delivery slots, not one per message, and
+//!   other users' messages are not stuck behind it. A holder that dies leaves its
+//!   lease to expire, and [`Responder::take_over_expired`] (run by every worker)
+//!   answers what it was handed.
 //! - In order: the next message is found in the `chat_history` read model, however
 //!   old it is, and every reply is generated with the replies before it in context.
 
@@ -15,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -30,7 +37,7 @@ use events::projections::{
 use events::store::{AppendError, EventStore, ExpectedVersion};
 
 use crate::conversation::ConversationId;
-use crate::lease::ConversationLeases;
+use crate::lease::{ConversationLeases, Lease, Release};
 use crate::model::Model;
 use crate::prompt::{build_prompt, BotProfile, Memory, Turn};
 
@@ -57,6 +64,10 @@ pub enum RespondError {
     /// The worker is shutting down: the message goes back to the queue.
     #[error("the worker is stopping")]
     Stopping,
+    /// The conversation's lease stayed between holders (a holder waiting out an
+    /// outage with its lease run out): try the delivery again shortly.
+    #[error("the conversation's lease could be neither taken nor handed to a holder")]
+    Contended,
 }
 
 impl RespondError {
@@ -65,7 +76,10 @@ impl RespondError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            RespondError::Database(_) | RespondError::Append(_) | RespondError::Stopping
+            RespondError::Database(_)
+                | RespondError::Append(_)
+                | RespondError::Stopping
+                | RespondError::Contended
         )
     }
 
@@ -83,6 +97,11 @@ impl RespondError {
 
 /// Other database errors (a deadlock, say) are retried this often in place.
 const IN_PLACE_ATTEMPTS: u32 = 3;
+/// Tries at taking or handing off a lease that is between holders (each one a
+/// few milliseconds) before the delivery is requeued.
+const LEASE_TRIES: u32 = 100;
+/// Expired leases taken over per sweep.
+const TAKE_OVER_BATCH: u32 = 16;
 
 #[derive(Clone)]
 pub struct Responder {
@@ -144,8 +163,10 @@ impl Responder {
         }
     }
 
-    /// Makes sure `message` (and any older unanswered message before it) has an
-    /// outcome. Safe to call any number of times, from any number of workers.
+    /// Makes sure `message` gets an outcome: answers it (and every unanswered
+    /// message of its conversation, oldest first) under the conversation's lease,
+    /// or hands it to the lease's holder. Safe to call any number of times, from
+    /// any number of workers.
     pub async fn answer(
         &self,
         message: &MessageRef,
@@ -170,25 +191,118 @@ impl Responder {
             bot_id: message.bot_id,
         };
         let stream_id = stream::chat(message.user_id, message.bot_id);
-        let lease = self
-            .persist("take the conversation's lease", || async {
-                Ok(self.leases.acquire(&stream_id, &self.shutdown).await?)
-            })
-            .await?
-            .ok_or(RespondError::Stopping)?;
-        let answered = self
-            .answer_through(conversation, row.seq, correlation_id)
-            .await;
-        lease.release().await;
-        answered
+        for _ in 0..LEASE_TRIES {
+            let lease = self
+                .persist("take the conversation's lease", || async {
+                    Ok(self.leases.try_acquire(&stream_id).await?)
+                })
+                .await?;
+            if let Some(lease) = lease {
+                return self.drain(conversation, lease, correlation_id).await;
+            }
+            let handed = self
+                .persist("hand the message to the lease's holder", || async {
+                    Ok(self.leases.hand_off(&stream_id).await?)
+                })
+                .await?;
+            if handed {
+                tracing::debug!("the conversation's lease holder answers it");
+                return Ok(());
+            }
+            // Between holders: one is taking the lease, or just let it go.
+            if self.shutdown.is_cancelled() {
+                return Err(RespondError::Stopping);
+            }
+            let pause = rand::thread_rng().gen_range(5..25);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        Err(RespondError::Contended)
     }
 
-    /// Answers the conversation's unanswered messages, oldest first, up to the one
-    /// at `seq`. Runs under the conversation's lease.
-    async fn answer_through(
+    /// Answers the unanswered messages of conversations whose lease ran out
+    /// without a release (a holder that died, or stopped part-way, may have been
+    /// handed them). Every worker runs this every `every`, until shutdown.
+    pub async fn take_over_expired(&self, every: Duration) {
+        let mut draining = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            while draining.try_join_next().is_some() {}
+            let expired = match self.leases.expired_chats(TAKE_OVER_BATCH).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot look for expired leases; trying again later");
+                    continue;
+                }
+            };
+            for stream_id in expired {
+                let Some(conversation) = ConversationId::from_stream(&stream_id) else {
+                    continue;
+                };
+                let Ok(Some(lease)) = self.leases.try_acquire(&stream_id).await else {
+                    continue;
+                };
+                tracing::info!(%stream_id, "taking over a conversation whose lease ran out");
+                let responder = self.clone();
+                draining.spawn(async move {
+                    if let Err(e) = responder.drain(conversation, lease, None).await {
+                        tracing::warn!(error = %e, "taking over the conversation failed; its lease will run out again");
+                    }
+                });
+            }
+        }
+        draining.join_all().await;
+    }
+
+    /// Answers the conversation's unanswered messages until none is left and no
+    /// hand-off came meanwhile, then lets the lease go. On a failure the lease is
+    /// abandoned (it expires at once), so that a sweep takes the work over.
+    async fn drain(
         &self,
         conversation: ConversationId,
-        seq: i64,
+        mut lease: Lease,
+        correlation_id: Option<String>,
+    ) -> Result<(), RespondError> {
+        loop {
+            // Read before looking for work: a hand-off after this makes the
+            // release below fail, and the loop looks again.
+            let seen = match self
+                .persist("read the lease's hand-offs", || async {
+                    Ok(lease.handoffs().await?)
+                })
+                .await
+            {
+                Ok(seen) => seen,
+                Err(e) => {
+                    lease.abandon().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = self
+                .answer_pending(conversation, correlation_id.clone())
+                .await
+            {
+                lease.abandon().await;
+                return Err(e);
+            }
+            match lease.release_if_quiet(seen).await {
+                Ok(Release::Released | Release::Lost) => return Ok(()),
+                Ok(Release::Busy(held)) => lease = held,
+                Err((held, e)) => {
+                    held.abandon().await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Answers the conversation's unanswered messages, oldest first, until none
+    /// is left. Runs under the conversation's lease.
+    async fn answer_pending(
+        &self,
+        conversation: ConversationId,
         correlation_id: Option<String>,
     ) -> Result<(), RespondError> {
         let pool = self.store.pool();
@@ -199,7 +313,7 @@ impl Responder {
                     Ok(conversation.oldest_pending(pool).await?)
                 })
                 .await?;
-            let Some(next) = next.filter(|next| next.seq <= seq) else {
+            let Some(next) = next else {
                 return Ok(());
             };
             let reply_to = Uuid::parse_str(&next.message_id)

@@ -20,6 +20,9 @@ use crate::memory::MemoryKeeper;
 use crate::model::Model;
 use crate::responder::Responder;
 
+/// How often each worker looks for conversations whose lease ran out.
+const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
@@ -96,6 +99,10 @@ impl Worker {
                 format!("worker-dead-letters-{id}"),
             )
             .with_grace(Duration::from_secs(5));
+            tasks.spawn("expired lease sweep", {
+                let responder = responder.clone();
+                async move { responder.take_over_expired(LEASE_SWEEP_EVERY).await }
+            });
             tasks.spawn("reply consumer", {
                 let (responder, token) = (responder.clone(), shutdown.clone());
                 async move {
@@ -134,9 +141,7 @@ impl Worker {
             let memory = ConsumerSupervisor::new(
                 self.config.bus.clone(),
                 Subscription::MemoryJobs {
-                    // This release's idle time, and the default, as an earlier
-                    // release would have named its idle queue.
-                    legacy_idle_secs: vec![self.config.memory.idle.as_secs(), 60],
+                    idle: self.config.memory.idle,
                 },
                 self.config.memory.prefetch,
                 format!("worker-memory-{id}"),

@@ -119,7 +119,30 @@ pub async fn login(
     if !password::verify(password, user.password_hash.clone()).await? {
         return Err(ApiError::InvalidCredentials);
     }
-    let session = sessions::start(&state.store, user.id, metadata(correlation, user.id)).await?;
+    let session = sessions::start(
+        &state.store,
+        user.id,
+        metadata(correlation.clone(), user.id),
+    )
+    .await?;
+    // A password change that ran while this login checked the old hash: its
+    // version check (in memory, for a while) would refuse this session's tokens,
+    // but the login, however late it finishes, must not hand out any.
+    let now = users::find(&state.pool, user.id)
+        .await?
+        .map(|u| u.credentials_version);
+    if now != Some(user.credentials_version) {
+        let events = sessions::revoke(
+            &state.store,
+            session.session_id,
+            user.id,
+            sessions::REASON_PASSWORD_CHANGED,
+            metadata(correlation, user.id),
+        )
+        .await?;
+        revoked(&state, events, &[session.session_id.to_string()]);
+        return Err(ApiError::InvalidCredentials);
+    }
     let (access, refresh) = state
         .jwt
         .pair(

@@ -45,9 +45,9 @@ pub enum Subscription {
     UserMessages,
     /// Messages given up on (the delivery limit, or rejected as poison).
     DeadLetters,
-    /// Memory jobs: reply events, straight after the reply and again once idle.
-    /// An earlier release's idle queues for these idle times are retired.
-    MemoryJobs { legacy_idle_secs: Vec<u64> },
+    /// Memory jobs: reply events, straight after the reply and again, through
+    /// the idle queue for `idle`, once the conversation may be idle.
+    MemoryJobs { idle: Duration },
     /// A private queue that lives as long as this connection and receives the given
     /// event types (an api process's reply notifications), and with `deltas` the
     /// reply deltas too, delivered without acks.
@@ -168,7 +168,7 @@ impl ConsumerSupervisor {
 
     /// Whether a work queue's delivery has used up `DELIVERY_LIMIT`: the first
     /// delivery and that many redeliveries, as the broker's own limit counted.
-    fn spent(&self, delivery: &Delivery) -> bool {
+    fn delivery_limit_reached(&self, delivery: &Delivery) -> bool {
         let limited = matches!(
             self.subscription,
             Subscription::UserMessages | Subscription::MemoryJobs { .. }
@@ -203,9 +203,9 @@ impl ConsumerSupervisor {
         let queue = match &self.subscription {
             Subscription::UserMessages => self.topology.user_messages_queue.clone(),
             Subscription::DeadLetters => self.topology.dead_letter_queue.clone(),
-            Subscription::MemoryJobs { legacy_idle_secs } => {
+            Subscription::MemoryJobs { idle } => {
                 self.topology
-                    .declare_memory(&connection, &channel, legacy_idle_secs)
+                    .declare_memory(&connection, &channel, *idle)
                     .await?;
                 self.topology.memory_jobs_queue.clone()
             }
@@ -275,7 +275,7 @@ impl ConsumerSupervisor {
                     // deltas must not overtake each other. Work is handled
                     // concurrently, up to the prefetch.
                     Some(Ok(delivery)) if in_order => handler(delivery).await,
-                    Some(Ok(delivery)) if self.spent(&delivery) => {
+                    Some(Ok(delivery)) if self.delivery_limit_reached(&delivery) => {
                         tracker.spawn(dead_letter(delivery, self.settings.delivery_limit));
                     }
                     Some(Ok(delivery)) => {

@@ -16,11 +16,13 @@
 //!   a broker restart, and covered by the final `BotReplyGenerated` either way.
 //! - memory (declared by the workers that keep it): `<ns>.memory.jobs` (quorum,
 //!   bound to `BotReplyGenerated`; delivery limit → `<ns>.memory.dlx` →
-//!   `<ns>.memory.dead_letters`), and `<ns>.memory.idle`, bound to nothing: a
-//!   worker that handled a reply's job puts a copy there that expires after
-//!   `MEMORY_IDLE_SECS` into the job queue, so the reply comes back as an "is it
-//!   idle now?" job. The delay is each message's own (its `expiration`), so a new
-//!   `MEMORY_IDLE_SECS` needs no new queue and leaves none bound behind it.
+//!   `<ns>.memory.dead_letters`), and `<ns>.memory.idle.<N>s`, bound to nothing:
+//!   a worker that handled a reply's job puts a copy there, which expires after
+//!   N seconds (`MEMORY_IDLE_SECS`) into the job queue, so the reply comes back as
+//!   an "is it idle now?" job. One queue per delay, since a queue expires only the
+//!   message at its head; and since none is bound to the events, a new
+//!   `MEMORY_IDLE_SECS` leaves no old queue doubling the idle jobs (an earlier
+//!   release bound them: see `declare_memory`).
 //!
 //! [`publisher::Publisher`] publishes with confirms; [`consumer::ConsumerSupervisor`]
 //! consumes, and reconnects and redeclares when the broker goes away.
@@ -87,10 +89,8 @@ pub struct Topology {
     pub memory_jobs_queue: String,
     pub memory_dead_letter_exchange: String,
     pub memory_dead_letter_queue: String,
-    pub memory_idle_queue: String,
-    /// Earlier releases named the idle queue after its TTL and bound it to the
-    /// events: `<ns>.memory.idle.` + `<N>s`.
-    legacy_idle_prefix: String,
+    /// `<ns>.memory.idle.`, to which [`Topology::memory_idle_queue`] adds `<N>s`.
+    memory_idle_prefix: String,
 }
 
 impl Topology {
@@ -106,18 +106,24 @@ impl Topology {
             memory_jobs_queue: format!("{ns}.memory.jobs"),
             memory_dead_letter_exchange: format!("{ns}.memory.dlx"),
             memory_dead_letter_queue: format!("{ns}.memory.dead_letters"),
-            memory_idle_queue: format!("{ns}.memory.idle"),
-            legacy_idle_prefix: format!("{ns}.memory.idle."),
+            memory_idle_prefix: format!("{ns}.memory.idle."),
         }
     }
 
-    /// Declares the memory queues (idempotent; see the module's doc), and retires
-    /// the idle queue an earlier release would have bound for `legacy_idle_secs`.
+    /// The idle queue whose messages come back to the jobs after `delay`.
+    pub fn memory_idle_queue(&self, delay: Duration) -> String {
+        format!("{}{}s", self.memory_idle_prefix, delay.as_secs().max(1))
+    }
+
+    /// Declares the memory queues (idempotent; see the module's doc), with the
+    /// idle queue for `idle`. An earlier release bound its idle queue (for its
+    /// own `MEMORY_IDLE_SECS`) to the reply events; the ones for `idle` and for
+    /// the default, 60 s, are unbound here, so they double no idle jobs.
     pub async fn declare_memory(
         &self,
         connection: &Connection,
         channel: &Channel,
-        legacy_idle_secs: &[u64],
+        idle: Duration,
     ) -> Result<(), lapin::Error> {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -165,67 +171,47 @@ impl Topology {
         )
         .await?;
         // Expired messages go, through the default exchange, to the job queue.
-        let mut idle = FieldTable::default();
-        idle.insert(
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongUInt(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX)),
+        );
+        args.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString("".into()),
         );
-        idle.insert(
+        args.insert(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(self.memory_jobs_queue.as_str().into()),
         );
         channel
-            .queue_declare(&self.memory_idle_queue, queue, idle)
+            .queue_declare(&self.memory_idle_queue(idle), queue, args)
             .await?;
-        for secs in legacy_idle_secs {
-            self.retire_legacy_idle_queue(connection, *secs).await;
+        for legacy in [idle, Duration::from_secs(60)] {
+            self.unbind_legacy_idle_queue(connection, &self.memory_idle_queue(legacy))
+                .await;
         }
         Ok(())
     }
 
-    /// Unbinds an earlier release's idle queue, so it doubles no more idle jobs;
-    /// what it holds still expires into the job queue, and once it is empty it
-    /// is deleted (at this start or a later one). Each step runs on a channel of
-    /// its own, since the broker closes a channel over a queue that is not there.
-    async fn retire_legacy_idle_queue(&self, connection: &Connection, secs: u64) {
-        use lapin::options::QueueDeleteOptions;
-        let queue = format!("{}{secs}s", self.legacy_idle_prefix);
+    /// Unbinds an idle queue from the reply events, if an earlier release bound
+    /// it; what it holds still expires into the job queue. On a channel of its
+    /// own, since the broker closes a channel that names a missing queue.
+    async fn unbind_legacy_idle_queue(&self, connection: &Connection, queue: &str) {
         let Ok(channel) = connection.create_channel().await else {
             return;
         };
-        let exists = channel
-            .queue_declare(
-                &queue,
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+        let unbound = channel
+            .queue_unbind(
+                queue,
+                &self.events_exchange,
+                DomainEvent::BOT_REPLY_GENERATED,
                 FieldTable::default(),
             )
-            .await
-            .is_ok();
-        if exists {
-            let _ = channel
-                .queue_unbind(
-                    &queue,
-                    &self.events_exchange,
-                    DomainEvent::BOT_REPLY_GENERATED,
-                    FieldTable::default(),
-                )
-                .await;
-            let emptied = channel
-                .queue_delete(
-                    &queue,
-                    QueueDeleteOptions {
-                        if_empty: true,
-                        ..Default::default()
-                    },
-                )
-                .await;
-            tracing::info!(%queue, deleted = emptied.is_ok(),
-                "retired an idle queue of an earlier release (unbound; deleted once empty)");
+            .await;
+        if unbound.is_ok() {
+            let _ = channel.close(200, "done").await;
         }
-        let _ = channel.close(200, "done").await;
     }
 
     async fn bind(
@@ -325,7 +311,7 @@ impl Topology {
             &self.dead_letter_queue,
             &self.memory_jobs_queue,
             &self.memory_dead_letter_queue,
-            &self.memory_idle_queue,
+            &self.memory_idle_queue(Duration::from_secs(60)),
         ] {
             channel
                 .queue_delete(queue, QueueDeleteOptions::default())

@@ -268,9 +268,9 @@ impl Publisher {
         confirmed(channel, target, options, &body, properties).await
     }
 
-    /// Puts a copy of a memory job on the idle queue, to come back to the job
-    /// queue after `delay` (see `Topology::declare_memory`), and waits for the
-    /// broker's confirm.
+    /// Puts a copy of a memory job on the idle queue for `delay`, to come back to
+    /// the job queue after it (see `Topology::declare_memory`, which declares the
+    /// queue), and waits for the broker's confirm.
     pub async fn publish_idle_check(
         &self,
         body: &[u8],
@@ -281,14 +281,14 @@ impl Publisher {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_expiration(delay.as_millis().to_string().into())
             .with_headers(headers);
         let options = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
         };
         // The default exchange routes by queue name.
-        let target = ("", self.topology.memory_idle_queue.as_str());
+        let queue = self.topology.memory_idle_queue(delay);
+        let target = ("", queue.as_str());
         let result = confirmed(&channels.confirming, target, options, body, properties).await;
         if matches!(
             result,

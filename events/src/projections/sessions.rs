@@ -101,7 +101,8 @@ impl SessionsProjection {
         batch: u32,
     ) -> Result<u64, sqlx::Error> {
         let pruned = sqlx::query(
-            "DELETE FROM sessions WHERE last_active_at < NOW(6) - INTERVAL ? SECOND LIMIT ?",
+            "DELETE FROM sessions WHERE last_active_at < NOW(6) - INTERVAL ? SECOND \
+             ORDER BY last_active_at LIMIT ?",
         )
         .bind(retention.as_secs())
         .bind(batch)

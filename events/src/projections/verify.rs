@@ -89,8 +89,9 @@ impl fmt::Display for Difference {
 ///
 /// Sessions unused for longer than `session_retention` are left out on both
 /// sides: the api prunes them on its own clock (see
-/// `SessionsProjection::prune_inactive`), while the log keeps them. Any session
-/// compared was too recent to have been pruned before the comparison began.
+/// `SessionsProjection::prune_inactive`), while the log keeps them. The cutoff
+/// is read once the snapshot is open, so a session compared was too recent to
+/// have been pruned by any prune the snapshot can see.
 pub async fn verify_read_models(
     pool: &MySqlPool,
     batch: u32,
@@ -110,13 +111,8 @@ async fn compare_with_live(
     cancel: &CancellationToken,
     progress: &mut impl FnMut(Progress),
 ) -> Result<VerifyReport, ReplayError> {
-    let pool = shadow.pool().clone();
-    let sessions_from: chrono::NaiveDateTime =
-        sqlx::query_scalar("SELECT NOW(6) - INTERVAL ? SECOND")
-            .bind(session_retention.as_secs())
-            .fetch_one(&pool)
-            .await?;
     shadow.replay(None, cancel, &mut *progress).await?;
+    let pool = shadow.pool().clone();
 
     // A connection of its own, closed rather than returned to the pool, since it
     // carries a long transaction.
@@ -137,6 +133,11 @@ async fn compare_with_live(
         lock.commit().await?;
         head
     };
+    let sessions_from: chrono::NaiveDateTime =
+        sqlx::query_scalar("SELECT NOW(6) - INTERVAL ? SECOND")
+            .bind(session_retention.as_secs())
+            .fetch_one(&mut snapshot)
+            .await?;
     shadow
         .replay(Some(position), cancel, &mut *progress)
         .await?;
@@ -147,13 +148,13 @@ async fn compare_with_live(
         if cancel.is_cancelled() {
             return Err(ReplayError::Cancelled);
         }
-        let kept = (live == Tables::LIVE.sessions).then(|| {
+        let session_filter = (live == Tables::LIVE.sessions).then(|| {
             format!(
                 "last_active_at >= '{}'",
                 sessions_from.format("%Y-%m-%d %H:%M:%S%.6f")
             )
         });
-        tables.push(compare_table(&mut snapshot, &mut rebuilt, (live, shadow_table), kept).await?);
+        tables.push(compare_table(&mut snapshot, &mut rebuilt, (live, shadow_table), session_filter).await?);
     }
     let _ = snapshot.close().await;
     Ok(VerifyReport { position, tables })
@@ -206,7 +207,7 @@ impl Layout {
 
     /// Every row as one JSON array, key columns first, in key order (text keys
     /// compared byte by byte, as [`compare_keys`] does).
-    fn select(&self, table: &str, kept: Option<&str>) -> String {
+    fn select(&self, table: &str, filter: Option<&str>) -> String {
         let all = self
             .key
             .iter()
@@ -223,7 +224,7 @@ impl Layout {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let filter = kept.map(|k| format!(" WHERE {k}")).unwrap_or_default();
+        let filter = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
         format!("SELECT CAST(JSON_ARRAY({all}) AS CHAR) FROM {table}{filter} ORDER BY {order}")
     }
 
@@ -236,7 +237,7 @@ async fn compare_table(
     live_conn: &mut MySqlConnection,
     rebuilt_conn: &mut MySqlConnection,
     (live, shadow): (&'static str, &'static str),
-    kept: Option<String>,
+    filter: Option<String>,
 ) -> Result<TableComparison, ReplayError> {
     let layout = Layout::of(&mut *rebuilt_conn, live).await?;
     let keys = layout.key.len();
@@ -247,8 +248,8 @@ async fn compare_table(
         differences_total: 0,
         differences: Vec::new(),
     };
-    let live_sql = layout.select(live, kept.as_deref());
-    let shadow_sql = layout.select(shadow, kept.as_deref());
+    let live_sql = layout.select(live, filter.as_deref());
+    let shadow_sql = layout.select(shadow, filter.as_deref());
     let mut live_rows = sqlx::query_scalar::<_, String>(&live_sql).fetch(&mut *live_conn);
     let mut rebuilt_rows = sqlx::query_scalar::<_, String>(&shadow_sql).fetch(&mut *rebuilt_conn);
     let parse = |row: Option<String>| -> Result<Option<Vec<Value>>, sqlx::Error> {

@@ -230,6 +230,39 @@ pub async fn outcomes_for(pool: &MySqlPool, message_id: &str) -> anyhow::Result<
     .await?)
 }
 
+/// Every message has exactly one outcome, and the outcomes come in message order.
+pub async fn answered_in_order(
+    pool: &MySqlPool,
+    user: i64,
+    bot: i64,
+) -> anyhow::Result<usize> {
+    let rows = history_rows(pool, user, bot).await?;
+    let messages: Vec<&events::projections::HistoryRow> =
+        rows.iter().filter(|r| r.by_user == 1).collect();
+    let mut last_reply_seq = 0;
+    for message in &messages {
+        let replies: Vec<_> = rows
+            .iter()
+            .filter(|r| r.reply_to.as_deref() == Some(message.message_id.as_str()))
+            .collect();
+        anyhow::ensure!(
+            replies.len() == 1,
+            "message {} has {} outcomes",
+            message.seq,
+            replies.len()
+        );
+        anyhow::ensure!(
+            replies[0].seq > last_reply_seq,
+            "the reply to message seq {} (at {}) came before an earlier message's reply (at {})",
+            message.seq,
+            replies[0].seq,
+            last_reply_seq
+        );
+        last_reply_seq = replies[0].seq;
+    }
+    Ok(messages.len())
+}
+
 /// Waits until every message in `ids` has an outcome, then checks it has exactly
 /// one. Read errors while waiting (a database coming back) count as "not yet".
 pub async fn wait_until_answered(

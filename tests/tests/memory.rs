@@ -582,10 +582,17 @@ async fn a_new_idle_time_leaves_one_idle_check_per_reply() -> anyhow::Result<()>
         .spawn_worker_with(&[("MEMORY_IDLE_SECS", "8")])
         .await?;
     let newer = format!("{ns}.memory.idle.8s");
-    eventually(Duration::from_secs(10), "the new idle queue", || async {
-        Ok(queue_depth(&stack, &newer).await?)
+    // Both consume memory jobs (each unbinds the idle queue of its own value).
+    eventually(Duration::from_secs(10), "both memory consumers", || async {
+        let consuming = stack
+            .workers
+            .iter()
+            .filter(|w| w.log_text().contains(".memory.jobs"))
+            .count();
+        Ok((consuming == 2).then_some(()))
     })
     .await?;
+    assert_eq!(queue_depth(&stack, &newer).await?, Some(0), "declared");
 
     let client = stack.client(0);
     let (_, token, bot) = client.user_with_bot("rolling-idle").await?;

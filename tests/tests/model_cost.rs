@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use system_tests::{
-    history_rows, user_message_ids, wait_until_answered, Client, Stack, StackOptions,
+    answered_in_order, user_message_ids, wait_until_answered, Client, Stack, StackOptions,
 };
 
 fn replies_only() -> Vec<(String, String)> {
@@ -50,35 +50,6 @@ async fn burst(client: &Client, token: &str, bot: i64, n: usize, wait: bool) -> 
     Ok(())
 }
 
-/// Every message has exactly one outcome, and the outcomes come in message order.
-async fn answered_in_order(stack: &Stack, user: i64, bot: i64) -> anyhow::Result<usize> {
-    let rows = history_rows(&stack.pool()?, user, bot).await?;
-    let messages: Vec<&events::projections::HistoryRow> =
-        rows.iter().filter(|r| r.by_user == 1).collect();
-    let mut last_reply_seq = 0;
-    for message in &messages {
-        let replies: Vec<_> = rows
-            .iter()
-            .filter(|r| r.reply_to.as_deref() == Some(message.message_id.as_str()))
-            .collect();
-        anyhow::ensure!(
-            replies.len() == 1,
-            "message {} has {} outcomes",
-            message.seq,
-            replies.len()
-        );
-        anyhow::ensure!(
-            replies[0].seq > last_reply_seq,
-            "the reply to message seq {} (at {}) came before an earlier message's reply (at {})",
-            message.seq,
-            replies[0].seq,
-            last_reply_seq
-        );
-        last_reply_seq = replies[0].seq;
-    }
-    Ok(messages.len())
-}
-
 #[tokio::test]
 async fn a_burst_costs_one_model_call_per_message() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
@@ -109,7 +80,7 @@ async fn a_burst_costs_one_model_call_per_message() -> anyhow::Result<()> {
         8,
         "8 posts without waiting cost 8 calls"
     );
-    assert_eq!(answered_in_order(&stack, user, bot).await?, 58);
+    assert_eq!(answered_in_order(&stack.pool()?, user, bot).await?, 58);
     stack.teardown().await
 }
 
@@ -137,7 +108,7 @@ async fn a_backlog_longer_than_any_window_is_answered_in_order() -> anyhow::Resu
     stack.spawn_worker().await?;
     stack.spawn_worker().await?;
     wait_until_answered(&stack.pool()?, &ids, Duration::from_secs(120)).await?;
-    assert_eq!(answered_in_order(&stack, user, bot).await?, 130);
+    assert_eq!(answered_in_order(&stack.pool()?, user, bot).await?, 130);
     assert_eq!(stack.model.calls(), 130, "one model call per message");
     // Each reply was generated with every earlier reply in its context.
     let last = stack.model.requests().pop().unwrap_or_default();
@@ -174,7 +145,7 @@ async fn model_failures_are_retried_per_message_not_per_delivery() -> anyhow::Re
     burst(&client, &token, bot, 5, false).await?;
     let ids = user_message_ids(&stack.pool()?, user, bot).await?;
     wait_until_answered(&stack.pool()?, &ids, Duration::from_secs(60)).await?;
-    answered_in_order(&stack, user, bot).await?;
+    answered_in_order(&stack.pool()?, user, bot).await?;
     assert_eq!(
         stack.model.calls(),
         5 + injected,

@@ -63,7 +63,11 @@ impl Supervisor {
             if self.shutdown.is_cancelled() || first.is_some() {
                 if how != "stopped" {
                     let task = self.names.get(&id).copied().unwrap_or("unnamed");
-                    tracing::warn!(task, how, "a background task ended badly while the process stopped");
+                    tracing::warn!(
+                        task,
+                        how,
+                        "a background task ended badly while the process stopped"
+                    );
                 }
                 continue;
             }

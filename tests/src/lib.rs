@@ -231,11 +231,7 @@ pub async fn outcomes_for(pool: &MySqlPool, message_id: &str) -> anyhow::Result<
 }
 
 /// Every message has exactly one outcome, and the outcomes come in message order.
-pub async fn answered_in_order(
-    pool: &MySqlPool,
-    user: i64,
-    bot: i64,
-) -> anyhow::Result<usize> {
+pub async fn answered_in_order(pool: &MySqlPool, user: i64, bot: i64) -> anyhow::Result<usize> {
     let rows = history_rows(pool, user, bot).await?;
     let messages: Vec<&events::projections::HistoryRow> =
         rows.iter().filter(|r| r.by_user == 1).collect();

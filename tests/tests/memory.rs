@@ -533,8 +533,7 @@ async fn queue_depth(stack: &Stack, queue: &str) -> anyhow::Result<Option<u32>> 
 /// idle queue is bound to the events any more, not even the one an earlier
 /// release bound (issue 18, item 3).
 #[tokio::test]
-async fn a_new_idle_time_leaves_one_idle_check_per_reply() -> anyhow::Result<()>
-{
+async fn a_new_idle_time_leaves_one_idle_check_per_reply() -> anyhow::Result<()> {
     use lapin::types::{AMQPValue, FieldTable};
     let mut stack = Stack::start(StackOptions {
         workers: 0,

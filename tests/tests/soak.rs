@@ -1,5 +1,5 @@
 //! The soak: two apis and two workers (answering and keeping memory) under steady
-//! load while processes are killed
+//! load while processes are killed (one user flooding a bot among them)
 //! and stopped, the broker and the database are cut away, and the model fails in
 //! bursts, all at random; then a checker proves that nothing was lost, doubled,
 //! reordered or left pending.
@@ -38,6 +38,8 @@ const WORKERS: usize = 2;
 /// Fewer injected failures in a row than a message's attempts, so every message can
 /// end answered; a burst is at most this many.
 const MAX_BURST: usize = 3;
+/// Messages in one flood.
+const FLOOD: usize = 60;
 
 #[derive(Default)]
 struct Ledger {
@@ -50,6 +52,7 @@ struct Ledger {
 #[derive(Default)]
 struct Faults {
     worker_stops: AtomicU64,
+    floods: AtomicU64,
     injected: AtomicU64,
     log: Mutex<Vec<String>>,
 }
@@ -100,45 +103,57 @@ async fn client_loop(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
-        let (user, token, bot) = conversations[rng.gen_range(0..conversations.len())].clone();
+        let conversation = &conversations[rng.gen_range(0..conversations.len())];
         let key = format!("soak-{seed}-{n}");
         n += 1;
-        loop {
-            let port = ports[rng.gen_range(0..ports.len())];
-            let client = Client::new(format!("http://127.0.0.1:{port}"));
-            ledger.posts.fetch_add(1, Ordering::SeqCst);
-            // One post in 20 carries an oversized request id, which the api must
-            // replace (issue 18): kept, it would be a publish larger than the
-            // broker's frame, knocking every process off the broker.
-            let request_id = if rng.gen_bool(0.05) {
-                "r".repeat(300_000)
-            } else {
-                key.clone()
-            };
-            let answer = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.post_json_with_request_id(
-                    "/chat/new_chat?wait=false",
-                    &json!({ "chatbot_id": bot, "input": format!("message {key}"), "client_msg_id": key }),
-                    Some(&token),
-                    &request_id,
-                ),
-            )
-            .await;
-            if let Ok(Ok(reply)) = answer {
-                if matches!(reply.status, 200 | 202) {
-                    if let Ok(mut accepted) = ledger.accepted.lock() {
-                        accepted.insert(key.clone(), (user, bot));
-                    }
-                    break;
-                }
-            }
-            // Not accepted (api down, database away, ...): the same key again, so a
-            // post that did land is not recorded twice.
-            ledger.retries.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
-        }
+        post_until_accepted(&mut rng, &ports, conversation, key, &ledger).await;
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..120))).await;
+    }
+}
+
+/// Posts one message (`wait=false`) under `key` until an api accepts it, and
+/// records it in the ledger.
+async fn post_until_accepted(
+    rng: &mut StdRng,
+    ports: &[u16],
+    (user, token, bot): &(i64, String, i64),
+    key: String,
+    ledger: &Ledger,
+) {
+    loop {
+        let port = ports[rng.gen_range(0..ports.len())];
+        let client = Client::new(format!("http://127.0.0.1:{port}"));
+        ledger.posts.fetch_add(1, Ordering::SeqCst);
+        // One post in 20 carries an oversized request id, which the api must
+        // replace (issue 18): kept, it would be a publish larger than the
+        // broker's frame, knocking every process off the broker.
+        let request_id = if rng.gen_bool(0.05) {
+            "r".repeat(300_000)
+        } else {
+            key.clone()
+        };
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.post_json_with_request_id(
+                "/chat/new_chat?wait=false",
+                &json!({ "chatbot_id": bot, "input": format!("message {key}"), "client_msg_id": key }),
+                Some(token),
+                &request_id,
+            ),
+        )
+        .await;
+        if let Ok(Ok(reply)) = answer {
+            if matches!(reply.status, 200 | 202) {
+                if let Ok(mut accepted) = ledger.accepted.lock() {
+                    accepted.insert(key, (*user, *bot));
+                }
+                return;
+            }
+        }
+        // Not accepted (api down, database away, ...): the same key again, so a
+        // post that did land is not recorded twice.
+        ledger.retries.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..400))).await;
     }
 }
 
@@ -149,9 +164,10 @@ async fn inject(
     processes: &mut Processes,
     faults: &Faults,
     conversations: &[(i64, String, i64)],
+    ledger: &Ledger,
 ) -> anyhow::Result<()> {
     let outage = Duration::from_millis(rng.gen_range(500..3000));
-    match rng.gen_range(0..7) {
+    match rng.gen_range(0..8) {
         0 => {
             let slot = rng.gen_range(0..WORKERS);
             faults.record(format!("SIGKILL worker {slot}"));
@@ -217,6 +233,31 @@ async fn inject(
             proxy.cut();
             tokio::time::sleep(outage).await;
             proxy.restore();
+        }
+        6 => {
+            // A flood (issue 19): one conversation gets a backlog, and a worker is
+            // killed while it drains, perhaps the lease holder with messages
+            // handed to it; the checker then wants them all, once, in order.
+            let u = rng.gen_range(0..conversations.len());
+            let slot = rng.gen_range(0..WORKERS);
+            faults.record(format!(
+                "soak{u} floods its bot with {FLOOD} messages; SIGKILL worker {slot} mid-drain"
+            ));
+            let ports: Vec<u16> = processes.apis.iter().map(|(port, _)| *port).collect();
+            let flood = faults.floods.fetch_add(1, Ordering::SeqCst);
+            for k in 0..FLOOD {
+                let key = format!("flood-{flood}-{k}");
+                post_until_accepted(rng, &ports, &conversations[u], key, ledger).await;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
+            processes.workers[slot].signal("KILL")?;
+            processes.workers[slot]
+                .wait(Duration::from_secs(10))
+                .await?;
+            faults.worker_stops.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(outage).await;
+            processes.restarts += 1;
+            processes.workers[slot] = start_worker(stack, slot, processes.restarts)?;
         }
         5 => {
             let (on, off) = (rng.gen_range(0..APIS), rng.gen_range(0..APIS));
@@ -337,7 +378,15 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + Duration::from_secs(secs);
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(500..2000))).await;
-        inject(&mut rng, &stack, &mut processes, &faults, &conversations).await?;
+        inject(
+            &mut rng,
+            &stack,
+            &mut processes,
+            &faults,
+            &conversations,
+            &ledger,
+        )
+        .await?;
     }
     stop.store(true, Ordering::SeqCst);
     for client in clients {

@@ -221,8 +221,9 @@ impl Responder {
 
     /// Answers the unanswered messages of conversations whose lease ran out
     /// without a release (a holder that died, or stopped part-way, may have been
-    /// handed them). Every worker runs this every `every`, until shutdown.
-    pub async fn take_over_expired(&self, every: Duration) {
+    /// handed them). Every worker runs this every `every`, until shutdown; then
+    /// the drains it started get `grace` to finish the call they are making.
+    pub async fn take_over_expired(&self, every: Duration, grace: Duration) {
         let mut draining = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
@@ -253,7 +254,13 @@ impl Responder {
                 });
             }
         }
-        draining.join_all().await;
+        // Drains stop between messages at shutdown; one still in a model call
+        // after the grace is dropped, and its lease runs out for another worker.
+        let finished = async { while draining.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, finished).await.is_err() {
+            draining.abort_all();
+            while draining.join_next().await.is_some() {}
+        }
     }
 
     /// Answers the conversation's unanswered messages until none is left and no
@@ -308,6 +315,10 @@ impl Responder {
         let pool = self.store.pool();
         let stream_id = stream::chat(conversation.user_id, conversation.bot_id);
         loop {
+            // A stopping worker leaves the rest to the next holder.
+            if self.shutdown.is_cancelled() {
+                return Err(RespondError::Stopping);
+            }
             let next = self
                 .persist("find the oldest unanswered message", || async {
                     Ok(conversation.oldest_pending(pool).await?)

@@ -100,8 +100,8 @@ impl Worker {
             )
             .with_grace(Duration::from_secs(5));
             tasks.spawn("expired lease sweep", {
-                let responder = responder.clone();
-                async move { responder.take_over_expired(LEASE_SWEEP_EVERY).await }
+                let (responder, grace) = (responder.clone(), self.config.shutdown_grace);
+                async move { responder.take_over_expired(LEASE_SWEEP_EVERY, grace).await }
             });
             tasks.spawn("reply consumer", {
                 let (responder, token) = (responder.clone(), shutdown.clone());

@@ -154,7 +154,15 @@ async fn compare_with_live(
                 sessions_from.format("%Y-%m-%d %H:%M:%S%.6f")
             )
         });
-        tables.push(compare_table(&mut snapshot, &mut rebuilt, (live, shadow_table), session_filter).await?);
+        tables.push(
+            compare_table(
+                &mut snapshot,
+                &mut rebuilt,
+                (live, shadow_table),
+                session_filter,
+            )
+            .await?,
+        );
     }
     let _ = snapshot.close().await;
     Ok(VerifyReport { position, tables })

@@ -55,6 +55,11 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// `SSE_MAX_STREAMS_PER_USER`: open `chat/stream`s per user (429 past it).
     pub max_streams_per_user: usize,
+    /// `CONVERSATION_MAX_UNANSWERED`, `USER_MAX_UNANSWERED`: past these many
+    /// unanswered messages (in one conversation, across a user's bots), a new
+    /// message gets 429; `0` turns a cap off.
+    pub conversation_max_unanswered: u32,
+    pub user_max_unanswered: u32,
     /// `SSE_KEEPALIVE_SECS`: a comment goes out on an idle stream this often.
     pub stream_keep_alive: Duration,
 }
@@ -116,6 +121,8 @@ impl ApiConfig {
             ),
             body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
+            conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
+            user_max_unanswered: env_or("USER_MAX_UNANSWERED", 200)?,
             stream_keep_alive: Duration::from_secs(env_or("SSE_KEEPALIVE_SECS", 15)?.max(1)),
         })
     }

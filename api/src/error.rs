@@ -62,9 +62,12 @@ pub enum ApiError {
     /// Well-formed, but contradicts what was recorded (a reused `client_msg_id`).
     #[error("{0}")]
     Unprocessable(String),
-    /// Past a per-user limit.
-    #[error("{0}")]
-    TooManyRequests(String),
+    /// Past a per-user limit; worth trying again after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The client did not send its request (headers or body) in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -142,7 +145,17 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(msg) => failure(StatusCode::CONFLICT, msg),
             ApiError::Unprocessable(msg) => failure(StatusCode::UNPROCESSABLE_ENTITY, msg),
             ApiError::RequestTimeout(msg) => failure(StatusCode::REQUEST_TIMEOUT, msg),
-            ApiError::TooManyRequests(msg) => failure(StatusCode::TOO_MANY_REQUESTS, msg),
+            ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            } => {
+                let mut response = failure(StatusCode::TOO_MANY_REQUESTS, message);
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*retry_after_secs),
+                );
+                response
+            }
             ApiError::BadGateway(msg) => failure(StatusCode::BAD_GATEWAY, msg),
             ApiError::Unavailable(msg) => failure(StatusCode::SERVICE_UNAVAILABLE, msg),
             ApiError::Internal(detail) => {
@@ -202,6 +215,13 @@ impl From<DomainError> for ApiError {
                 "No such chatbot for this user (it may have been deleted).".into(),
             ),
             DomainError::KeyReused(msg) => ApiError::Unprocessable(msg),
+            DomainError::TooManyUnanswered { scope, count } => ApiError::TooManyRequests {
+                message: format!(
+                    "{count} of your messages {scope} are still waiting for an answer: \
+                     wait for the bot to answer your earlier messages, then send this one again."
+                ),
+                retry_after_secs: 5,
+            },
             DomainError::Append(e) => e.into(),
             DomainError::Database(e) => e.into(),
             DomainError::Encode(e) => ApiError::Internal(e.to_string()),

@@ -251,7 +251,7 @@ impl DomainEvent {
             DomainEvent::UserMessagePosted(e) => e
                 .client_msg_id
                 .as_ref()
-                .map(|id| format!("msg:{}:{}:{id}", e.user_id, e.bot_id)),
+                .map(|id| message_key(e.user_id, e.bot_id, id)),
             DomainEvent::BotReplyGenerated(e) => Some(reply_key(e.reply_to)),
             DomainEvent::BotReplyFailed(e) => Some(reply_key(e.reply_to)),
             // A refresh token is spent once: a second spend of the same one is a
@@ -392,6 +392,11 @@ impl DomainEvent {
             _ => return Ok(None),
         }))
     }
+}
+
+/// The idempotency key of a user message sent with the client's `client_msg_id`.
+pub fn message_key(user_id: UserId, bot_id: BotId, client_msg_id: &str) -> String {
+    format!("msg:{user_id}:{bot_id}:{client_msg_id}")
 }
 
 /// The idempotency key of the one reply (or failure) to `message_id`.

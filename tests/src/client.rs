@@ -9,10 +9,12 @@ pub struct Client {
     pub base: String,
 }
 
-/// A response: status and parsed JSON body (`Null` when the body is not JSON).
+/// A response: status, headers and parsed JSON body (`Null` when the body is not
+/// JSON).
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -27,9 +29,11 @@ impl Client {
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
         let response = request.send().await?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response.text().await?;
         Ok(Reply {
             status,
+            headers,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
         })
     }

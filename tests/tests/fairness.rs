@@ -41,7 +41,12 @@ async fn other_users_are_answered_while_one_users_backlog_drains() -> anyhow::Re
         .unwrap_or(200);
     let mut stack = Stack::start(StackOptions {
         workers: 0,
-        env: vec![("WORKER_ROLES".into(), "replies".into())],
+        // The admission caps off: the backlog is what is under test here.
+        env: vec![
+            ("WORKER_ROLES".into(), "replies".into()),
+            ("CONVERSATION_MAX_UNANSWERED".into(), "0".into()),
+            ("USER_MAX_UNANSWERED".into(), "0".into()),
+        ],
         ..Default::default()
     })
     .await?;

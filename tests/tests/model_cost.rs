@@ -18,8 +18,13 @@ use system_tests::{
     answered_in_order, user_message_ids, wait_until_answered, Client, Stack, StackOptions,
 };
 
+/// Workers that only answer; backlogs longer than the admission caps allow.
 fn replies_only() -> Vec<(String, String)> {
-    vec![("WORKER_ROLES".into(), "replies".into())]
+    vec![
+        ("WORKER_ROLES".into(), "replies".into()),
+        ("CONVERSATION_MAX_UNANSWERED".into(), "0".into()),
+        ("USER_MAX_UNANSWERED".into(), "0".into()),
+    ]
 }
 
 /// Posts `n` messages at once; with `wait`, each request waits for its reply.

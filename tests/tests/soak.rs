@@ -39,7 +39,7 @@ const WORKERS: usize = 2;
 /// end answered; a burst is at most this many.
 const MAX_BURST: usize = 3;
 /// Messages in one flood.
-const FLOOD: usize = 60;
+const FLOOD: usize = 40;
 
 #[derive(Default)]
 struct Ledger {

@@ -3,8 +3,10 @@
 use uuid::Uuid;
 
 use events::event::{
-    stream, BotId, DomainEvent, EventMetadata, MessageSource, UserId, UserMessagePosted,
+    message_key, stream, BotId, DomainEvent, EventMetadata, MessageSource, UserId,
+    UserMessagePosted,
 };
+use events::projections::ChatHistoryProjection;
 use events::store::{AppendError, EventStore, ExpectedVersion, RecordedEvent};
 
 use super::bots::ensure_owned;
@@ -89,12 +91,61 @@ impl Posted {
     }
 }
 
+/// Caps on unanswered messages (`0` turns one off): past one, a new message is
+/// refused until the bot has caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnansweredCaps {
+    /// `CONVERSATION_MAX_UNANSWERED`.
+    pub conversation: u32,
+    /// `USER_MAX_UNANSWERED`, across all of the user's bots.
+    pub user: u32,
+}
+
+impl UnansweredCaps {
+    /// Refuses a new message past a cap. A retry of a message accepted earlier
+    /// (its `client_msg_id` is recorded) is never refused: it is answered as
+    /// before. Two posts racing at the cap may both pass it: a cap, not a quota.
+    async fn admit(&self, store: &EventStore, command: &PostMessage) -> Result<(), DomainError> {
+        if self.conversation == 0 && self.user == 0 {
+            return Ok(());
+        }
+        let (in_conversation, in_all) = ChatHistoryProjection::count_unanswered(
+            store.pool(),
+            (command.user_id, command.bot_id),
+            (self.conversation, self.user),
+        )
+        .await?;
+        let checks = [
+            (self.conversation, in_conversation, "in this conversation"),
+            (self.user, in_all, "across your bots"),
+        ];
+        for (cap, count, scope) in checks {
+            if cap == 0 || count < i64::from(cap) {
+                continue;
+            }
+            let key = command
+                .client_msg_id
+                .as_ref()
+                .map(|id| message_key(command.user_id, command.bot_id, id));
+            if let Some(key) = key {
+                if store.find_by_idempotency_key(&key).await?.is_some() {
+                    return Ok(());
+                }
+            }
+            return Err(DomainError::TooManyUnanswered { scope, count });
+        }
+        Ok(())
+    }
+}
+
 pub async fn post_message(
     store: &EventStore,
     command: PostMessage,
+    caps: UnansweredCaps,
     metadata: EventMetadata,
 ) -> Result<Posted, DomainError> {
     ensure_owned(store, command.user_id, command.bot_id).await?;
+    caps.admit(store, &command).await?;
     let message_id = Uuid::now_v7();
     let content = command.input.0;
     let event = DomainEvent::UserMessagePosted(UserMessagePosted {

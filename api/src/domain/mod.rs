@@ -21,6 +21,9 @@ pub enum DomainError {
     /// An idempotency key presented again with different content.
     #[error("{0}")]
     KeyReused(String),
+    /// Past an admission cap on unanswered messages.
+    #[error("{count} messages already wait for an answer ({scope})")]
+    TooManyUnanswered { scope: &'static str, count: i64 },
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error(transparent)]

@@ -85,7 +85,12 @@ pub async fn new_chat(
     )?;
     // Subscribe before appending, so the reply's notice cannot slip past.
     let mut notices = state.feed.subscribe();
-    let posted = chat::post_message(&state.store, command, metadata(correlation, user)).await?;
+    let caps = chat::UnansweredCaps {
+        conversation: state.config.conversation_max_unanswered,
+        user: state.config.user_max_unanswered,
+    };
+    let posted =
+        chat::post_message(&state.store, command, caps, metadata(correlation, user)).await?;
     state.read_cache.invalidate(user);
     let message_id = posted.message_id();
     let just_posted = matches!(posted, Posted::New { .. });

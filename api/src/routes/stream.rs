@@ -97,11 +97,12 @@ pub async fn stream(
     let slot = state
         .streams
         .acquire(user, state.config.max_streams_per_user)
-        .ok_or_else(|| {
-            ApiError::TooManyRequests(format!(
+        .ok_or_else(|| ApiError::TooManyRequests {
+            message: format!(
                 "At most {} streams per user at once; close one first.",
                 state.config.max_streams_per_user
-            ))
+            ),
+            retry_after_secs: 10,
         })?;
     // Subscribe before the first read, so nothing appended in between is missed.
     let tail = Tail {

@@ -216,6 +216,34 @@ impl ChatHistoryProjection {
         .await
     }
 
+    /// How many of the user's messages wait for an answer in the conversation
+    /// with `bot_id`, and across all of the user's bots, each counted up to its
+    /// `enough`. One round trip of two short index range reads, however long
+    /// the user's history.
+    pub async fn count_unanswered(
+        pool: &MySqlPool,
+        (user_id, bot_id): (UserId, BotId),
+        (conversation_enough, user_enough): (u32, u32),
+    ) -> Result<(i64, i64), sqlx::Error> {
+        let pending = MessageStatus::Pending.as_str();
+        sqlx::query_as(
+            "SELECT \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM chat_history \
+               WHERE user_id = ? AND chatbot_id = ? AND status = ? LIMIT ?) AS conversation), \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM chat_history \
+               WHERE user_id = ? AND status = ? LIMIT ?) AS all_bots)",
+        )
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(pending)
+        .bind(conversation_enough)
+        .bind(user_id)
+        .bind(pending)
+        .bind(user_enough)
+        .fetch_one(pool)
+        .await
+    }
+
     /// The user's last `limit` messages after `after` and up to and including `seq`,
     /// oldest first, each with its reply when it has one: the conversation as a
     /// prompt needs it, with replies paired to their messages even when they were

@@ -1,11 +1,12 @@
 //! The api's typed configuration. See the README's configuration table.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use events::config::{env_opt, env_or, BusSettings, ConfigError, DatabaseSettings, SecretString};
 
 use crate::auth::AuthMode;
+use crate::rate_limits::RateLimitSettings;
 
 /// Used when `JWT_SECRET` is unset: fine on a laptop, refused when `APP_ENV=production`.
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-secret-change-me";
@@ -60,6 +61,11 @@ pub struct ApiConfig {
     /// message gets 429; `0` turns a cap off.
     pub conversation_max_unanswered: u32,
     pub user_max_unanswered: u32,
+    /// `NEW_CHAT_PER_MINUTE`, `LOGIN_FAILURES_PER_MINUTE`, `REGISTER_PER_MINUTE`.
+    pub rate_limits: RateLimitSettings,
+    /// `TRUSTED_PROXIES`: comma-separated addresses whose `X-Forwarded-For` is
+    /// believed.
+    pub trusted_proxies: Vec<IpAddr>,
     /// `SSE_KEEPALIVE_SECS`: a comment goes out on an idle stream this often.
     pub stream_keep_alive: Duration,
 }
@@ -123,9 +129,33 @@ impl ApiConfig {
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
             conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
             user_max_unanswered: env_or("USER_MAX_UNANSWERED", 200)?,
+            rate_limits: RateLimitSettings {
+                new_chat_per_minute: env_or("NEW_CHAT_PER_MINUTE", 0)?,
+                login_failures_per_minute: env_or("LOGIN_FAILURES_PER_MINUTE", 10)?,
+                register_per_minute: env_or("REGISTER_PER_MINUTE", 0)?,
+            },
+            trusted_proxies: trusted_proxies()?,
             stream_keep_alive: Duration::from_secs(env_or("SSE_KEEPALIVE_SECS", 15)?.max(1)),
         })
     }
+}
+
+fn trusted_proxies() -> Result<Vec<IpAddr>, ConfigError> {
+    let Some(list) = env_opt("TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                    name: "TRUSTED_PROXIES",
+                    value: list.clone(),
+                    reason: format!("{a:?} is not an IP address: {e}"),
+                })
+        })
+        .collect()
 }
 
 /// Production refuses a secret anyone could guess or read in this repository.

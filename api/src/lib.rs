@@ -24,9 +24,12 @@
 //! - [`known_users`]: user ids known to exist, so requests for nobody are refused.
 //! - [`server`]: the accept loop, with header and body read timeouts.
 //! - [`streams`]: open `chat/stream`s per user, capped.
+//! - [`rate_limits`]: per-process rate limits on posting, logging in and
+//!   registering, and [`client_address`]: whose address a request comes from.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
 
 pub mod auth;
+pub mod client_address;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -35,6 +38,7 @@ pub mod feed;
 pub mod hangup;
 pub mod known_users;
 pub mod live;
+pub mod rate_limits;
 pub mod read_cache;
 pub mod routes;
 pub mod server;

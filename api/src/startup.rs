@@ -32,6 +32,7 @@ use crate::extract::{
 use crate::feed::ChatFeed;
 use crate::known_users::KnownUsers;
 use crate::live::LiveReplies;
+use crate::rate_limits::RateLimits;
 use crate::read_cache::ReadCache;
 use crate::routes::router;
 use crate::sessions::RevokedSessions;
@@ -100,6 +101,7 @@ impl Application {
             read_cache,
             sessions,
             users: Arc::new(KnownUsers::default()),
+            limits: Arc::new(RateLimits::new(config.rate_limits)),
             streams: Arc::new(OpenStreams::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
             draining: CancellationToken::new(),
@@ -150,6 +152,10 @@ impl Application {
                 background.clone(),
             ),
         );
+        tasks.spawn("rate limit upkeep", {
+            let (limits, token) = (state.limits.clone(), background.clone());
+            async move { limits.forget_idle_until(token).await }
+        });
         tasks.spawn("read cache purge", {
             let (cache, token) = (state.read_cache.clone(), background.clone());
             async move { cache.purge_expired_until(token).await }

@@ -12,6 +12,7 @@ use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
 use crate::feed::ChatFeed;
 use crate::known_users::KnownUsers;
+use crate::rate_limits::RateLimits;
 use crate::read_cache::ReadCache;
 use crate::sessions::RevokedSessions;
 use crate::streams::OpenStreams;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub streams: Arc<OpenStreams>,
     /// Requests served without a token under `AUTH_MODE=legacy`.
     pub legacy_requests: Arc<AtomicU64>,
+    pub limits: Arc<RateLimits>,
     /// Cancelled when the api starts shutting down: streams and long-polls end.
     pub draining: CancellationToken,
 }

@@ -67,10 +67,22 @@ impl Client {
         token: Option<&str>,
         request_id: &str,
     ) -> anyhow::Result<Reply> {
+        self.post_json_with_header(path, body, token, ("x-request-id", request_id))
+            .await
+    }
+
+    /// POST JSON with one extra header (`X-Forwarded-For`, say).
+    pub async fn post_json_with_header(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+        (name, value): (&str, &str),
+    ) -> anyhow::Result<Reply> {
         let request = self
             .http
             .post(format!("{}{path}", self.base))
-            .header("x-request-id", request_id)
+            .header(name, value)
             .json(body);
         self.send(Self::with_token(request, token)).await
     }

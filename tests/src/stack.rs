@@ -189,6 +189,9 @@ impl Stack {
             ("REPLY_WAIT_SECS", "20".to_string()),
             ("RUST_LOG", "info,sqlx=warn,lapin=off".to_string()),
             ("NO_COLOR", "1".to_string()),
+            // Tests log in (and fail to) far more often than a person: the rate
+            // limits' own tests turn them on.
+            ("LOGIN_FAILURES_PER_MINUTE", "0".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

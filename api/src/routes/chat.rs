@@ -75,6 +75,7 @@ pub async fn new_chat(
     Payload(body): Payload<NewChatBody>,
 ) -> Result<Response, ApiError> {
     let user = caller.acting_for(body.user_id, &state).await?;
+    state.limits.new_chat(user)?;
     let wait = params.wait()?;
     let command = PostMessage::parse(
         user,

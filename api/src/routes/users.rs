@@ -12,6 +12,7 @@ use events::store::RecordedEvent;
 
 use super::{metadata, publish_in_background};
 use crate::auth::{password, TokenKind, TokenUser};
+use crate::client_address::ClientAddress;
 use crate::domain::sessions::{self, RefreshRefused};
 use crate::domain::users::{self, AccountsLock, FieldErrors, LockError, USERNAME_TAKEN};
 use crate::error::ApiError;
@@ -54,8 +55,10 @@ impl From<LockError> for ApiError {
 
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Payload(body): Payload<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.limits.register(address)?;
     let mut errors = FieldErrors::new();
     users::check_username(body.username.as_deref(), true, &mut errors);
     users::check_password(body.password.as_deref(), true, &mut errors);
@@ -97,6 +100,7 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     correlation: CorrelationId,
     Payload(body): Payload<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -111,12 +115,16 @@ pub async fn login(
     let (Some(login), Some(password)) = (body.username, body.password) else {
         return Err(ApiError::InvalidCredentials);
     };
+    // Before the password is checked: a blocked guess is never tried.
+    state.limits.login_allowed(address, &login)?;
     let Some(user) = users::find_for_login(&state.pool, login.trim()).await? else {
         // As slow as a real check, so the answer does not tell which names exist.
         password::verify_nobody(password).await?;
+        state.limits.login_failed(address, &login);
         return Err(ApiError::InvalidCredentials);
     };
     if !password::verify(password, user.password_hash.clone()).await? {
+        state.limits.login_failed(address, &login);
         return Err(ApiError::InvalidCredentials);
     }
     let session = sessions::start(

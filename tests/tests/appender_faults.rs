@@ -79,11 +79,13 @@ async fn one_bad_append_fails_alone_and_keys_are_compared_exactly() -> anyhow::R
     isolation.teardown().await
 }
 
-#[tokio::test]
-async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> anyhow::Result<()> {
-    let isolation = Isolation::new();
-    isolation.migrated_pool().await?.close().await;
-    let proxy = TcpProxy::start("127.0.0.1:3306").await?;
+/// A pool of one connection to the test's database through `proxy`, with
+/// `settings` otherwise.
+fn one_connection_through(
+    proxy: &TcpProxy,
+    isolation: &Isolation,
+    settings: DatabaseSettings,
+) -> anyhow::Result<sqlx::MySqlPool> {
     let settings = DatabaseSettings {
         url: isolation
             .database
@@ -92,9 +94,20 @@ async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> 
             .replace(":3306/", &format!(":{}/", proxy.port))
             .into(),
         max_connections: 1,
-        ..isolation.database.clone()
+        ..settings
     };
-    let pool = events::db::pool(&settings, settings.url.expose_secret().parse()?);
+    Ok(events::db::pool(
+        &settings,
+        settings.url.expose_secret().parse()?,
+    ))
+}
+
+#[tokio::test]
+async fn a_commit_on_a_hung_connection_times_out_and_the_next_append_works() -> anyhow::Result<()> {
+    let isolation = Isolation::new();
+    isolation.migrated_pool().await?.close().await;
+    let proxy = TcpProxy::start("127.0.0.1:3306").await?;
+    let pool = one_connection_through(&proxy, &isolation, isolation.database.clone())?;
     let store =
         EventStore::with_commit_timeout(pool, Arc::new(NoProjection), Duration::from_secs(1));
     let first = store
@@ -179,23 +192,11 @@ async fn a_frozen_lock_holder_stops_other_appends_for_seconds_not_hours() -> any
     isolation.migrated_pool().await?.close().await;
     let proxy = TcpProxy::start("127.0.0.1:3306").await?;
     // The frozen process's connection, with the settings every process uses.
-    let frozen_settings = DatabaseSettings {
-        url: isolation
-            .database
-            .url
-            .expose_secret()
-            .replace(":3306/", &format!(":{}/", proxy.port))
-            .into(),
-        max_connections: 1,
-        ..DatabaseSettings::from_env()?
-    };
-    let timeout = frozen_settings
+    let defaults = DatabaseSettings::from_env()?;
+    let timeout = defaults
         .session_idle_timeout
         .ok_or_else(|| anyhow::anyhow!("the default bounds an idle session"))?;
-    let frozen_pool = events::db::pool(
-        &frozen_settings,
-        frozen_settings.url.expose_secret().parse()?,
-    );
+    let frozen_pool = one_connection_through(&proxy, &isolation, defaults)?;
     let mut frozen = frozen_pool.acquire().await?;
     sqlx::query("BEGIN").execute(&mut *frozen).await?;
     sqlx::query("SELECT position FROM event_log_head WHERE id = 1 FOR UPDATE")

@@ -157,6 +157,25 @@ async fn post_until_accepted(
     }
 }
 
+/// SIGKILLs worker `slot`, and starts a new one after `outage`.
+async fn kill_worker(
+    stack: &Stack,
+    processes: &mut Processes,
+    faults: &Faults,
+    slot: usize,
+    outage: Duration,
+) -> anyhow::Result<()> {
+    processes.workers[slot].signal("KILL")?;
+    processes.workers[slot]
+        .wait(Duration::from_secs(10))
+        .await?;
+    faults.worker_stops.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(outage).await;
+    processes.restarts += 1;
+    processes.workers[slot] = start_worker(stack, slot, processes.restarts)?;
+    Ok(())
+}
+
 /// One random fault, seeded; returns when the system is whole again.
 async fn inject(
     rng: &mut StdRng,
@@ -171,14 +190,7 @@ async fn inject(
         0 => {
             let slot = rng.gen_range(0..WORKERS);
             faults.record(format!("SIGKILL worker {slot}"));
-            processes.workers[slot].signal("KILL")?;
-            processes.workers[slot]
-                .wait(Duration::from_secs(10))
-                .await?;
-            faults.worker_stops.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(outage).await;
-            processes.restarts += 1;
-            processes.workers[slot] = start_worker(stack, slot, processes.restarts)?;
+            kill_worker(stack, processes, faults, slot, outage).await?;
         }
         1 => {
             let slot = rng.gen_range(0..WORKERS);
@@ -250,14 +262,7 @@ async fn inject(
                 post_until_accepted(rng, &ports, &conversations[u], key, ledger).await;
             }
             tokio::time::sleep(Duration::from_millis(rng.gen_range(200..1500))).await;
-            processes.workers[slot].signal("KILL")?;
-            processes.workers[slot]
-                .wait(Duration::from_secs(10))
-                .await?;
-            faults.worker_stops.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(outage).await;
-            processes.restarts += 1;
-            processes.workers[slot] = start_worker(stack, slot, processes.restarts)?;
+            kill_worker(stack, processes, faults, slot, outage).await?;
         }
         5 => {
             let (on, off) = (rng.gen_range(0..APIS), rng.gen_range(0..APIS));

@@ -110,15 +110,7 @@ impl ConversationLeases {
         let holder = uuid::Uuid::new_v4().simple().to_string();
         loop {
             if self.try_take(stream_id, &holder).await? {
-                let lease = Lease {
-                    leases: self.clone(),
-                    stream_id: stream_id.to_string(),
-                    holder,
-                    renewing: CancellationToken::new(),
-                    _local: slot,
-                };
-                lease.renew_in_background();
-                return Ok(Some(lease));
+                return Ok(Some(self.held(stream_id, holder, slot)));
             }
             let pause = POLL.mul_f64(rand::thread_rng().gen_range(0.7..1.3));
             tokio::select! {
@@ -140,6 +132,11 @@ impl ConversationLeases {
         if !self.try_take(stream_id, &holder).await? {
             return Ok(None);
         }
+        Ok(Some(self.held(stream_id, holder, slot)))
+    }
+
+    /// The lease `holder` just took, renewed from now on.
+    fn held(&self, stream_id: &str, holder: String, slot: LocalSlot) -> Lease {
         let lease = Lease {
             leases: self.clone(),
             stream_id: stream_id.to_string(),
@@ -148,7 +145,7 @@ impl ConversationLeases {
             _local: slot,
         };
         lease.renew_in_background();
-        Ok(Some(lease))
+        lease
     }
 
     /// Hands the conversation's work to whoever holds its lease now: `true` if a

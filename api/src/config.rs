@@ -61,6 +61,8 @@ pub struct ApiConfig {
     /// message gets 429; `0` turns a cap off.
     pub conversation_max_unanswered: u32,
     pub user_max_unanswered: u32,
+    /// `USER_MAX_BOTS`: live bots per user; `0` turns the cap off.
+    pub user_max_bots: u32,
     /// `NEW_CHAT_PER_MINUTE`, `LOGIN_FAILURES_PER_MINUTE`, `REGISTER_PER_MINUTE`.
     pub rate_limits: RateLimitSettings,
     /// `TRUSTED_PROXIES`: comma-separated addresses whose `X-Forwarded-For` is
@@ -129,6 +131,7 @@ impl ApiConfig {
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
             conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
             user_max_unanswered: env_or("USER_MAX_UNANSWERED", 200)?,
+            user_max_bots: env_or("USER_MAX_BOTS", 1000)?,
             rate_limits: RateLimitSettings {
                 new_chat_per_minute: env_or("NEW_CHAT_PER_MINUTE", 0)?,
                 login_failures_per_minute: env_or("LOGIN_FAILURES_PER_MINUTE", 10)?,

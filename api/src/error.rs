@@ -215,6 +215,7 @@ impl From<DomainError> for ApiError {
                 "No such chatbot for this user (it may have been deleted).".into(),
             ),
             DomainError::KeyReused(msg) => ApiError::Unprocessable(msg),
+            DomainError::TooManyBots(_) => ApiError::BadRequest(e.to_string()),
             DomainError::TooManyUnanswered { scope, count } => ApiError::TooManyRequests {
                 message: format!(
                     "{count} of your messages {scope} are still waiting for an answer: \

@@ -84,12 +84,21 @@ pub async fn ensure_owned(
 }
 
 /// Allocates an id and records `BotCreated`.
+/// Records `BotCreated`, unless the user already has `max_bots` live bots (`0`:
+/// no cap). Two creations racing at the cap may both pass it: a cap, not a
+/// quota.
 pub async fn create_bot(
     store: &EventStore,
     user_id: UserId,
     bot: NewBot,
+    max_bots: u32,
     metadata: EventMetadata,
 ) -> Result<(BotId, Vec<RecordedEvent>), DomainError> {
+    if max_bots > 0
+        && BotsProjection::count_live(store.pool(), user_id, max_bots).await? >= i64::from(max_bots)
+    {
+        return Err(DomainError::TooManyBots(max_bots));
+    }
     let bot_id = sqlx::query("INSERT INTO bot_id_sequence () VALUES ()")
         .execute(store.pool())
         .await?

@@ -21,6 +21,9 @@ pub enum DomainError {
     /// An idempotency key presented again with different content.
     #[error("{0}")]
     KeyReused(String),
+    /// Past `USER_MAX_BOTS`.
+    #[error("you have {0} bots, the most allowed; delete one to create another")]
+    TooManyBots(u32),
     /// Past an admission cap on unanswered messages.
     #[error("{count} messages already wait for an answer ({scope})")]
     TooManyUnanswered { scope: &'static str, count: i64 },

@@ -1,6 +1,7 @@
 //! `bots/create|detail|list|delete` and `bots/get_persona`. Failures of the bot
 //! module itself answer HTTP 200 with `code: -1`, as the app expects.
 
+use super::page::Page;
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
@@ -47,9 +48,15 @@ pub async fn create(
         .map_err(ApiError::into_bot_module)?;
     let bot = NewBot::parse(body.chatbot_name, body.chatbot_type, body.chatbot_persona)
         .map_err(bot_failure)?;
-    let (bot_id, events) = bots::create_bot(&state.store, user, bot, metadata(correlation, user))
-        .await
-        .map_err(bot_failure)?;
+    let (bot_id, events) = bots::create_bot(
+        &state.store,
+        user,
+        bot,
+        state.config.user_max_bots,
+        metadata(correlation, user),
+    )
+    .await
+    .map_err(bot_failure)?;
     publish_in_background(&state, events);
     Ok(ok(json!([{ "chatbot_id": bot_id }])))
 }
@@ -82,6 +89,11 @@ pub async fn detail(
 pub struct ListBody {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
+    /// Paging (additive): the bots after this one, at most `limit` of them.
+    #[serde(default, deserialize_with = "lenient::int")]
+    after: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    limit: Option<i64>,
 }
 
 pub async fn list(
@@ -93,7 +105,8 @@ pub async fn list(
         .acting_for(body.user_id, &state)
         .await
         .map_err(ApiError::into_bot_module)?;
-    let bots = BotsProjection::list(&state.pool, user).await?;
+    let page = Page::parse(body.after, body.limit).map_err(ApiError::into_bot_module)?;
+    let bots = BotsProjection::list(&state.pool, user, page.after.unwrap_or(0), page.limit).await?;
     Ok(ok(Value::Array(bots.iter().map(bot_summary).collect())))
 }
 

@@ -1,5 +1,6 @@
 //! `chat/new_chat`, `chat/history` and `chat/list`.
 
+use super::page::Page;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -276,6 +277,11 @@ pub struct ListParams {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     format: Option<String>,
+    /// Paging (additive): the conversations after this bot's, at most `limit`.
+    #[serde(default, deserialize_with = "lenient::int")]
+    after: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    limit: Option<i64>,
 }
 
 pub async fn list(
@@ -285,15 +291,17 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let user = caller.acting_for(params.user_id, &state).await?;
     let format = row_format(params.format.as_deref())?;
-    let key = ReadKey::List { format };
-    if let Some(body) = state.read_cache.get(user, &key) {
+    let page = Page::parse(params.after, params.limit)?;
+    // The cache holds the plain list, the one pollers ask for.
+    let key = page.is_default().then_some(ReadKey::List { format });
+    if let Some(body) = key.as_ref().and_then(|key| state.read_cache.get(user, key)) {
         return Ok(json_body(body));
     }
     let ticket = state.read_cache.ticket(user);
-    let rows = ChatListProjection::list(&state.pool, user).await?;
+    let rows = ChatListProjection::list(&state.pool, user, page.after, page.limit).await?;
     let empty = rows.is_empty();
     let body = chat_ok_bytes(chat_list_rows(rows, format));
-    if !empty {
+    if let Some(key) = key.filter(|_| !empty) {
         state.read_cache.put(user, key, ticket, body.clone());
     }
     Ok(json_body(body))

@@ -5,6 +5,7 @@ pub mod bots;
 pub mod chat;
 pub mod health;
 pub mod memory;
+pub mod page;
 pub mod stream;
 pub mod users;
 

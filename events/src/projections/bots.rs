@@ -95,12 +95,38 @@ impl BotsProjection {
     }
 
     /// The user's live bots in creation order.
-    pub async fn list(pool: &MySqlPool, user_id: UserId) -> Result<Vec<Bot>, sqlx::Error> {
+    /// The user's live bots after the bot `after` (`0`: from the first), in
+    /// creation order, at most `limit`.
+    pub async fn list(
+        pool: &MySqlPool,
+        user_id: UserId,
+        after: BotId,
+        limit: u32,
+    ) -> Result<Vec<Bot>, sqlx::Error> {
         sqlx::query_as(&format!(
-            "{SELECT_BOTS} WHERE user_id = ? AND deleted_at IS NULL ORDER BY chatbot_id"
+            "{SELECT_BOTS} WHERE user_id = ? AND deleted_at IS NULL AND chatbot_id > ? \
+             ORDER BY chatbot_id LIMIT ?"
         ))
         .bind(user_id)
+        .bind(after)
+        .bind(limit)
         .fetch_all(pool)
+        .await
+    }
+
+    /// How many live bots the user has, counted up to `enough`.
+    pub async fn count_live(
+        pool: &MySqlPool,
+        user_id: UserId,
+        enough: u32,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM bots \
+             WHERE user_id = ? AND deleted_at IS NULL LIMIT ?) AS live",
+        )
+        .bind(user_id)
+        .bind(enough)
+        .fetch_one(pool)
         .await
     }
 }

@@ -63,13 +63,35 @@ impl ChatListProjection {
     }
 
     /// The user's conversations, most recently active first.
-    pub async fn list(pool: &MySqlPool, user_id: UserId) -> Result<Vec<ChatListRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT chatbot_id, chatbot_name, last_content, last_at, last_seq FROM chat_list \
-             WHERE user_id = ? ORDER BY last_position DESC",
-        )
-        .bind(user_id)
-        .fetch_all(pool)
-        .await
+    /// The user's conversations, newest first, at most `limit`; with `after`,
+    /// only those that come after that bot's row (an unknown bot: none).
+    pub async fn list(
+        pool: &MySqlPool,
+        user_id: UserId,
+        after: Option<BotId>,
+        limit: u32,
+    ) -> Result<Vec<ChatListRow>, sqlx::Error> {
+        match after {
+            None => sqlx::query_as(
+                "SELECT chatbot_id, chatbot_name, last_content, last_at, last_seq FROM chat_list \
+                 WHERE user_id = ? ORDER BY last_position DESC LIMIT ?",
+            )
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await,
+            Some(after) => sqlx::query_as(
+                "SELECT chatbot_id, chatbot_name, last_content, last_at, last_seq FROM chat_list \
+                 WHERE user_id = ? AND last_position < \
+                 (SELECT last_position FROM chat_list WHERE user_id = ? AND chatbot_id = ?) \
+                 ORDER BY last_position DESC LIMIT ?",
+            )
+            .bind(user_id)
+            .bind(user_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await,
+        }
     }
 }

@@ -16,7 +16,11 @@ async fn bots_list(client: &Client, token: &str, extra: Value) -> anyhow::Result
     anyhow::ensure!(answer.body["code"] == 200, "{answer:?}");
     Ok(answer.body["data"]
         .as_array()
-        .map(|rows| rows.iter().filter_map(|r| r["chatbot_id"].as_i64()).collect())
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r["chatbot_id"].as_i64())
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -31,7 +35,11 @@ async fn a_users_bots_are_capped_and_lists_page() -> anyhow::Result<()> {
     let (_, token, first) = client.user_with_bot("collector").await?;
     let mut bots = vec![first];
     for n in 1..4 {
-        bots.push(client.create_bot(&token, &format!("Bot {n}"), 0, "").await?);
+        bots.push(
+            client
+                .create_bot(&token, &format!("Bot {n}"), 0, "")
+                .await?,
+        );
     }
     let pool = stack.pool()?;
     let before = event_count(&pool).await?;
@@ -92,7 +100,11 @@ async fn a_users_bots_are_capped_and_lists_page() -> anyhow::Result<()> {
 
     // Deleting a bot makes room for another.
     let deleted = client
-        .post_json("/bots/delete", &json!({ "chatbot_id": bots[0] }), Some(&token))
+        .post_json(
+            "/bots/delete",
+            &json!({ "chatbot_id": bots[0] }),
+            Some(&token),
+        )
         .await?;
     assert_eq!(deleted.body["code"], 200, "{deleted:?}");
     client.create_bot(&token, "Replacement", 0, "").await?;

@@ -43,20 +43,25 @@ fn client_address<'a>(
     forwarded: impl Iterator<Item = &'a HeaderValue>,
     trusted: &[IpAddr],
 ) -> IpAddr {
+    let peer = peer.to_canonical();
     if !trusted.contains(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = forwarded
+    // From the right: each trusted proxy appended what it saw; what a client
+    // wrote further left (anything at all) is never reached past an untrusted hop.
+    let hops: Vec<&str> = forwarded
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map_while(|hop| hop.trim().parse().ok())
         .collect();
     let mut address = peer;
     for hop in hops.into_iter().rev() {
         if !trusted.contains(&address) {
             break;
         }
-        address = hop;
+        match hop.trim().parse::<IpAddr>() {
+            Ok(hop) => address = hop.to_canonical(),
+            Err(_) => break,
+        }
     }
     address
 }
@@ -88,6 +93,17 @@ mod tests {
         assert_eq!(
             client_address(ip("127.0.0.1"), header.iter(), &chain),
             ip("6.6.6.6")
+        );
+        // Garbage a client wrote to the left is never read.
+        let garbage = [HeaderValue::from_static("unknown, 10.0.0.9")];
+        assert_eq!(
+            client_address(ip("127.0.0.1"), garbage.iter(), &trusted),
+            ip("10.0.0.9")
+        );
+        // An IPv4 peer seen as IPv4-mapped IPv6 is the same peer.
+        assert_eq!(
+            client_address(ip("::ffff:127.0.0.1"), header.iter(), &trusted),
+            ip("10.0.0.9")
         );
         // No header: the proxy itself.
         assert_eq!(

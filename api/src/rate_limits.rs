@@ -116,8 +116,8 @@ impl<K: Hash + Eq + Clone> FailureLimit<K> {
     }
 }
 
-fn username_key(username: &str) -> String {
-    username.trim().to_lowercase()
+fn account_key(account: &str) -> String {
+    account.trim().to_lowercase()
 }
 
 impl RateLimits {
@@ -138,8 +138,8 @@ impl RateLimits {
     }
 
     /// Before a login's password is checked: refused while the address or the
-    /// username (compared case-insensitively, as logins are) is blocked.
-    pub fn login_allowed(&self, address: IpAddr, username: &str) -> Result<(), ApiError> {
+    /// account tried (compared case-insensitively) is blocked.
+    pub fn login_allowed(&self, address: IpAddr, account: &str) -> Result<(), ApiError> {
         let by_address = self
             .login_by_address
             .as_ref()
@@ -147,23 +147,23 @@ impl RateLimits {
         let by_username = self
             .login_by_username
             .as_ref()
-            .and_then(|l| l.blocked_for(&username_key(username)));
+            .and_then(|l| l.blocked_for(&account_key(account)));
         match by_address.max(by_username) {
             Some(wait) => Err(refused(
                 wait,
-                "Too many failed logins; wait a minute before trying again.".into(),
+                "Too many failed logins; wait before trying again (see Retry-After).".into(),
             )),
             None => Ok(()),
         }
     }
 
     /// A login failed (wrong password or unknown user).
-    pub fn login_failed(&self, address: IpAddr, username: &str) {
+    pub fn login_failed(&self, address: IpAddr, account: &str) {
         if let Some(limit) = &self.login_by_address {
             limit.failed(&address);
         }
         if let Some(limit) = &self.login_by_username {
-            limit.failed(&username_key(username));
+            limit.failed(&account_key(account));
         }
     }
 

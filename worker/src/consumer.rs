@@ -36,7 +36,7 @@ use crate::responder::{MessageRef, Responder};
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// What a dead-lettered message's sender is told.
-const GIVEN_UP: &str =
+pub(crate) const GIVEN_UP: &str =
     "This message could not be processed after several attempts. Please send it again.";
 
 /// What a delivery holds, as far as the worker is concerned.

@@ -2,12 +2,13 @@
 //!
 //! Without it, every in-flight delivery of a conversation answers the oldest
 //! unanswered message, and all but one of those model calls are thrown away as
-//! duplicates: a burst of N messages cost N(N+1)/2 calls. With it, a delivery first
-//! takes the conversation's lease, then answers the oldest unanswered messages up
-//! to its own, one model call each; the deliveries behind it wait, and most find
-//! their message already answered when their turn comes.
+//! duplicates: a burst of N messages cost N(N+1)/2 calls. With it, only the lease's
+//! holder answers a conversation, one model call per message. A delivery that
+//! finds the lease held hands its message to the holder ([`ConversationLeases::hand_off`])
+//! rather than waiting; memory refreshes, which are few, wait for theirs
+//! ([`ConversationLeases::acquire`]).
 //!
-//! Two levels, so that waiting costs nothing:
+//! Two levels:
 //! - in this process, an async mutex per conversation (waiters hold no database
 //!   connection and make no queries);
 //! - across processes, a row in `conversation_leases` with an expiry on the
@@ -43,6 +44,8 @@ pub struct Lease {
     stream_id: String,
     holder: String,
     renewing: CancellationToken,
+    /// Cancelled when a renewal finds the lease taken over.
+    lost: CancellationToken,
     _local: LocalSlot,
 }
 
@@ -142,6 +145,7 @@ impl ConversationLeases {
             stream_id: stream_id.to_string(),
             holder,
             renewing: CancellationToken::new(),
+            lost: CancellationToken::new(),
             _local: slot,
         };
         lease.renew_in_background();
@@ -154,7 +158,7 @@ impl ConversationLeases {
     pub async fn hand_off(&self, stream_id: &str) -> Result<bool, sqlx::Error> {
         let told = sqlx::query(
             "UPDATE conversation_leases SET handoffs = handoffs + 1 \
-             WHERE stream_id = ? AND expires_at >= NOW(6)",
+             WHERE stream_id = ? AND expires_at >= NOW(6) AND takes_handoffs = 1",
         )
         .bind(stream_id)
         .execute(&self.pool)
@@ -164,7 +168,15 @@ impl ConversationLeases {
 
     /// Conversations (`chat-…` streams) whose lease ran out without a release:
     /// their holder died or stopped mid-work, and may have been handed messages.
+    /// Memory leases that ran out long ago (a memory worker that died) are
+    /// deleted on the way: nobody was handed anything through them.
     pub async fn expired_chats(&self, limit: u32) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM conversation_leases \
+             WHERE stream_id LIKE 'memory-%' AND expires_at < NOW(6) - INTERVAL 1 MINUTE",
+        )
+        .execute(&self.pool)
+        .await?;
         sqlx::query_scalar(
             "SELECT stream_id FROM conversation_leases \
              WHERE expires_at < NOW(6) AND stream_id LIKE 'chat-%' \
@@ -204,15 +216,17 @@ impl ConversationLeases {
         // Assignments apply left to right: `holder` is decided first, and the
         // expiry moves only if the row is now ours.
         sqlx::query(
-            "INSERT INTO conversation_leases (stream_id, holder, expires_at) \
-             VALUES (?, ?, NOW(6) + INTERVAL ? MICROSECOND) \
+            "INSERT INTO conversation_leases (stream_id, holder, expires_at, takes_handoffs) \
+             VALUES (?, ?, NOW(6) + INTERVAL ? MICROSECOND, 1) \
              ON DUPLICATE KEY UPDATE \
              holder = IF(expires_at < NOW(6) OR holder = ?, ?, holder), \
+             takes_handoffs = IF(holder = ?, 1, takes_handoffs), \
              expires_at = IF(holder = ?, NOW(6) + INTERVAL ? MICROSECOND, expires_at)",
         )
         .bind(stream_id)
         .bind(holder)
         .bind(self.ttl_micros())
+        .bind(holder)
         .bind(holder)
         .bind(holder)
         .bind(holder)
@@ -230,11 +244,12 @@ impl ConversationLeases {
 
 impl Lease {
     fn renew_in_background(&self) {
-        let (leases, stream_id, holder, stop) = (
+        let (leases, stream_id, holder, stop, lost) = (
             self.leases.clone(),
             self.stream_id.clone(),
             self.holder.clone(),
             self.renewing.clone(),
+            self.lost.clone(),
         );
         tokio::spawn(async move {
             let every = leases.ttl / 3;
@@ -255,6 +270,7 @@ impl Lease {
                 match renewed {
                     Ok(done) if done.rows_affected() == 0 => {
                         tracing::warn!(%stream_id, "conversation lease expired and was taken over");
+                        lost.cancel();
                         return;
                     }
                     Ok(_) => {}
@@ -264,6 +280,33 @@ impl Lease {
                 }
             }
         });
+    }
+
+    /// How many holders in a row abandoned this lease part-way; reading it
+    /// starts the count over.
+    pub async fn take_failures(&self) -> Result<i64, sqlx::Error> {
+        let failures: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(failures AS SIGNED) FROM conversation_leases \
+             WHERE stream_id = ? AND holder = ?",
+        )
+        .bind(&self.stream_id)
+        .bind(&self.holder)
+        .fetch_optional(&self.leases.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE conversation_leases SET failures = 0 WHERE stream_id = ? AND holder = ?",
+        )
+        .bind(&self.stream_id)
+        .bind(&self.holder)
+        .execute(&self.leases.pool)
+        .await?;
+        Ok(failures.unwrap_or(0))
+    }
+
+    /// Whether another holder took the lease over (this one stalled past its
+    /// expiry): stop answering, the new holder has the work.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
     }
 
     /// How many hand-offs the lease has had so far (see [`Lease::release_if_quiet`]).
@@ -309,8 +352,8 @@ impl Lease {
     pub async fn abandon(self) {
         self.renewing.cancel();
         let expired = sqlx::query(
-            "UPDATE conversation_leases SET expires_at = NOW(6) - INTERVAL 1 SECOND \
-             WHERE stream_id = ? AND holder = ?",
+            "UPDATE conversation_leases SET expires_at = NOW(6) - INTERVAL 1 SECOND, \
+             failures = failures + 1 WHERE stream_id = ? AND holder = ?",
         )
         .bind(&self.stream_id)
         .bind(&self.holder)

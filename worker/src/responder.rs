@@ -100,8 +100,12 @@ const IN_PLACE_ATTEMPTS: u32 = 3;
 /// Tries at taking or handing off a lease that is between holders (each one a
 /// few milliseconds) before the delivery is requeued.
 const LEASE_TRIES: u32 = 100;
-/// Expired leases taken over per sweep.
+/// Expired leases taken over per sweep, and drains a sweep runs at once.
 const TAKE_OVER_BATCH: u32 = 16;
+const SWEEP_DRAINS: usize = 8;
+/// Holders that may give up on a conversation in a row before its oldest
+/// unanswered message is recorded as failed (as the delivery limit would).
+const DRAIN_FAILURES: i64 = 5;
 
 #[derive(Clone)]
 pub struct Responder {
@@ -239,6 +243,9 @@ impl Responder {
                 }
             };
             for stream_id in expired {
+                if draining.len() >= SWEEP_DRAINS {
+                    break;
+                }
                 let Some(conversation) = ConversationId::from_stream(&stream_id) else {
                     continue;
                 };
@@ -248,7 +255,7 @@ impl Responder {
                 tracing::info!(%stream_id, "taking over a conversation whose lease ran out");
                 let responder = self.clone();
                 draining.spawn(async move {
-                    if let Err(e) = responder.drain(conversation, lease, None).await {
+                    if let Err(e) = responder.take_over(conversation, lease).await {
                         tracing::warn!(error = %e, "taking over the conversation failed; its lease will run out again");
                     }
                 });
@@ -261,6 +268,29 @@ impl Responder {
             draining.abort_all();
             while draining.join_next().await.is_some() {}
         }
+    }
+
+    /// Drains a conversation whose lease ran out. One whose holders kept giving
+    /// up part-way has its oldest unanswered message recorded as failed first:
+    /// a message that can never be answered must not hold the rest.
+    async fn take_over(
+        &self,
+        conversation: ConversationId,
+        lease: Lease,
+    ) -> Result<(), RespondError> {
+        if lease.take_failures().await? >= DRAIN_FAILURES {
+            if let Some(stuck) = conversation.oldest_pending(self.store.pool()).await? {
+                let message_id = Uuid::parse_str(&stuck.message_id)
+                    .map_err(|_| RespondError::MalformedId(stuck.message_id.clone()))?;
+                let message = MessageRef {
+                    message_id,
+                    user_id: conversation.user_id,
+                    bot_id: conversation.bot_id,
+                };
+                self.give_up(&message, crate::consumer::GIVEN_UP).await?;
+            }
+        }
+        self.drain(conversation, lease, None).await
     }
 
     /// Answers the conversation's unanswered messages until none is left and no
@@ -288,7 +318,7 @@ impl Responder {
                 }
             };
             if let Err(e) = self
-                .answer_pending(conversation, correlation_id.clone())
+                .answer_pending(conversation, &lease, correlation_id.clone())
                 .await
             {
                 lease.abandon().await;
@@ -310,6 +340,7 @@ impl Responder {
     async fn answer_pending(
         &self,
         conversation: ConversationId,
+        lease: &Lease,
         correlation_id: Option<String>,
     ) -> Result<(), RespondError> {
         let pool = self.store.pool();
@@ -318,6 +349,11 @@ impl Responder {
             // A stopping worker leaves the rest to the next holder.
             if self.shutdown.is_cancelled() {
                 return Err(RespondError::Stopping);
+            }
+            // Taken over (this holder stalled past its expiry): the new holder
+            // has the work, and the release that follows finds the lease gone.
+            if lease.is_lost() {
+                return Ok(());
             }
             let next = self
                 .persist("find the oldest unanswered message", || async {

@@ -37,10 +37,20 @@ pub async fn warm_up() {
 async fn bounded<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    bounded_once_allowed(|| Ok(()), work).await
+}
+
+/// `work` on the blocking pool with a permit, if `allowed` still agrees once the
+/// permit is granted.
+async fn bounded_once_allowed<T: Send + 'static>(
+    allowed: impl FnOnce() -> Result<(), ApiError>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let _permit = PERMITS
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(format!("hashing permits closed: {e}")))?;
+    allowed()?;
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))
@@ -57,18 +67,24 @@ pub async fn hash(password: String) -> Result<String, ApiError> {
     .await?
 }
 
-/// `true` when `password` matches the stored hash. An unreadable hash never matches.
-pub async fn verify(password: String, stored_hash: String) -> Result<bool, ApiError> {
-    bounded(move || matches(&password, &stored_hash)).await
-}
-
-/// Spends the same work as [`verify`] and always fails: for unknown users.
-pub async fn verify_nobody(password: String) -> Result<bool, ApiError> {
-    bounded(move || {
-        if let Some(dummy) = DUMMY_HASH.as_deref() {
-            let _ = matches(&password, dummy);
+/// `true` when `password` matches `stored_hash` (an unreadable hash never
+/// matches). Without a hash (an unknown user) it spends the same work on a dummy
+/// hash and fails. `allowed` is asked again when this login's turn to hash
+/// comes: of a burst of guesses queued together, those past a rate limit are
+/// refused, not tried.
+pub async fn verify_once_allowed(
+    password: String,
+    stored_hash: Option<String>,
+    allowed: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<bool, ApiError> {
+    bounded_once_allowed(allowed, move || match stored_hash {
+        Some(hash) => matches(&password, &hash),
+        None => {
+            if let Some(dummy) = DUMMY_HASH.as_deref() {
+                let _ = matches(&password, dummy);
+            }
+            false
         }
-        false
     })
     .await
 }
@@ -89,13 +105,17 @@ mod tests {
     async fn hashes_are_argon2id_and_verify() {
         let hash = super::hash("s3cret pass".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(super::verify("s3cret pass".into(), hash.clone())
-            .await
-            .unwrap());
-        assert!(!super::verify("wrong".into(), hash).await.unwrap());
-        assert!(!super::verify("x".into(), "not a hash".into())
-            .await
-            .unwrap());
-        assert!(!super::verify_nobody("s3cret pass".into()).await.unwrap());
+        let verify = |password: &str, hash: Option<String>| {
+            super::verify_once_allowed(password.into(), hash, || Ok(()))
+        };
+        assert!(verify("s3cret pass", Some(hash.clone())).await.unwrap());
+        assert!(!verify("wrong", Some(hash.clone())).await.unwrap());
+        assert!(!verify("x", Some("not a hash".into())).await.unwrap());
+        assert!(!verify("s3cret pass", None).await.unwrap());
+        let refused = super::verify_once_allowed("s3cret pass".into(), Some(hash), || {
+            Err(crate::error::ApiError::BadRequest("blocked".into()))
+        })
+        .await;
+        assert!(refused.is_err(), "a refused login is not tried");
     }
 }

@@ -115,18 +115,28 @@ pub async fn login(
     let (Some(login), Some(password)) = (body.username, body.password) else {
         return Err(ApiError::InvalidCredentials);
     };
-    // Before the password is checked: a blocked guess is never tried.
-    state.limits.login_allowed(address, &login)?;
-    let Some(user) = users::find_for_login(&state.pool, login.trim()).await? else {
-        // As slow as a real check, so the answer does not tell which names exist.
-        password::verify_nobody(password).await?;
-        state.limits.login_failed(address, &login);
+    let user = users::find_for_login(&state.pool, login.trim()).await?;
+    // Failures count against the account tried (whatever spelling found it), or
+    // the name when there is none; a blocked guess is never tried, even one
+    // queued for hashing when the block began.
+    let account = match &user {
+        Some(user) => format!("user {}", user.id),
+        None => format!("name {}", login.trim()),
+    };
+    state.limits.login_allowed(address, &account)?;
+    let limits = state.limits.clone();
+    let matched = password::verify_once_allowed(
+        password,
+        user.as_ref().map(|u| u.password_hash.clone()),
+        || limits.login_allowed(address, &account),
+    )
+    .await?;
+    // An unknown user never matches; the dummy check took as long as a real one,
+    // so the answer does not tell which names exist.
+    let Some(user) = user.filter(|_| matched) else {
+        state.limits.login_failed(address, &account);
         return Err(ApiError::InvalidCredentials);
     };
-    if !password::verify(password, user.password_hash.clone()).await? {
-        state.limits.login_failed(address, &login);
-        return Err(ApiError::InvalidCredentials);
-    }
     let session = sessions::start(
         &state.store,
         user.id,

@@ -106,14 +106,19 @@ impl<K: Hash + Eq + Clone> FailureLimit<K> {
     }
 
     fn forget_idle(&self) {
-        self.failures.retain_recent();
-        self.failures.shrink_to_fit();
+        forget_idle_keys(&self.failures);
         if let Ok(mut blocked) = self.blocked.lock() {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
             blocked.shrink_to_fit();
         }
     }
+}
+
+/// Drops the keys whose allowance is whole again, and the room they took.
+fn forget_idle_keys<K: Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>) {
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
 }
 
 fn account_key(account: &str) -> String {
@@ -181,13 +186,11 @@ impl RateLimits {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 _ = shutdown.cancelled() => return,
             }
-            for limiter in [&self.new_chat].into_iter().flatten() {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
+            if let Some(limiter) = &self.new_chat {
+                forget_idle_keys(limiter);
             }
-            for limiter in [&self.register].into_iter().flatten() {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
+            if let Some(limiter) = &self.register {
+                forget_idle_keys(limiter);
             }
             if let Some(limit) = &self.login_by_address {
                 limit.forget_idle();

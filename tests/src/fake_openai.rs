@@ -45,6 +45,11 @@ struct Inner {
     hold_open_after_finish: std::sync::atomic::AtomicBool,
     /// Answers are padded with this many bytes (in 1 KiB words).
     padding_bytes: AtomicU64,
+    /// Requests containing this text are counted while they wait out the latency,
+    /// and the most at once is kept.
+    watched: Mutex<Option<String>>,
+    watched_in_flight: AtomicU64,
+    watched_peak: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -105,6 +110,19 @@ impl FakeOpenAi {
                     .count() as u64
             })
             .unwrap_or(0)
+    }
+
+    /// From now on, counts the calls whose request contains `marker` that are in
+    /// flight at once (during their latency); see [`FakeOpenAi::peak_in_flight`].
+    pub fn watch_in_flight(&self, marker: &str) {
+        if let Ok(mut watched) = self.inner.watched.lock() {
+            *watched = Some(marker.to_string());
+        }
+    }
+
+    /// The most watched calls that were in flight at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.inner.watched_peak.load(Ordering::SeqCst)
     }
 
     /// Calls that got an injected failure back.
@@ -230,8 +248,21 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         0
     };
     let latency = inner.latency_ms.load(Ordering::SeqCst) + jitter;
+    let watched = inner
+        .watched
+        .lock()
+        .ok()
+        .and_then(|m| m.clone())
+        .is_some_and(|marker| request.to_string().contains(&marker));
+    if watched {
+        let now = inner.watched_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.watched_peak.fetch_max(now, Ordering::SeqCst);
+    }
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if watched {
+        inner.watched_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
     let marked = inner
         .failing_marker

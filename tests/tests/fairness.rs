@@ -3,6 +3,10 @@
 //! is acknowledged at once, so waiting in line costs a worker no delivery slot,
 //! and other users' messages are answered while the backlog drains.
 //!
+//! And a user with many conversations gets a fair share of a worker's model
+//! calls, not all of them: over `USER_MAX_MODEL_CALLS`, their messages are parked
+//! for later and hold no delivery slot.
+//!
 //! CI drains a backlog of 200; `HOL_BACKLOG=1000` runs the issue's full check.
 
 use std::time::{Duration, Instant};
@@ -20,7 +24,7 @@ async fn backlog(client: &Client, token: &str, bot: i64, n: usize) -> anyhow::Re
     let indexes: Vec<usize> = (0..n).collect();
     for chunk in indexes.chunks(16) {
         let posts = chunk.iter().map(|i| async move {
-            let body = json!({ "chatbot_id": bot, "input": format!("backlog {i}") });
+            let body = json!({ "chatbot_id": bot, "input": format!("backlog {bot} {i}") });
             client
                 .post_json("/chat/new_chat?wait=false", &body, Some(token))
                 .await
@@ -62,25 +66,8 @@ async fn other_users_are_answered_while_one_users_backlog_drains() -> anyhow::Re
     stack.spawn_worker().await?;
     let started = Instant::now();
 
-    // 20 messages from 10 other users, spread over 10 s, each waiting for its reply.
-    let mut waits = Vec::new();
-    for round in 0..2 {
-        for (i, (_, token, bot)) in others.iter().enumerate() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let sent = Instant::now();
-            let reply = client
-                .post_json(
-                    "/chat/new_chat",
-                    &json!({ "chatbot_id": bot, "input": format!("hello {round} {i}") }),
-                    Some(token),
-                )
-                .await?;
-            anyhow::ensure!(reply.status == 200, "{reply:?}");
-            waits.push(sent.elapsed());
-        }
-    }
+    let waits = bystanders(&client, &others).await?;
     let drained_so_far = stack.model.calls();
-    waits.sort();
     let slowest = waits.last().copied().unwrap_or_default();
     println!(
         "backlog of {size}: the other users' 20 replies took {:?} (median) to {slowest:?} (slowest), \
@@ -105,6 +92,107 @@ async fn other_users_are_answered_while_one_users_backlog_drains() -> anyhow::Re
     assert_eq!(
         stack.model.calls(),
         (size + 20) as u64,
+        "one model call per message"
+    );
+    stack.teardown().await
+}
+
+/// 20 messages from 10 other users, spread over 10 s, each waiting for its reply:
+/// how long each waited, fastest first.
+async fn bystanders(
+    client: &Client,
+    others: &[(i64, String, i64)],
+) -> anyhow::Result<Vec<Duration>> {
+    let mut waits = Vec::new();
+    for round in 0..2 {
+        for (i, (_, token, bot)) in others.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let sent = Instant::now();
+            let reply = client
+                .post_json(
+                    "/chat/new_chat",
+                    &json!({ "chatbot_id": bot, "input": format!("hello {round} {i}") }),
+                    Some(token),
+                )
+                .await?;
+            anyhow::ensure!(reply.status == 200, "{reply:?}");
+            waits.push(sent.elapsed());
+        }
+    }
+    waits.sort();
+    Ok(waits)
+}
+
+#[tokio::test]
+async fn a_user_flooding_many_bots_gets_a_fair_share_of_the_model_calls() -> anyhow::Result<()> {
+    const BOTS: usize = 50;
+    const PER_BOT: usize = 20;
+    const PREFETCH: u64 = 16;
+    const SHARE: u64 = 8;
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        // Deliveries handled at once by each worker: fewer than the flood's
+        // conversations, so that without fair shares the flood would fill them.
+        env: vec![
+            ("WORKER_ROLES".into(), "replies".into()),
+            ("WORKER_PREFETCH".into(), PREFETCH.to_string()),
+            ("USER_MAX_MODEL_CALLS".into(), SHARE.to_string()),
+            ("CONVERSATION_MAX_UNANSWERED".into(), "0".into()),
+            ("USER_MAX_UNANSWERED".into(), "0".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    stack.model.set_latency(MODEL_LATENCY);
+    let client = stack.client(0);
+    let (c, c_token, first_bot) = client.user_with_bot("flooder").await?;
+    let mut bots = vec![first_bot];
+    for i in 1..BOTS {
+        bots.push(
+            client
+                .create_bot(&c_token, &format!("Flood {i}"), 0, "")
+                .await?,
+        );
+    }
+    let mut others = Vec::new();
+    for i in 0..10 {
+        others.push(client.user_with_bot(&format!("bystander{i}")).await?);
+    }
+    for bot in &bots {
+        backlog(&client, &c_token, *bot, PER_BOT).await?;
+    }
+    stack.model.watch_in_flight("backlog ");
+    stack.spawn_worker().await?;
+    stack.spawn_worker().await?;
+
+    let waits = bystanders(&client, &others).await?;
+    let slowest = waits.last().copied().unwrap_or_default();
+    println!(
+        "{BOTS} bots x {PER_BOT} messages from one user: the other users' 20 replies took {:?} \
+         (median) to {slowest:?} (slowest); the flood had at most {} model calls in flight",
+        waits[waits.len() / 2],
+        stack.model.peak_in_flight()
+    );
+    assert!(
+        slowest <= MODEL_LATENCY + Duration::from_secs(1),
+        "a bystander waited {slowest:?} behind another user's flood"
+    );
+
+    let pool = stack.pool()?;
+    let drain = MODEL_LATENCY * (BOTS * PER_BOT) as u32 / SHARE as u32 + Duration::from_secs(60);
+    for bot in &bots {
+        let ids = user_message_ids(&pool, c, *bot).await?;
+        wait_until_answered(&pool, &ids, drain).await?;
+        assert_eq!(answered_in_order(&pool, c, *bot).await?, PER_BOT);
+    }
+    let peak = stack.model.peak_in_flight();
+    assert!(
+        peak <= 2 * SHARE,
+        "the flood had {peak} model calls in flight; its share is {SHARE} per worker"
+    );
+    assert_eq!(
+        stack.model.calls(),
+        (BOTS * PER_BOT + 20) as u64,
         "one model call per message"
     );
     stack.teardown().await

@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub model: ModelSettings,
     /// `WORKER_PREFETCH`: messages handled at once by this process.
     pub prefetch: u16,
+    /// `USER_MAX_MODEL_CALLS`: one user's model calls in flight in this process
+    /// (their conversations answered at once); `0` turns the cap off.
+    pub user_max_model_calls: u32,
     /// `CONTEXT_BUDGET_CHARS`: how much of the conversation goes into a prompt.
     pub context_budget_chars: usize,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight messages may finish after SIGTERM.
@@ -81,6 +84,7 @@ impl WorkerConfig {
                 retry_base: Duration::from_millis(env_or("MODEL_RETRY_BASE_MS", 500)?),
             },
             prefetch: env_or("WORKER_PREFETCH", 64)?,
+            user_max_model_calls: env_or("USER_MAX_MODEL_CALLS", 8)?,
             context_budget_chars: env_or("CONTEXT_BUDGET_CHARS", 12_000)?,
             shutdown_grace: Duration::from_secs(env_or("SHUTDOWN_GRACE_SECS", 30)?),
             conversation_lease: Duration::from_secs(env_or("CONVERSATION_LEASE_SECS", 10)?),

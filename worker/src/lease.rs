@@ -28,6 +28,8 @@ use sqlx::MySqlPool;
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
+use events::event::UserId;
+
 /// How often a waiting process checks whether another process's lease is gone.
 const POLL: Duration = Duration::from_millis(150);
 
@@ -166,25 +168,63 @@ impl ConversationLeases {
         Ok(told.rows_affected() == 1)
     }
 
+    /// Leaves the conversation's work for the sweep of expired leases, for a
+    /// message whose user has their share of this worker's model calls: `true`
+    /// if whoever answers the conversation next will see it, `false` if a holder
+    /// that takes no hand-offs (an older worker, in a rolling deploy) has it and
+    /// the caller should try again later.
+    ///
+    /// A conversation nobody holds gets an already expired row, which the sweep
+    /// (on any worker) takes up; whoever takes it marks it as taking hand-offs
+    /// (or not, if an older worker does). Counting the park as a hand-off covers the rest:
+    /// a holder that just took the lease sees the message anyway, and one about
+    /// to let go finds the count changed and looks again.
+    pub async fn park(&self, stream_id: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO conversation_leases (stream_id, holder, expires_at, takes_handoffs, handoffs) \
+             VALUES (?, '', NOW(6) - INTERVAL 1 SECOND, 0, 1) \
+             ON DUPLICATE KEY UPDATE handoffs = handoffs + 1",
+        )
+        .bind(stream_id)
+        .execute(&self.pool)
+        .await?;
+        let deaf: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM conversation_leases \
+             WHERE stream_id = ? AND expires_at >= NOW(6) AND takes_handoffs = 0",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(deaf.is_none())
+    }
+
     /// Conversations (`chat-…` streams) whose lease ran out without a release:
-    /// their holder died or stopped mid-work, and may have been handed messages.
+    /// their holder died or stopped mid-work, or their messages were parked.
+    /// Those of the `skipped` users (who have their share here) are left out.
     /// Memory leases that ran out long ago (a memory worker that died) are
     /// deleted on the way: nobody was handed anything through them.
-    pub async fn expired_chats(&self, limit: u32) -> Result<Vec<String>, sqlx::Error> {
+    pub async fn expired_chats(
+        &self,
+        limit: u32,
+        skipped: &[UserId],
+    ) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query(
             "DELETE FROM conversation_leases \
              WHERE stream_id LIKE 'memory-%' AND expires_at < NOW(6) - INTERVAL 1 MINUTE",
         )
         .execute(&self.pool)
         .await?;
-        sqlx::query_scalar(
+        let mut select = sqlx::QueryBuilder::<sqlx::MySql>::new(
             "SELECT stream_id FROM conversation_leases \
-             WHERE expires_at < NOW(6) AND stream_id LIKE 'chat-%' \
-             ORDER BY expires_at LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+             WHERE expires_at < NOW(6) AND stream_id LIKE 'chat-%'",
+        );
+        for user_id in skipped {
+            select
+                .push(" AND stream_id NOT LIKE ")
+                .push_bind(format!("chat-{user_id}-%"));
+        }
+        select.push(" ORDER BY expires_at LIMIT ").push_bind(limit);
+        select.build_query_scalar().fetch_all(&self.pool).await
     }
 
     /// This conversation's in-process mutex, shared with every other caller for it.

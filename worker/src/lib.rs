@@ -15,6 +15,7 @@
 //!   single retry layer around it.
 //! - [`responder`]: answers a message: load, prompt, call (streaming), append,
 //!   publish; [`deltas`] forwards the text as it is written.
+//! - [`share`]: fair shares of the worker's model calls between users.
 //! - [`consumer`]: a delivery's life: read, trace, answer, then ack or requeue;
 //!   and dead letters, which get their failure recorded.
 //! - [`replay`]: `worker replay rebuild`, `verify`, `export` and `history --as-of`,
@@ -32,4 +33,5 @@ pub mod model;
 pub mod prompt;
 pub mod replay;
 pub mod responder;
+pub mod share;
 pub mod startup;

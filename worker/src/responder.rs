@@ -13,6 +13,9 @@
 //!   other users' messages are not stuck behind it. A holder that dies leaves its
 //!   lease to expire, and [`Responder::take_over_expired`] (run by every worker)
 //!   answers what it was handed.
+//! - Fair shares: a user's drains in this worker are capped (see
+//!   [`crate::share`]); a message over its user's share is parked for the sweep,
+//!   so one user with many conversations cannot take every model call.
 //! - In order: the next message is found in the `chat_history` read model, however
 //!   old it is, and every reply is generated with the replies before it in context.
 
@@ -40,6 +43,7 @@ use crate::conversation::ConversationId;
 use crate::lease::{ConversationLeases, Lease, Release};
 use crate::model::Model;
 use crate::prompt::{build_prompt, BotProfile, Memory, Turn};
+use crate::share::{ShareSlot, UserShares};
 
 /// What the worker needs of a delivered `UserMessagePosted`, whatever its schema
 /// version: any version that still names these three fields can be answered.
@@ -113,6 +117,7 @@ pub struct Responder {
     relay: OutboxRelay,
     model: Arc<Model>,
     leases: ConversationLeases,
+    shares: UserShares,
     context_budget_chars: usize,
     shutdown: CancellationToken,
 }
@@ -123,6 +128,7 @@ impl Responder {
         relay: OutboxRelay,
         model: Arc<Model>,
         leases: ConversationLeases,
+        shares: UserShares,
         context_budget_chars: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -131,6 +137,7 @@ impl Responder {
             relay,
             model,
             leases,
+            shares,
             context_budget_chars,
             shutdown,
         }
@@ -169,8 +176,9 @@ impl Responder {
 
     /// Makes sure `message` gets an outcome: answers it (and every unanswered
     /// message of its conversation, oldest first) under the conversation's lease,
-    /// or hands it to the lease's holder. Safe to call any number of times, from
-    /// any number of workers.
+    /// hands it to the lease's holder, or, when its user has their share of this
+    /// worker, parks it for the sweep. Safe to call any number of times, from any
+    /// number of workers.
     pub async fn answer(
         &self,
         message: &MessageRef,
@@ -196,13 +204,17 @@ impl Responder {
         };
         let stream_id = stream::chat(message.user_id, message.bot_id);
         for _ in 0..LEASE_TRIES {
-            let lease = self
-                .persist("take the conversation's lease", || async {
-                    Ok(self.leases.try_acquire(&stream_id).await?)
-                })
-                .await?;
-            if let Some(lease) = lease {
-                return self.drain(conversation, lease, correlation_id).await;
+            let share = self.shares.try_take(conversation.user_id);
+            let over_share = share.is_none();
+            if let Some(share) = share {
+                let lease = self
+                    .persist("take the conversation's lease", || async {
+                        Ok(self.leases.try_acquire(&stream_id).await?)
+                    })
+                    .await?;
+                if let Some(lease) = lease {
+                    return self.drain(conversation, lease, share, correlation_id).await;
+                }
             }
             let handed = self
                 .persist("hand the message to the lease's holder", || async {
@@ -212,6 +224,18 @@ impl Responder {
             if handed {
                 tracing::debug!("the conversation's lease holder answers it");
                 return Ok(());
+            }
+            if over_share {
+                let parked = self
+                    .persist("park the message for the sweep", || async {
+                        Ok(self.leases.park(&stream_id).await?)
+                    })
+                    .await?;
+                if parked {
+                    self.shares.parked(conversation.user_id);
+                    tracing::debug!("the user has their share of this worker; parked");
+                    return Ok(());
+                }
             }
             // Between holders: one is taking the lease, or just let it go.
             if self.shutdown.is_cancelled() {
@@ -232,10 +256,13 @@ impl Responder {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
+                // A user with parked messages has a slot free again.
+                _ = self.shares.slot_freed() => {}
                 _ = self.shutdown.cancelled() => break,
             }
             while draining.try_join_next().is_some() {}
-            let expired = match self.leases.expired_chats(TAKE_OVER_BATCH).await {
+            let skipped = self.shares.users_at_share();
+            let expired = match self.leases.expired_chats(TAKE_OVER_BATCH, &skipped).await {
                 Ok(expired) => expired,
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot look for expired leases; trying again later");
@@ -249,13 +276,16 @@ impl Responder {
                 let Some(conversation) = ConversationId::from_stream(&stream_id) else {
                     continue;
                 };
+                let Some(share) = self.shares.try_take(conversation.user_id) else {
+                    continue;
+                };
                 let Ok(Some(lease)) = self.leases.try_acquire(&stream_id).await else {
                     continue;
                 };
                 tracing::info!(%stream_id, "taking over a conversation whose lease ran out");
                 let responder = self.clone();
                 draining.spawn(async move {
-                    if let Err(e) = responder.take_over(conversation, lease).await {
+                    if let Err(e) = responder.take_over(conversation, lease, share).await {
                         tracing::warn!(error = %e, "taking over the conversation failed; its lease will run out again");
                     }
                 });
@@ -277,6 +307,7 @@ impl Responder {
         &self,
         conversation: ConversationId,
         lease: Lease,
+        share: ShareSlot,
     ) -> Result<(), RespondError> {
         if lease.take_failures().await? >= DRAIN_FAILURES {
             if let Some(stuck) = conversation.oldest_pending(self.store.pool()).await? {
@@ -290,16 +321,18 @@ impl Responder {
                 self.give_up(&message, crate::consumer::GIVEN_UP).await?;
             }
         }
-        self.drain(conversation, lease, None).await
+        self.drain(conversation, lease, share, None).await
     }
 
     /// Answers the conversation's unanswered messages until none is left and no
     /// hand-off came meanwhile, then lets the lease go. On a failure the lease is
-    /// abandoned (it expires at once), so that a sweep takes the work over.
+    /// abandoned (it expires at once), so that a sweep takes the work over. The
+    /// user's `share` slot is held throughout, and freed when it ends.
     async fn drain(
         &self,
         conversation: ConversationId,
         mut lease: Lease,
+        _share: ShareSlot,
         correlation_id: Option<String>,
     ) -> Result<(), RespondError> {
         loop {

@@ -19,6 +19,7 @@ use crate::lease::ConversationLeases;
 use crate::memory::MemoryKeeper;
 use crate::model::Model;
 use crate::responder::Responder;
+use crate::share::UserShares;
 
 /// How often each worker looks for conversations whose lease ran out.
 const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -82,6 +83,7 @@ impl Worker {
                 self.relay.clone(),
                 self.model.clone(),
                 leases.clone(),
+                UserShares::new(self.config.user_max_model_calls),
                 self.config.context_budget_chars,
                 shutdown.clone(),
             );

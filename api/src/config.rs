@@ -54,6 +54,9 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// `BODY_READ_TIMEOUT_SECS`: ... and its body within this (408 otherwise).
     pub body_read_timeout: Duration,
+    /// `SEND_STALL_SECS`: a connection whose client reads nothing of what it is
+    /// sent for this long is closed.
+    pub send_stall: Duration,
     /// `SSE_MAX_STREAMS_PER_USER`: open `chat/stream`s per user (429 past it).
     pub max_streams_per_user: usize,
     /// `CONVERSATION_MAX_UNANSWERED`, `USER_MAX_UNANSWERED`: past these many
@@ -63,6 +66,9 @@ pub struct ApiConfig {
     pub user_max_unanswered: u32,
     /// `USER_MAX_BOTS`: live bots per user; `0` turns the cap off.
     pub user_max_bots: u32,
+    /// `HEAVY_READS_AT_ONCE`: uncached history pages and lists read and
+    /// rendered at once; more wait their turn.
+    pub heavy_reads_at_once: usize,
     /// `NEW_CHAT_PER_MINUTE`, `LOGIN_FAILURES_PER_MINUTE`, `REGISTER_PER_MINUTE`.
     pub rate_limits: RateLimitSettings,
     /// `TRUSTED_PROXIES`: comma-separated addresses whose `X-Forwarded-For` is
@@ -128,10 +134,12 @@ impl ApiConfig {
                 env_or("HEADER_READ_TIMEOUT_SECS", 10)?.max(1),
             ),
             body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
+            send_stall: Duration::from_secs(env_or("SEND_STALL_SECS", 30)?.max(1)),
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
             conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
             user_max_unanswered: env_or("USER_MAX_UNANSWERED", 200)?,
             user_max_bots: env_or("USER_MAX_BOTS", 1000)?,
+            heavy_reads_at_once: env_or("HEAVY_READS_AT_ONCE", 8)?,
             rate_limits: RateLimitSettings {
                 new_chat_per_minute: env_or("NEW_CHAT_PER_MINUTE", 0)?,
                 login_failures_per_minute: env_or("LOGIN_FAILURES_PER_MINUTE", 10)?,

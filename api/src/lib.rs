@@ -22,8 +22,11 @@
 //!   as soon as the user's data changes, within a memory budget.
 //! - [`sessions`]: recently revoked login sessions, in memory, fed by the bus.
 //! - [`known_users`]: user ids known to exist, so requests for nobody are refused.
-//! - [`server`]: the accept loop, with header and body read timeouts.
+//! - [`server`]: the accept loop, with header and body read timeouts, and
+//!   [`send_stall`]: clients that stop reading are cut off.
 //! - [`streams`]: open `chat/stream`s per user, capped.
+//! - [`heavy_reads`]: how many large answers (history pages, lists) are read and
+//!   rendered at once.
 //! - [`rate_limits`]: per-process rate limits on posting, logging in and
 //!   registering, and [`client_address`]: whose address a request comes from.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
@@ -36,11 +39,13 @@ pub mod error;
 pub mod extract;
 pub mod feed;
 pub mod hangup;
+pub mod heavy_reads;
 pub mod known_users;
 pub mod live;
 pub mod rate_limits;
 pub mod read_cache;
 pub mod routes;
+pub mod send_stall;
 pub mod server;
 pub mod sessions;
 pub mod startup;

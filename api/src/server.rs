@@ -3,7 +3,8 @@
 //! `axum::serve` has no header read timeout, so a client that never finishes its
 //! headers holds a connection (and its task) forever. This loop serves the same
 //! router through hyper's HTTP/1 builder with a timer, so headers must arrive
-//! within `HEADER_READ_TIMEOUT_SECS`; the body's own timeout and the early 413 for
+//! within `HEADER_READ_TIMEOUT_SECS`, and a client that stops reading what it is
+//! sent is cut off after `SEND_STALL_SECS`; the body's own timeout and the early 413 for
 //! an oversized `Content-Length` are layers on the router (see `startup`).
 //!
 //! On shutdown it stops accepting, lets every open connection finish its
@@ -27,6 +28,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
+use crate::send_stall::SendStallTimeout;
+
 /// The longest the drain may take after the accept loop stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `new_chat` waiting for its reply may still wait once the drain
@@ -37,6 +40,7 @@ pub async fn serve<S>(
     listener: TcpListener,
     app: S,
     header_read_timeout: Duration,
+    send_stall: Duration,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -69,7 +73,10 @@ where
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(
+                TokioIo::new(SendStallTimeout::new(stream, send_stall)),
+                service,
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -30,6 +30,7 @@ use crate::extract::{
     drop_unacceptable_request_id, guard_edges, normalize_path, REQUEST_ID_HEADER,
 };
 use crate::feed::ChatFeed;
+use crate::heavy_reads::HeavyReads;
 use crate::known_users::KnownUsers;
 use crate::live::LiveReplies;
 use crate::rate_limits::RateLimits;
@@ -102,6 +103,7 @@ impl Application {
             sessions,
             users: Arc::new(KnownUsers::default()),
             limits: Arc::new(RateLimits::new(config.rate_limits)),
+            heavy_reads: Arc::new(HeavyReads::new(config.heavy_reads_at_once)),
             streams: Arc::new(OpenStreams::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
             draining: CancellationToken::new(),
@@ -199,16 +201,21 @@ impl Application {
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
         // The background tasks (the feed above all) run on through the drain, so
         // that a request finishing its wait still hears of its reply.
-        let served =
-            crate::server::serve(self.listener, app, config.header_read_timeout, async move {
+        let served = crate::server::serve(
+            self.listener,
+            app,
+            config.header_read_timeout,
+            config.send_stall,
+            async move {
                 tokio::select! {
                     _ = signal => {}
                     _ = task_failed.cancelled() => {}
                 }
                 tracing::info!("shutting down: ending streams and long-polls, draining requests");
                 draining.cancel();
-            })
-            .await;
+            },
+        )
+        .await;
         background.cancel();
         let watched = watching.await.map_err(std::io::Error::other)?;
         publisher.close().await;

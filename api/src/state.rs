@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::JwtKeys;
 use crate::config::ApiConfig;
 use crate::feed::ChatFeed;
+use crate::heavy_reads::HeavyReads;
 use crate::known_users::KnownUsers;
 use crate::rate_limits::RateLimits;
 use crate::read_cache::ReadCache;
@@ -35,6 +36,8 @@ pub struct AppState {
     /// Requests served without a token under `AUTH_MODE=legacy`.
     pub legacy_requests: Arc<AtomicU64>,
     pub limits: Arc<RateLimits>,
+    /// Turns for the reads whose answers can be large.
+    pub heavy_reads: Arc<HeavyReads>,
     /// Cancelled when the api starts shutting down: streams and long-polls end.
     pub draining: CancellationToken,
 }

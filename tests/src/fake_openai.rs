@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -50,6 +51,24 @@ struct Inner {
     watched: Mutex<Option<String>>,
     watched_in_flight: AtomicU64,
     watched_peak: AtomicU64,
+    /// Calls whose answer is not over yet (its body not yet finished or dropped).
+    in_flight: AtomicU64,
+}
+
+/// One call in flight, until dropped.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -118,6 +137,11 @@ impl FakeOpenAi {
         if let Ok(mut watched) = self.inner.watched.lock() {
             *watched = Some(marker.to_string());
         }
+    }
+
+    /// Calls in flight now: started, and their answer not over yet.
+    pub fn in_flight(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::SeqCst)
     }
 
     /// The most watched calls that were in flight at once.
@@ -232,6 +256,7 @@ impl FakeOpenAi {
 }
 
 async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>) -> Response {
+    let in_flight = InFlight::new(&inner);
     let n = inner.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let position = inner
         .requests
@@ -301,7 +326,7 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         }
     }
     if request["stream"] == json!(true) {
-        return streamed(inner, position, n, model, content);
+        return streamed(inner, in_flight, position, n, model, content);
     }
     answered(&inner, position);
     Json(json!({
@@ -339,6 +364,7 @@ fn answered(inner: &Inner, position: Option<usize>) {
 /// mid-stream abandoned it.
 fn streamed(
     inner: Arc<Inner>,
+    in_flight: InFlight,
     position: Option<usize>,
     n: u64,
     model: String,
@@ -373,7 +399,11 @@ fn streamed(
     } else {
         Ending::Done
     };
-    let stream = async_stream(inner, position, words, ending, chunk);
+    let stream = async_stream(inner, position, words, ending, chunk).map(move |bytes| {
+        // The call is in flight for as long as its body lives.
+        let _ = &in_flight;
+        bytes
+    });
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(axum::body::Body::from_stream(stream))

@@ -202,7 +202,16 @@ pub async fn history_rows(
     user_id: i64,
     bot_id: i64,
 ) -> anyhow::Result<Vec<events::projections::HistoryRow>> {
-    Ok(events::projections::ChatHistoryProjection::read(pool, user_id, bot_id, 0, 10_000).await?)
+    Ok(events::projections::ChatHistoryProjection::read(
+        pool,
+        user_id,
+        bot_id,
+        0,
+        10_000,
+        usize::MAX,
+    )
+    .await?
+    .rows)
 }
 
 /// The ids of the user's messages in a conversation, oldest first.

@@ -2,7 +2,9 @@
 //! module itself answer HTTP 200 with `code: -1`, as the app expects.
 
 use super::page::Page;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -100,14 +102,16 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     BotPayload(body): BotPayload<ListBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let user = caller
         .acting_for(body.user_id, &state)
         .await
         .map_err(ApiError::into_bot_module)?;
     let page = Page::parse(body.after, body.limit).map_err(ApiError::into_bot_module)?;
+    let turn = state.heavy_reads.turn().await;
     let bots = BotsProjection::list(&state.pool, user, page.after.unwrap_or(0), page.limit).await?;
-    Ok(ok(Value::Array(bots.iter().map(bot_summary).collect())))
+    let body = ok(Value::Array(bots.iter().map(bot_summary).collect())).0;
+    Ok(turn.answer(Bytes::from(body.to_string())))
 }
 
 pub async fn delete(

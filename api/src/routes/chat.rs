@@ -1,6 +1,6 @@
 //! `chat/new_chat`, `chat/history` and `chat/list`.
 
-use super::page::Page;
+use super::page::{Page, LIST_MAX_BYTES};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,14 +22,17 @@ use crate::error::ApiError;
 use crate::extract::{lenient, CorrelationId, Params, Payload};
 use crate::feed::{self, Heard};
 use crate::hangup::Hangup;
+use crate::heavy_reads::Turn;
 use crate::read_cache::ReadKey;
 use crate::state::AppState;
 use crate::views::{chat_list_rows, chat_ok, chat_ok_bytes, history_rows, json_body, RowFormat};
 
 /// Longest long-poll a client may ask for.
 const MAX_LONG_POLL: Duration = Duration::from_secs(60);
-/// Most history rows one request returns.
-const MAX_HISTORY_ROWS: u32 = 10_000;
+/// Most history rows one request returns ...
+const MAX_HISTORY_ROWS: u32 = 2_000;
+/// ... and about the most message text (a page of long messages is shorter).
+const HISTORY_MAX_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct NewChatBody {
@@ -214,10 +217,26 @@ pub async fn history(
         async move {
             match window {
                 Window::After(after) => {
-                    ChatHistoryProjection::read(&pool, user, bot_id, after, limit).await
+                    ChatHistoryProjection::read(
+                        &pool,
+                        user,
+                        bot_id,
+                        after,
+                        limit,
+                        HISTORY_MAX_BYTES,
+                    )
+                    .await
                 }
                 Window::Newest { before } => {
-                    ChatHistoryProjection::read_newest(&pool, user, bot_id, before, limit).await
+                    ChatHistoryProjection::read_newest(
+                        &pool,
+                        user,
+                        bot_id,
+                        before,
+                        limit,
+                        HISTORY_MAX_BYTES,
+                    )
+                    .await
                 }
             }
         }
@@ -236,12 +255,18 @@ pub async fn history(
         Window::Newest { .. } => None,
     };
     loop {
+        // Held from the read until the answer is sent; never while waiting.
+        let mut turn = Turn::default();
         let rows = match brought.take() {
             Some(rows) => rows,
-            None => read(window).await?,
+            None => {
+                turn = state.heavy_reads.turn().await;
+                read(window).await?.rows
+            }
         };
         match notices.as_mut() {
             Some(notices) if rows.is_empty() && Instant::now() < deadline => {
+                drop(turn);
                 let heard = tokio::select! {
                     heard = feed::wait_for_stream(notices, &stream_id, bot_id, deadline) => Some(heard),
                     // The caller's session or token ended, or the api is stopping.
@@ -266,7 +291,7 @@ pub async fn history(
                 if let Some(key) = key.filter(|_| !empty) {
                     state.read_cache.put(user, key, ticket, body.clone());
                 }
-                return Ok(json_body(body));
+                return Ok(turn.answer(body));
             }
         }
     }
@@ -298,11 +323,14 @@ pub async fn list(
         return Ok(json_body(body));
     }
     let ticket = state.read_cache.ticket(user);
-    let rows = ChatListProjection::list(&state.pool, user, page.after, page.limit).await?;
+    let turn = state.heavy_reads.turn().await;
+    let rows = ChatListProjection::list(&state.pool, user, page.after, page.limit, LIST_MAX_BYTES)
+        .await?
+        .rows;
     let empty = rows.is_empty();
     let body = chat_ok_bytes(chat_list_rows(rows, format));
     if let Some(key) = key.filter(|_| !empty) {
         state.read_cache.put(user, key, ticket, body.clone());
     }
-    Ok(json_body(body))
+    Ok(turn.answer(body))
 }

@@ -7,6 +7,9 @@ use crate::error::ApiError;
 
 /// The most rows one list answer holds, asked for or not.
 pub const LIST_CAP: u32 = 1000;
+/// About the most text (names and latest messages) one `chat/list` answer
+/// holds; a page of long messages is shorter, and `after` pages on.
+pub const LIST_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {

@@ -50,6 +50,9 @@ use crate::views::{history_row, RowFormat};
 
 /// Most rows one read holds; the next read comes once they are sent.
 const ROWS_PER_READ: u32 = 200;
+/// About the most content one read holds: one of the longest replies, or many
+/// short rows.
+const BYTES_PER_READ: usize = 256 * 1024;
 /// Most replies whose delta progress a stream tracks (a conversation writes one
 /// at a time; past this the map starts over, and a gap mends it).
 const TRACKED_REPLIES: usize = 16;
@@ -151,16 +154,17 @@ impl Tail {
     /// Queues the next page of rows after the cursor; once there are no more, the
     /// stream is live, and the text so far of replies being written is queued.
     async fn read_page(&mut self) -> Result<(), sqlx::Error> {
-        let rows = ChatHistoryProjection::read(
+        let page = ChatHistoryProjection::read(
             &self.state.pool,
             self.user,
             self.bot,
             self.cursor,
             ROWS_PER_READ,
+            BYTES_PER_READ,
         )
         .await?;
-        self.behind = rows.len() as u32 == ROWS_PER_READ;
-        for row in rows {
+        self.behind = page.more;
+        for row in page.rows {
             self.cursor = row.seq;
             self.queue.push_back(row_event(row));
         }

@@ -4,6 +4,7 @@
 use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
+use super::page::{Page, RowText};
 use super::Tables;
 use crate::event::{BotId, DomainEvent, UserId};
 use crate::store::RecordedEvent;
@@ -15,6 +16,12 @@ pub struct ChatListRow {
     pub last_content: String,
     pub last_at: NaiveDateTime,
     pub last_seq: i64,
+}
+
+impl RowText for ChatListRow {
+    fn text_len(&self) -> usize {
+        self.chatbot_name.len() + self.last_content.len()
+    }
 }
 
 pub struct ChatListProjection;
@@ -62,24 +69,24 @@ impl ChatListProjection {
         Ok(())
     }
 
-    /// The user's conversations, most recently active first.
-    /// The user's conversations, newest first, at most `limit`; with `after`,
-    /// only those that come after that bot's row (an unknown bot: none).
+    /// The user's conversations, newest first: at most `limit` rows and about
+    /// `max_bytes` of their latest messages. With `after`, only those that come
+    /// after that bot's row (an unknown bot: none).
     pub async fn list(
         pool: &MySqlPool,
         user_id: UserId,
         after: Option<BotId>,
         limit: u32,
-    ) -> Result<Vec<ChatListRow>, sqlx::Error> {
-        match after {
+        max_bytes: usize,
+    ) -> Result<Page<ChatListRow>, sqlx::Error> {
+        let rows = match after {
             None => sqlx::query_as(
                 "SELECT chatbot_id, chatbot_name, last_content, last_at, last_seq FROM chat_list \
                  WHERE user_id = ? ORDER BY last_position DESC LIMIT ?",
             )
             .bind(user_id)
             .bind(limit)
-            .fetch_all(pool)
-            .await,
+            .fetch(pool),
             Some(after) => sqlx::query_as(
                 "SELECT chatbot_id, chatbot_name, last_content, last_at, last_seq FROM chat_list \
                  WHERE user_id = ? AND last_position < \
@@ -90,8 +97,8 @@ impl ChatListProjection {
             .bind(user_id)
             .bind(after)
             .bind(limit)
-            .fetch_all(pool)
-            .await,
-        }
+            .fetch(pool),
+        };
+        Page::collect(rows, limit, max_bytes).await
     }
 }

@@ -6,6 +6,7 @@
 use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
+use super::page::{Page, RowText};
 use super::Tables;
 use crate::event::{BotId, DomainEvent, UserId};
 use crate::store::{EventStamp, RecordedEvent};
@@ -36,6 +37,15 @@ pub struct HistoryRow {
     pub content: String,
     pub status: String,
     pub created_at: NaiveDateTime,
+}
+
+/// A page of a conversation (see [`super::page`]).
+pub type HistoryPage = Page<HistoryRow>;
+
+impl RowText for HistoryRow {
+    fn text_len(&self) -> usize {
+        self.content.len()
+    }
 }
 
 /// A user message and, once there is one, its outcome.
@@ -145,46 +155,51 @@ impl ChatHistoryProjection {
         Ok(())
     }
 
-    /// A conversation's rows after `after`, oldest first.
+    /// A conversation's rows after `after`, oldest first: at most `limit` rows
+    /// and about `max_bytes` of content (see [`HistoryPage`]).
     pub async fn read(
         pool: &MySqlPool,
         user_id: UserId,
         bot_id: BotId,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
-        sqlx::query_as(&format!(
+        max_bytes: usize,
+    ) -> Result<HistoryPage, sqlx::Error> {
+        let query = format!(
             "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        ))
-        .bind(user_id)
-        .bind(bot_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+        );
+        let rows = sqlx::query_as(&query)
+            .bind(user_id)
+            .bind(bot_id)
+            .bind(after)
+            .bind(limit)
+            .fetch(pool);
+        Page::collect(rows, limit, max_bytes).await
     }
 
-    /// A conversation's newest `limit` rows before `before` (`None`: of all),
-    /// oldest first.
+    /// A conversation's newest rows before `before` (`None`: of all), oldest
+    /// first within them: at most `limit` rows and about `max_bytes` of content.
     pub async fn read_newest(
         pool: &MySqlPool,
         user_id: UserId,
         bot_id: BotId,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
-        let mut rows: Vec<HistoryRow> = sqlx::query_as(&format!(
+        max_bytes: usize,
+    ) -> Result<HistoryPage, sqlx::Error> {
+        let query = format!(
             "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND seq < ? \
              ORDER BY seq DESC LIMIT ?"
-        ))
-        .bind(user_id)
-        .bind(bot_id)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-        rows.reverse();
-        Ok(rows)
+        );
+        let rows = sqlx::query_as(&query)
+            .bind(user_id)
+            .bind(bot_id)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch(pool);
+        let mut page = Page::collect(rows, limit, max_bytes).await?;
+        page.rows.reverse();
+        Ok(page)
     }
 
     /// A user message's row, by its id.
@@ -281,7 +296,9 @@ impl ChatHistoryProjection {
         after: i64,
         limit: u32,
     ) -> Result<Vec<HistoryRow>, sqlx::Error> {
-        Self::read(pool, user_id, bot_id, after, limit).await
+        Ok(Self::read(pool, user_id, bot_id, after, limit, usize::MAX)
+            .await?
+            .rows)
     }
 
     /// How many user messages came after `after`, counted up to `enough`, and

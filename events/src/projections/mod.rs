@@ -4,7 +4,8 @@
 //! read model and its checkpoint always move together with the events (exactly once,
 //! and a request that appended can read its own write at once). Each of `bots`,
 //! `history`, `chat_list`, `sessions` and `memory` owns one table: how events change
-//! it, and how it is read; `rows` is how history is shaped for clients.
+//! it, and how it is read; `rows` is how history is shaped for clients, and `page` bounds what one
+//! read holds.
 //!
 //! Replaying the log: `fold` is the same rules over rows in memory, `bulk` applies a
 //! batch through it with multi-row statements, `shadow` fills the `*_rebuild` tables,
@@ -16,6 +17,7 @@ pub mod chat_list;
 pub mod fold;
 pub mod history;
 pub mod memory;
+pub mod page;
 pub mod rebuild;
 pub mod rows;
 pub mod sessions;
@@ -30,7 +32,7 @@ use crate::store::{InlineProjector, RecordedEvent};
 
 pub use bots::{Bot, BotsProjection};
 pub use chat_list::{ChatListProjection, ChatListRow};
-pub use history::{ChatHistoryProjection, Exchange, HistoryRow, MessageStatus};
+pub use history::{ChatHistoryProjection, Exchange, HistoryPage, HistoryRow, MessageStatus};
 pub use memory::{ConversationMemory, MemoryProjection};
 pub use sessions::{Session, SessionsProjection};
 

@@ -197,3 +197,41 @@ async fn a_user_flooding_many_bots_gets_a_fair_share_of_the_model_calls() -> any
     );
     stack.teardown().await
 }
+
+#[tokio::test]
+async fn a_long_drain_lets_its_delivery_go_and_the_sweep_answers_the_rest_in_order(
+) -> anyhow::Result<()> {
+    const BACKLOG: usize = 30;
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        env: vec![
+            ("WORKER_ROLES".into(), "replies".into()),
+            // A drain started by a delivery gives way after a second, well before
+            // the broker's consumer_timeout would (30 minutes by default).
+            ("DELIVERY_HOLD_SECS".into(), "1".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    stack.model.set_latency(MODEL_LATENCY);
+    let client = stack.client(0);
+    let (user, token, bot) = client.user_with_bot("patient").await?;
+    backlog(&client, &token, bot, BACKLOG).await?;
+    stack.spawn_worker().await?;
+
+    let pool = stack.pool()?;
+    let ids = user_message_ids(&pool, user, bot).await?;
+    wait_until_answered(&pool, &ids, Duration::from_secs(60)).await?;
+    assert_eq!(answered_in_order(&pool, user, bot).await?, BACKLOG);
+    assert_eq!(
+        stack.model.calls(),
+        BACKLOG as u64,
+        "one model call per message"
+    );
+    let log = stack.workers[0].log_text();
+    assert!(
+        log.contains("taking over a conversation whose lease ran out"),
+        "the sweep took the rest over"
+    );
+    stack.teardown().await
+}

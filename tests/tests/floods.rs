@@ -65,13 +65,22 @@ async fn full_stream_quotas_and_a_thousand_long_polls_leave_others_unhurt() -> a
         let path = format!("/chat/stream?chatbot_id={bot}");
         for _ in 0..STREAMS_PER_USER {
             let sse = SseStream::open(&base, &path, Some(token), None).await?;
-            anyhow::ensure!(sse.status == 200, "a stream within the quota: {}", sse.status);
+            anyhow::ensure!(
+                sse.status == 200,
+                "a stream within the quota: {}",
+                sse.status
+            );
             streams.push(sse);
         }
     }
     let (_, token, bot) = &flooding[0];
-    let over = SseStream::open(&base, &format!("/chat/stream?chatbot_id={bot}"), Some(token), None)
-        .await?;
+    let over = SseStream::open(
+        &base,
+        &format!("/chat/stream?chatbot_id={bot}"),
+        Some(token),
+        None,
+    )
+    .await?;
     assert_eq!(over.status, 429, "the quota holds");
     drop(over);
 

@@ -47,9 +47,14 @@ pub struct WorkerConfig {
     pub model: ModelSettings,
     /// `WORKER_PREFETCH`: messages handled at once by this process.
     pub prefetch: u16,
-    /// `USER_MAX_MODEL_CALLS`: one user's model calls in flight in this process
-    /// (their conversations answered at once); `0` turns the cap off.
+    /// `USER_MAX_MODEL_CALLS`: one user's sure share of this process's model
+    /// calls in flight (their conversations answered at once); more only while
+    /// others leave slots idle. `0` turns shares off.
     pub user_max_model_calls: u32,
+    /// `DELIVERY_HOLD_SECS`: a drain started by a delivery (which it holds
+    /// unacknowledged) leaves the rest of its conversation to the sweep after
+    /// this, well before RabbitMQ's `consumer_timeout`.
+    pub delivery_hold: Duration,
     /// `CONTEXT_BUDGET_CHARS`: how much of the conversation goes into a prompt.
     pub context_budget_chars: usize,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight messages may finish after SIGTERM.
@@ -85,6 +90,7 @@ impl WorkerConfig {
             },
             prefetch: env_or("WORKER_PREFETCH", 64)?,
             user_max_model_calls: env_or("USER_MAX_MODEL_CALLS", 8)?,
+            delivery_hold: Duration::from_secs(env_or("DELIVERY_HOLD_SECS", 600u64)?.max(1)),
             context_budget_chars: env_or("CONTEXT_BUDGET_CHARS", 12_000)?,
             shutdown_grace: Duration::from_secs(env_or("SHUTDOWN_GRACE_SECS", 30)?),
             conversation_lease: Duration::from_secs(env_or("CONVERSATION_LEASE_SECS", 10)?),

@@ -388,13 +388,26 @@ impl Lease {
 
     /// Stops holding the lease without letting go of its work: the row expires at
     /// once, so the sweep of expired leases (on any worker) takes the
-    /// conversation over. For a holder that stops part-way.
+    /// conversation over. For a holder that stops part-way; it counts as a
+    /// failure (see [`Lease::take_failures`]).
     pub async fn abandon(self) {
+        self.expire(1).await
+    }
+
+    /// Leaves the conversation's remaining work to the sweep, as
+    /// [`Lease::abandon`] does, for a holder that gives way to other users
+    /// (see [`crate::share`]): no failure.
+    pub async fn give_way(self) {
+        self.expire(0).await
+    }
+
+    async fn expire(self, failures: u32) {
         self.renewing.cancel();
         let expired = sqlx::query(
             "UPDATE conversation_leases SET expires_at = NOW(6) - INTERVAL 1 SECOND, \
-             failures = failures + 1 WHERE stream_id = ? AND holder = ?",
+             failures = failures + ? WHERE stream_id = ? AND holder = ?",
         )
+        .bind(failures)
         .bind(&self.stream_id)
         .bind(&self.holder)
         .execute(&self.leases.pool)

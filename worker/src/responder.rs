@@ -13,9 +13,10 @@
 //!   other users' messages are not stuck behind it. A holder that dies leaves its
 //!   lease to expire, and [`Responder::take_over_expired`] (run by every worker)
 //!   answers what it was handed.
-//! - Fair shares: a user's drains in this worker are capped (see
-//!   [`crate::share`]); a message over its user's share is parked for the sweep,
-//!   so one user with many conversations cannot take every model call.
+//! - Fair shares: each user has a share of this worker's drains, and borrows
+//!   beyond it only while others leave the room idle (see [`crate::share`]); a
+//!   message over its user's share is parked for the sweep, so one user with
+//!   many conversations cannot take every model call from others.
 //! - In order: the next message is found in the `chat_history` read model, however
 //!   old it is, and every reply is generated with the replies before it in context.
 
@@ -99,6 +100,37 @@ impl RespondError {
     }
 }
 
+/// One pass of answering a conversation under its lease.
+struct Drain {
+    conversation: ConversationId,
+    share: ShareSlot,
+    correlation_id: Option<String>,
+    /// A drain started by a delivery holds that delivery unacknowledged; it gives
+    /// way by then, well before the broker's `consumer_timeout` (30 minutes)
+    /// would close the channel and requeue everything on it.
+    until: Option<tokio::time::Instant>,
+}
+
+impl Drain {
+    /// Leave the rest to the sweep (which holds no delivery): the user's
+    /// borrowed slot is needed by others, or the delivery has been held long
+    /// enough.
+    fn should_give_way(&self) -> bool {
+        self.share.should_yield()
+            || self
+                .until
+                .is_some_and(|until| tokio::time::Instant::now() >= until)
+    }
+}
+
+/// How a drain's pass over a conversation ended.
+enum Drained {
+    /// Nothing left (or the lease was taken over, with the work).
+    Done,
+    /// Stopped part-way, leaving the rest to the sweep.
+    GaveWay,
+}
+
 /// Other database errors (a deadlock, say) are retried this often in place.
 const IN_PLACE_ATTEMPTS: u32 = 3;
 /// Tries at taking or handing off a lease that is between holders (each one a
@@ -118,6 +150,8 @@ pub struct Responder {
     model: Arc<Model>,
     leases: ConversationLeases,
     shares: UserShares,
+    /// How long a drain started by a delivery may hold it (`DELIVERY_HOLD_SECS`).
+    delivery_hold: Duration,
     context_budget_chars: usize,
     shutdown: CancellationToken,
 }
@@ -129,6 +163,7 @@ impl Responder {
         model: Arc<Model>,
         leases: ConversationLeases,
         shares: UserShares,
+        delivery_hold: Duration,
         context_budget_chars: usize,
         shutdown: CancellationToken,
     ) -> Self {
@@ -138,6 +173,7 @@ impl Responder {
             model,
             leases,
             shares,
+            delivery_hold,
             context_budget_chars,
             shutdown,
         }
@@ -213,7 +249,13 @@ impl Responder {
                     })
                     .await?;
                 if let Some(lease) = lease {
-                    return self.drain(conversation, lease, share, correlation_id).await;
+                    let drain = Drain {
+                        conversation,
+                        share,
+                        correlation_id,
+                        until: Some(tokio::time::Instant::now() + self.delivery_hold),
+                    };
+                    return self.drain(drain, lease).await;
                 }
             }
             let handed = self
@@ -321,20 +363,22 @@ impl Responder {
                 self.give_up(&message, crate::consumer::GIVEN_UP).await?;
             }
         }
-        self.drain(conversation, lease, share, None).await
+        let drain = Drain {
+            conversation,
+            share,
+            correlation_id: None,
+            until: None,
+        };
+        self.drain(drain, lease).await
     }
 
     /// Answers the conversation's unanswered messages until none is left and no
     /// hand-off came meanwhile, then lets the lease go. On a failure the lease is
-    /// abandoned (it expires at once), so that a sweep takes the work over. The
-    /// user's `share` slot is held throughout, and freed when it ends.
-    async fn drain(
-        &self,
-        conversation: ConversationId,
-        mut lease: Lease,
-        _share: ShareSlot,
-        correlation_id: Option<String>,
-    ) -> Result<(), RespondError> {
+    /// abandoned (it expires at once), so that a sweep takes the work over; when
+    /// the drain gives way, the sweep takes the rest over too. The user's share
+    /// slot is held throughout, and freed when it ends.
+    async fn drain(&self, drain: Drain, mut lease: Lease) -> Result<(), RespondError> {
+        let conversation = drain.conversation;
         loop {
             // Read before looking for work: a hand-off after this makes the
             // release below fail, and the loop looks again.
@@ -350,12 +394,18 @@ impl Responder {
                     return Err(e);
                 }
             };
-            if let Err(e) = self
-                .answer_pending(conversation, &lease, correlation_id.clone())
-                .await
-            {
-                lease.abandon().await;
-                return Err(e);
+            match self.answer_pending(&drain, &lease).await {
+                Ok(Drained::Done) => {}
+                Ok(Drained::GaveWay) => {
+                    tracing::debug!("other users need the room; the rest waits for the sweep");
+                    self.shares.parked(conversation.user_id);
+                    lease.give_way().await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    lease.abandon().await;
+                    return Err(e);
+                }
             }
             match lease.release_if_quiet(seen).await {
                 Ok(Release::Released | Release::Lost) => return Ok(()),
@@ -369,13 +419,10 @@ impl Responder {
     }
 
     /// Answers the conversation's unanswered messages, oldest first, until none
-    /// is left. Runs under the conversation's lease.
-    async fn answer_pending(
-        &self,
-        conversation: ConversationId,
-        lease: &Lease,
-        correlation_id: Option<String>,
-    ) -> Result<(), RespondError> {
+    /// is left, or until the drain must give way. Runs under the conversation's
+    /// lease.
+    async fn answer_pending(&self, drain: &Drain, lease: &Lease) -> Result<Drained, RespondError> {
+        let (conversation, correlation_id) = (drain.conversation, &drain.correlation_id);
         let pool = self.store.pool();
         let stream_id = stream::chat(conversation.user_id, conversation.bot_id);
         loop {
@@ -386,7 +433,7 @@ impl Responder {
             // Taken over (this holder stalled past its expiry): the new holder
             // has the work, and the release that follows finds the lease gone.
             if lease.is_lost() {
-                return Ok(());
+                return Ok(Drained::Done);
             }
             let next = self
                 .persist("find the oldest unanswered message", || async {
@@ -394,8 +441,11 @@ impl Responder {
                 })
                 .await?;
             let Some(next) = next else {
-                return Ok(());
+                return Ok(Drained::Done);
             };
+            if drain.should_give_way() {
+                return Ok(Drained::GaveWay);
+            }
             let reply_to = Uuid::parse_str(&next.message_id)
                 .map_err(|_| RespondError::MalformedId(next.message_id.clone()))?;
             let (memory, turns) = self

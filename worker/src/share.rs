@@ -2,12 +2,18 @@
 //!
 //! A conversation is answered by one drain at a time, and each drain makes one
 //! model call at a time, so a user's calls in flight here are the drains running
-//! for them. [`UserShares`] caps those at `USER_MAX_MODEL_CALLS` per user. A
-//! message over its user's share is parked on its conversation's lease row (see
-//! [`crate::lease::ConversationLeases::park`]) and its delivery acknowledged, so
-//! it holds none of the worker's delivery slots while others' messages go first.
-//! When one of the user's drains ends here, the sweep of expired leases is woken
-//! to take a parked conversation up.
+//! for them. [`UserShares`] gives each user `USER_MAX_MODEL_CALLS` of them for
+//! sure. Beyond that a user may borrow idle capacity, as long as a share's worth
+//! of the worker's slots (`WORKER_PREFETCH`) stays free for others; a borrowed
+//! drain yields after its current message once others need the room. So a lone
+//! user with many conversations gets the whole worker, and a crowd gets it
+//! shared.
+//!
+//! A message over its user's share is parked on its conversation's lease row
+//! (see [`crate::lease::ConversationLeases::park`]) and its delivery
+//! acknowledged, so it holds none of the worker's slots while others' messages go
+//! first. When one of the user's drains ends here, the sweep of expired leases is
+//! woken to take a parked conversation up.
 //!
 //! The map holds users with a drain running in this process, nothing more: the
 //! last [`ShareSlot`] of a user removes its entry.
@@ -25,47 +31,73 @@ pub struct UserShares {
 }
 
 struct Inner {
-    /// Drains per user; `0` turns the cap off.
+    /// A user's sure share of drains; `0` turns shares off.
     cap: u32,
-    running: Mutex<HashMap<UserId, Running>>,
+    /// The drains this worker runs at most (its delivery slots).
+    capacity: u32,
+    running: Mutex<Running>,
     freed: Notify,
 }
 
 #[derive(Default)]
 struct Running {
+    total: u32,
+    users: HashMap<UserId, UserDrains>,
+}
+
+#[derive(Default)]
+struct UserDrains {
     drains: u32,
     /// A message of this user was parked here since its last slot ended.
     parked: bool,
+}
+
+impl Running {
+    /// Whether a user past their share may take one more slot: a share's worth
+    /// stays free for others after it.
+    fn room_to_borrow(&self, inner: &Inner) -> bool {
+        self.total.saturating_add(inner.cap) < inner.capacity
+    }
 }
 
 /// One of a user's drains in this process; dropping it frees the slot.
 pub struct ShareSlot {
     inner: Arc<Inner>,
     user_id: UserId,
+    /// Taken beyond the user's share, from idle capacity.
+    borrowed: bool,
 }
 
 impl UserShares {
-    pub fn new(cap: u32) -> Self {
+    /// `cap` drains per user for sure, of a worker's `capacity` (`0`: no limit).
+    pub fn new(cap: u32, capacity: u32) -> Self {
         Self {
             inner: Arc::new(Inner {
                 cap,
+                capacity: if capacity == 0 { u32::MAX } else { capacity },
                 running: Mutex::default(),
                 freed: Notify::new(),
             }),
         }
     }
 
-    /// A slot for one more drain of `user_id`, unless the user has their share.
+    /// A slot for one more drain of `user_id`: within their share, or borrowed
+    /// while the worker has room to spare; `None` otherwise.
     pub fn try_take(&self, user_id: UserId) -> Option<ShareSlot> {
-        let mut running = self.inner.running.lock().ok()?;
-        let entry = running.entry(user_id).or_default();
-        if self.inner.cap > 0 && entry.drains >= self.inner.cap {
+        let mut guard = self.inner.running.lock().ok()?;
+        let running = &mut *guard;
+        let room = running.room_to_borrow(&self.inner);
+        let entry = running.users.entry(user_id).or_default();
+        let borrowed = self.inner.cap > 0 && entry.drains >= self.inner.cap;
+        if borrowed && !room {
             return None;
         }
         entry.drains += 1;
+        running.total += 1;
         Some(ShareSlot {
             inner: self.inner.clone(),
             user_id,
+            borrowed,
         })
     }
 
@@ -73,21 +105,26 @@ impl UserShares {
     /// their drains here wakes the sweep.
     pub fn parked(&self, user_id: UserId) {
         if let Ok(mut running) = self.inner.running.lock() {
-            if let Some(entry) = running.get_mut(&user_id) {
+            if let Some(entry) = running.users.get_mut(&user_id) {
                 entry.parked = true;
             }
         }
     }
 
-    /// Users with their full share here: the sweep leaves their conversations
-    /// to later (or to another worker).
+    /// Users who can take no slot here now (their share is full, and there is
+    /// no room to borrow): the sweep leaves their conversations to later, or to
+    /// another worker.
     pub fn users_at_share(&self) -> Vec<UserId> {
         let Ok(running) = self.inner.running.lock() else {
             return Vec::new();
         };
+        if self.inner.cap == 0 || running.room_to_borrow(&self.inner) {
+            return Vec::new();
+        }
         running
+            .users
             .iter()
-            .filter(|(_, r)| self.inner.cap > 0 && r.drains >= self.inner.cap)
+            .filter(|(_, r)| r.drains >= self.inner.cap)
             .map(|(user_id, _)| *user_id)
             .collect()
     }
@@ -99,7 +136,22 @@ impl UserShares {
 
     #[cfg(test)]
     fn users(&self) -> usize {
-        self.inner.running.lock().map(|r| r.len()).unwrap_or(0)
+        self.inner
+            .running
+            .lock()
+            .map(|r| r.users.len())
+            .unwrap_or(0)
+    }
+}
+
+impl ShareSlot {
+    /// A borrowed slot gives way once others need the room it took: its drain
+    /// stops after the message it is on, and leaves the rest for the sweep.
+    pub fn should_yield(&self) -> bool {
+        self.borrowed
+            && self.inner.running.lock().is_ok_and(|running| {
+                running.total.saturating_add(self.inner.cap) > self.inner.capacity
+            })
     }
 }
 
@@ -108,13 +160,14 @@ impl Drop for ShareSlot {
         let Ok(mut running) = self.inner.running.lock() else {
             return;
         };
-        let Some(entry) = running.get_mut(&self.user_id) else {
+        running.total = running.total.saturating_sub(1);
+        let Some(entry) = running.users.get_mut(&self.user_id) else {
             return;
         };
         entry.drains = entry.drains.saturating_sub(1);
         let wake = std::mem::take(&mut entry.parked);
         if entry.drains == 0 {
-            running.remove(&self.user_id);
+            running.users.remove(&self.user_id);
         }
         drop(running);
         if wake {
@@ -132,7 +185,8 @@ mod tests {
 
     #[test]
     fn a_user_gets_their_share_and_no_more_while_others_still_get_theirs() {
-        let shares = UserShares::new(2);
+        // No room to borrow: two shares fill the worker.
+        let shares = UserShares::new(2, 4);
         let first = shares.try_take(ALICE);
         let second = shares.try_take(ALICE);
         assert!(first.is_some() && second.is_some());
@@ -148,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_map_forgets_a_user_whose_last_slot_ended() {
-        let shares = UserShares::new(3);
+        let shares = UserShares::new(3, 3);
         let slots: Vec<_> = (0..3).filter_map(|_| shares.try_take(ALICE)).collect();
         assert!(shares.try_take(ALICE).is_none());
         drop(slots);
@@ -157,7 +211,7 @@ mod tests {
 
     #[test]
     fn zero_turns_the_cap_off() {
-        let shares = UserShares::new(0);
+        let shares = UserShares::new(0, 8);
         let slots: Vec<_> = (0..100).filter_map(|_| shares.try_take(ALICE)).collect();
         assert_eq!(slots.len(), 100);
         assert!(shares.users_at_share().is_empty());
@@ -165,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_end_of_a_parked_users_drain_wakes_the_sweep() {
-        let shares = UserShares::new(1);
+        let shares = UserShares::new(1, 1);
         let slot = shares.try_take(ALICE);
         shares.parked(ALICE);
         let woken = tokio::spawn({
@@ -178,5 +232,25 @@ mod tests {
             .await
             .expect("woken")
             .expect("joined");
+    }
+
+    #[test]
+    fn a_lone_user_borrows_idle_slots_but_leaves_a_share_free() {
+        let shares = UserShares::new(2, 10);
+        let slots: Vec<_> = (0..10).map_while(|_| shares.try_take(1)).collect();
+        assert_eq!(slots.len(), 8, "two slots stay free for others");
+        assert!(
+            slots.iter().all(|s| !s.should_yield()),
+            "nobody needs them yet"
+        );
+        assert_eq!(shares.users_at_share(), vec![1]);
+        let other = shares.try_take(2);
+        assert!(other.is_some(), "another user gets a slot");
+        let borrowed = slots.iter().filter(|s| s.should_yield()).count();
+        assert_eq!(borrowed, 6, "and the borrowed slots give way");
+        assert!(
+            !slots[0].should_yield() && !slots[1].should_yield(),
+            "the share stays"
+        );
     }
 }

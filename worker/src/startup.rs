@@ -83,7 +83,11 @@ impl Worker {
                 self.relay.clone(),
                 self.model.clone(),
                 leases.clone(),
-                UserShares::new(self.config.user_max_model_calls),
+                UserShares::new(
+                    self.config.user_max_model_calls,
+                    u32::from(self.config.prefetch),
+                ),
+                self.config.delivery_hold,
                 self.config.context_budget_chars,
                 shutdown.clone(),
             );

@@ -150,10 +150,17 @@ pub struct Responder {
     model: Arc<Model>,
     leases: ConversationLeases,
     shares: UserShares,
-    /// How long a drain started by a delivery may hold it (`DELIVERY_HOLD_SECS`).
-    delivery_hold: Duration,
-    context_budget_chars: usize,
+    settings: ResponderSettings,
     shutdown: CancellationToken,
+}
+
+/// How the responder answers, from the worker's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponderSettings {
+    /// How long a drain started by a delivery may hold it (`DELIVERY_HOLD_SECS`).
+    pub delivery_hold: Duration,
+    /// How much of the conversation goes into a prompt (`CONTEXT_BUDGET_CHARS`).
+    pub context_budget_chars: usize,
 }
 
 impl Responder {
@@ -161,10 +168,8 @@ impl Responder {
         store: EventStore,
         relay: OutboxRelay,
         model: Arc<Model>,
-        leases: ConversationLeases,
-        shares: UserShares,
-        delivery_hold: Duration,
-        context_budget_chars: usize,
+        (leases, shares): (ConversationLeases, UserShares),
+        settings: ResponderSettings,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -173,8 +178,7 @@ impl Responder {
             model,
             leases,
             shares,
-            delivery_hold,
-            context_budget_chars,
+            settings,
             shutdown,
         }
     }
@@ -253,7 +257,7 @@ impl Responder {
                         conversation,
                         share,
                         correlation_id,
-                        until: Some(tokio::time::Instant::now() + self.delivery_hold),
+                        until: Some(tokio::time::Instant::now() + self.settings.delivery_hold),
                     };
                     return self.drain(drain, lease).await;
                 }
@@ -541,7 +545,7 @@ impl Responder {
             Some(&remembered),
             turns,
             Utc::now(),
-            self.context_budget_chars,
+            self.settings.context_budget_chars,
         );
         tracing::debug!(seq = message.seq, "calling the model");
         let (sink, forwarding) = crate::deltas::forward(

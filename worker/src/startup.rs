@@ -18,7 +18,7 @@ use crate::consumer::{handle_dead_letter, handle_delivery, handle_memory_job};
 use crate::lease::ConversationLeases;
 use crate::memory::MemoryKeeper;
 use crate::model::Model;
-use crate::responder::Responder;
+use crate::responder::{Responder, ResponderSettings};
 use crate::share::UserShares;
 
 /// How often each worker looks for conversations whose lease ran out.
@@ -78,17 +78,20 @@ impl Worker {
         let leases =
             ConversationLeases::new(self.store.pool().clone(), self.config.conversation_lease);
         if roles.replies {
+            let shares = UserShares::new(
+                self.config.user_max_model_calls,
+                u32::from(self.config.prefetch),
+            );
+            let settings = ResponderSettings {
+                delivery_hold: self.config.delivery_hold,
+                context_budget_chars: self.config.context_budget_chars,
+            };
             let responder = Responder::new(
                 self.store.clone(),
                 self.relay.clone(),
                 self.model.clone(),
-                leases.clone(),
-                UserShares::new(
-                    self.config.user_max_model_calls,
-                    u32::from(self.config.prefetch),
-                ),
-                self.config.delivery_hold,
-                self.config.context_budget_chars,
+                (leases.clone(), shares),
+                settings,
                 shutdown.clone(),
             );
             let replies = ConsumerSupervisor::new(

@@ -15,4 +15,5 @@ for _ in $(seq 1 "${WORKERS:-1}"); do
 done
 target/debug/api & pids+=($!)
 echo "api on http://${BIND_ADDR:-127.0.0.1:8000} with ${WORKERS:-1} worker(s); Ctrl-C to stop"
+echo "web client: http://${BIND_ADDR:-127.0.0.1:8000}/app/"
 wait

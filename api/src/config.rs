@@ -6,6 +6,7 @@ use std::time::Duration;
 use events::config::{env_opt, env_or, BusSettings, ConfigError, DatabaseSettings, SecretString};
 
 use crate::auth::AuthMode;
+use crate::cors::AllowedOrigins;
 use crate::rate_limits::RateLimitSettings;
 
 /// Used when `JWT_SECRET` is unset: fine on a laptop, refused when `APP_ENV=production`.
@@ -54,6 +55,10 @@ pub struct ApiConfig {
     pub header_read_timeout: Duration,
     /// `BODY_READ_TIMEOUT_SECS`: ... and its body within this (408 otherwise).
     pub body_read_timeout: Duration,
+    /// `WEB_APP`: `on` (default) serves the web client at `/app/`; `off` does not.
+    pub web_app: bool,
+    /// `STREAM_TICKET_TTL_SECS`: how long a stream ticket opens its stream.
+    pub stream_ticket_ttl: Duration,
     /// `SEND_STALL_SECS`: a connection whose client reads nothing of what it is
     /// sent for this long is closed.
     pub send_stall: Duration,
@@ -74,6 +79,8 @@ pub struct ApiConfig {
     /// `TRUSTED_PROXIES`: comma-separated addresses whose `X-Forwarded-For` is
     /// believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// `CORS_ALLOWED_ORIGINS`: origins whose pages may call the api (see `cors`).
+    pub cors_allowed_origins: AllowedOrigins,
     /// `SSE_KEEPALIVE_SECS`: a comment goes out on an idle stream this often.
     pub stream_keep_alive: Duration,
 }
@@ -135,6 +142,8 @@ impl ApiConfig {
             ),
             body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
             send_stall: Duration::from_secs(env_or("SEND_STALL_SECS", 30)?.max(1)),
+            web_app: web_app()?,
+            stream_ticket_ttl: Duration::from_secs(env_or("STREAM_TICKET_TTL_SECS", 300)?.max(1)),
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
             conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
             user_max_unanswered: env_or("USER_MAX_UNANSWERED", 200)?,
@@ -146,8 +155,24 @@ impl ApiConfig {
                 register_per_minute: env_or("REGISTER_PER_MINUTE", 0)?,
             },
             trusted_proxies: trusted_proxies()?,
+            cors_allowed_origins: AllowedOrigins::parse(
+                &std::env::var("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
+            )?,
             stream_keep_alive: Duration::from_secs(env_or("SSE_KEEPALIVE_SECS", 15)?.max(1)),
         })
+    }
+}
+
+fn web_app() -> Result<bool, ConfigError> {
+    let value = std::env::var("WEB_APP").unwrap_or_default();
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name: "WEB_APP",
+            value,
+            reason: "use on or off".into(),
+        }),
     }
 }
 

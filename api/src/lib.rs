@@ -13,6 +13,7 @@
 //!   parsed at the edge, and the events they append. Knows nothing of HTTP.
 //! - [`routes`]: thin handlers, one module per route family.
 //! - [`views`]: the response shapes: envelopes and positional rows.
+//! - [`web_app`]: the reference web client, served at `/app/`.
 //! - [`feed`]: reply notifications from the bus, which wake waiting `new_chat`
 //!   requests, history long-polls and streams.
 //! - [`hangup`]: what ends a stream or a long-poll early (revoked session, expired
@@ -29,11 +30,13 @@
 //!   rendered at once.
 //! - [`rate_limits`]: per-process rate limits on posting, logging in and
 //!   registering, and [`client_address`]: whose address a request comes from.
+//! - [`cors`]: which other origins' pages may call the api.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
 
 pub mod auth;
 pub mod client_address;
 pub mod config;
+pub mod cors;
 pub mod domain;
 pub mod error;
 pub mod extract;
@@ -52,3 +55,4 @@ pub mod startup;
 pub mod state;
 pub mod streams;
 pub mod views;
+pub mod web_app;

@@ -29,6 +29,7 @@ use crate::config::ApiConfig;
 use crate::extract::{
     drop_unacceptable_request_id, guard_edges, normalize_path, REQUEST_ID_HEADER,
 };
+use crate::cors::only_for_allowed_origins;
 use crate::feed::ChatFeed;
 use crate::heavy_reads::HeavyReads;
 use crate::known_users::KnownUsers;
@@ -190,7 +191,12 @@ impl Application {
                     // (an outage once per episode, an internal error at ERROR).
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(tower::util::option_layer(config.cors_allowed_origins.layer()))
+            .layer(axum::middleware::from_fn_with_state(
+                config.cors_allowed_origins.clone(),
+                only_for_allowed_origins,
+            ));
         // Normalizing the path must happen before routing, so it wraps the router;
         // a refused request id goes before the request-id layer makes a new one.
         let app = tower::util::MapRequestLayer::new(|req| {

@@ -48,6 +48,9 @@ pub struct Lease {
     renewing: CancellationToken,
     /// Cancelled when a renewal finds the lease taken over.
     lost: CancellationToken,
+    /// Holders before this one that gave up part-way, in a row (until a reply
+    /// is recorded: see [`Lease::made_progress`]).
+    failures: std::sync::atomic::AtomicI64,
     _local: LocalSlot,
 }
 
@@ -114,8 +117,8 @@ impl ConversationLeases {
         };
         let holder = uuid::Uuid::new_v4().simple().to_string();
         loop {
-            if self.try_take(stream_id, &holder).await? {
-                return Ok(Some(self.held(stream_id, holder, slot)));
+            if let Some(failures) = self.try_take(stream_id, &holder).await? {
+                return Ok(Some(self.held(stream_id, holder, slot, failures)));
             }
             let pause = POLL.mul_f64(rand::thread_rng().gen_range(0.7..1.3));
             tokio::select! {
@@ -134,20 +137,21 @@ impl ConversationLeases {
             Err(_) => return Ok(None),
         }
         let holder = uuid::Uuid::new_v4().simple().to_string();
-        if !self.try_take(stream_id, &holder).await? {
+        let Some(failures) = self.try_take(stream_id, &holder).await? else {
             return Ok(None);
-        }
-        Ok(Some(self.held(stream_id, holder, slot)))
+        };
+        Ok(Some(self.held(stream_id, holder, slot, failures)))
     }
 
     /// The lease `holder` just took, renewed from now on.
-    fn held(&self, stream_id: &str, holder: String, slot: LocalSlot) -> Lease {
+    fn held(&self, stream_id: &str, holder: String, slot: LocalSlot, failures: i64) -> Lease {
         let lease = Lease {
             leases: self.clone(),
             stream_id: stream_id.to_string(),
             holder,
             renewing: CancellationToken::new(),
             lost: CancellationToken::new(),
+            failures: std::sync::atomic::AtomicI64::new(failures),
             _local: slot,
         };
         lease.renew_in_background();
@@ -251,8 +255,9 @@ impl ConversationLeases {
         u64::try_from(self.ttl.as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Takes the lease if it is free, expired, or already ours.
-    async fn try_take(&self, stream_id: &str, holder: &str) -> Result<bool, sqlx::Error> {
+    /// Takes the lease if it is free, expired, or already ours: `Some` with the
+    /// failures its earlier holders left on it, `None` if another holds it.
+    async fn try_take(&self, stream_id: &str, holder: &str) -> Result<Option<i64>, sqlx::Error> {
         // Assignments apply left to right: `holder` is decided first, and the
         // expiry moves only if the row is now ours.
         sqlx::query(
@@ -273,12 +278,15 @@ impl ConversationLeases {
         .bind(self.ttl_micros())
         .execute(&self.pool)
         .await?;
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT holder FROM conversation_leases WHERE stream_id = ?")
-                .bind(stream_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(current.as_deref() == Some(holder))
+        let current: Option<(String, i64)> = sqlx::query_as(
+            "SELECT holder, CAST(failures AS SIGNED) FROM conversation_leases WHERE stream_id = ?",
+        )
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(current
+            .filter(|(current, _)| current == holder)
+            .map(|(_, failures)| failures))
     }
 }
 
@@ -322,17 +330,18 @@ impl Lease {
         });
     }
 
-    /// How many holders in a row abandoned this lease part-way; reading it
-    /// starts the count over.
-    pub async fn take_failures(&self) -> Result<i64, sqlx::Error> {
-        let failures: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(failures AS SIGNED) FROM conversation_leases \
-             WHERE stream_id = ? AND holder = ?",
-        )
-        .bind(&self.stream_id)
-        .bind(&self.holder)
-        .fetch_optional(&self.leases.pool)
-        .await?;
+    /// How many holders in a row abandoned this lease part-way before this one.
+    pub fn failures(&self) -> i64 {
+        self.failures.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A reply was recorded under this lease: the conversation is not stuck, so
+    /// the count of holders that gave up starts over (once, and only if there
+    /// was one: most leases never cost this query).
+    pub async fn made_progress(&self) -> Result<(), sqlx::Error> {
+        if self.failures.swap(0, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE conversation_leases SET failures = 0 WHERE stream_id = ? AND holder = ?",
         )
@@ -340,7 +349,7 @@ impl Lease {
         .bind(&self.holder)
         .execute(&self.leases.pool)
         .await?;
-        Ok(failures.unwrap_or(0))
+        Ok(())
     }
 
     /// Whether another holder took the lease over (this one stalled past its
@@ -388,15 +397,15 @@ impl Lease {
 
     /// Stops holding the lease without letting go of its work: the row expires at
     /// once, so the sweep of expired leases (on any worker) takes the
-    /// conversation over. For a holder that stops part-way; it counts as a
-    /// failure (see [`Lease::take_failures`]).
+    /// conversation over. For a holder that fails part-way; it counts as a
+    /// failure (see [`Lease::failures`]).
     pub async fn abandon(self) {
         self.expire(1).await
     }
 
     /// Leaves the conversation's remaining work to the sweep, as
-    /// [`Lease::abandon`] does, for a holder that gives way to other users
-    /// (see [`crate::share`]): no failure.
+    /// [`Lease::abandon`] does, for a holder that gives way (to other users, see
+    /// [`crate::share`]; after its time; or at shutdown): no failure.
     pub async fn give_way(self) {
         self.expire(0).await
     }

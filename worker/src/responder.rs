@@ -105,16 +105,16 @@ struct Drain {
     conversation: ConversationId,
     share: ShareSlot,
     correlation_id: Option<String>,
-    /// A drain started by a delivery holds that delivery unacknowledged; it gives
-    /// way by then, well before the broker's `consumer_timeout` (30 minutes)
-    /// would close the channel and requeue everything on it.
+    /// When the drain gives way. One started by a delivery holds that delivery
+    /// unacknowledged, so it gives way well before the broker's
+    /// `consumer_timeout` (30 minutes) would close the channel and requeue
+    /// everything on it; one started by the sweep, after its turn.
     until: Option<tokio::time::Instant>,
 }
 
 impl Drain {
-    /// Leave the rest to the sweep (which holds no delivery): the user's
-    /// borrowed slot is needed by others, or the delivery has been held long
-    /// enough.
+    /// Leave the rest to the sweep: the user's borrowed slot is needed by
+    /// others, or the drain's time is up.
     fn should_give_way(&self) -> bool {
         self.share.should_yield()
             || self
@@ -139,6 +139,9 @@ const LEASE_TRIES: u32 = 100;
 /// Expired leases taken over per sweep, and drains a sweep runs at once.
 const TAKE_OVER_BATCH: u32 = 16;
 const SWEEP_DRAINS: usize = 8;
+/// How long a drain the sweep started answers before it gives the next
+/// conversation in line a turn.
+const SWEEP_TURN: Duration = Duration::from_secs(30);
 /// Holders that may give up on a conversation in a row before its oldest
 /// unanswered message is recorded as failed (as the delivery limit would).
 const DRAIN_FAILURES: i64 = 5;
@@ -355,7 +358,7 @@ impl Responder {
         lease: Lease,
         share: ShareSlot,
     ) -> Result<(), RespondError> {
-        if lease.take_failures().await? >= DRAIN_FAILURES {
+        if lease.failures() >= DRAIN_FAILURES {
             if let Some(stuck) = conversation.oldest_pending(self.store.pool()).await? {
                 let message_id = Uuid::parse_str(&stuck.message_id)
                     .map_err(|_| RespondError::MalformedId(stuck.message_id.clone()))?;
@@ -366,12 +369,15 @@ impl Responder {
                 };
                 self.give_up(&message, crate::consumer::GIVEN_UP).await?;
             }
+            lease.made_progress().await?;
         }
+        // A turn, not the whole backlog: other conversations waiting for the
+        // sweep get theirs (a drain that gives way goes to the back of the line).
         let drain = Drain {
             conversation,
             share,
             correlation_id: None,
-            until: None,
+            until: Some(tokio::time::Instant::now() + SWEEP_TURN.min(self.settings.delivery_hold)),
         };
         self.drain(drain, lease).await
     }
@@ -393,23 +399,17 @@ impl Responder {
                 .await
             {
                 Ok(seen) => seen,
-                Err(e) => {
-                    lease.abandon().await;
-                    return Err(e);
-                }
+                Err(e) => return Err(Self::let_go(lease, e).await),
             };
             match self.answer_pending(&drain, &lease).await {
                 Ok(Drained::Done) => {}
                 Ok(Drained::GaveWay) => {
-                    tracing::debug!("other users need the room; the rest waits for the sweep");
+                    tracing::debug!("giving way; the rest waits for the sweep");
                     self.shares.parked(conversation.user_id);
                     lease.give_way().await;
                     return Ok(());
                 }
-                Err(e) => {
-                    lease.abandon().await;
-                    return Err(e);
-                }
+                Err(e) => return Err(Self::let_go(lease, e).await),
             }
             match lease.release_if_quiet(seen).await {
                 Ok(Release::Released | Release::Lost) => return Ok(()),
@@ -420,6 +420,17 @@ impl Responder {
                 }
             }
         }
+    }
+
+    /// Lets go of a lease after `error`, leaving the work to the sweep: a failure
+    /// counts against the conversation (see `take_over`), a shutdown does not.
+    async fn let_go(lease: Lease, error: RespondError) -> RespondError {
+        if matches!(error, RespondError::Stopping) {
+            lease.give_way().await;
+        } else {
+            lease.abandon().await;
+        }
+        error
     }
 
     /// Answers the conversation's unanswered messages, oldest first, until none
@@ -490,6 +501,9 @@ impl Responder {
                 Some(recorded) => {
                     tracing::info!(%reply_to, event = outcome.event_type(), "reply recorded");
                     self.relay.publish_now(&recorded).await;
+                    if let Err(e) = lease.made_progress().await {
+                        tracing::debug!(error = %e, "could not clear the lease's failures");
+                    }
                 }
                 None => {
                     tracing::info!(%reply_to, "another delivery answered this message first");

@@ -45,6 +45,16 @@ struct Running {
     users: HashMap<UserId, UserDrains>,
 }
 
+impl Inner {
+    /// The counts; a panic elsewhere while they were held leaves them usable
+    /// (every update is a single step), rather than parking everything.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[derive(Default)]
 struct UserDrains {
     drains: u32,
@@ -64,8 +74,6 @@ impl Running {
 pub struct ShareSlot {
     inner: Arc<Inner>,
     user_id: UserId,
-    /// Taken beyond the user's share, from idle capacity.
-    borrowed: bool,
 }
 
 impl UserShares {
@@ -84,7 +92,7 @@ impl UserShares {
     /// A slot for one more drain of `user_id`: within their share, or borrowed
     /// while the worker has room to spare; `None` otherwise.
     pub fn try_take(&self, user_id: UserId) -> Option<ShareSlot> {
-        let mut guard = self.inner.running.lock().ok()?;
+        let mut guard = self.inner.lock();
         let running = &mut *guard;
         let room = running.room_to_borrow(&self.inner);
         let entry = running.users.entry(user_id).or_default();
@@ -97,17 +105,14 @@ impl UserShares {
         Some(ShareSlot {
             inner: self.inner.clone(),
             user_id,
-            borrowed,
         })
     }
 
     /// Notes that a message of `user_id` was parked, so that the end of one of
     /// their drains here wakes the sweep.
     pub fn parked(&self, user_id: UserId) {
-        if let Ok(mut running) = self.inner.running.lock() {
-            if let Some(entry) = running.users.get_mut(&user_id) {
-                entry.parked = true;
-            }
+        if let Some(entry) = self.inner.lock().users.get_mut(&user_id) {
+            entry.parked = true;
         }
     }
 
@@ -115,9 +120,7 @@ impl UserShares {
     /// no room to borrow): the sweep leaves their conversations to later, or to
     /// another worker.
     pub fn users_at_share(&self) -> Vec<UserId> {
-        let Ok(running) = self.inner.running.lock() else {
-            return Vec::new();
-        };
+        let running = self.inner.lock();
         if self.inner.cap == 0 || running.room_to_borrow(&self.inner) {
             return Vec::new();
         }
@@ -136,30 +139,27 @@ impl UserShares {
 
     #[cfg(test)]
     fn users(&self) -> usize {
-        self.inner
-            .running
-            .lock()
-            .map(|r| r.users.len())
-            .unwrap_or(0)
+        self.inner.lock().users.len()
     }
 }
 
 impl ShareSlot {
-    /// A borrowed slot gives way once others need the room it took: its drain
-    /// stops after the message it is on, and leaves the rest for the sweep.
+    /// A user past their share gives way once others need the room: one of
+    /// their drains stops after the message it is on, and leaves the rest for
+    /// the sweep. (Counted now, not when the slot was taken: a user whose
+    /// other drains ended is within their share again.)
     pub fn should_yield(&self) -> bool {
-        self.borrowed
-            && self.inner.running.lock().is_ok_and(|running| {
-                running.total.saturating_add(self.inner.cap) > self.inner.capacity
-            })
+        let running = self.inner.lock();
+        let drains = running.users.get(&self.user_id).map_or(0, |u| u.drains);
+        self.inner.cap > 0
+            && drains > self.inner.cap
+            && running.total.saturating_add(self.inner.cap) > self.inner.capacity
     }
 }
 
 impl Drop for ShareSlot {
     fn drop(&mut self) {
-        let Ok(mut running) = self.inner.running.lock() else {
-            return;
-        };
+        let mut running = self.inner.lock();
         running.total = running.total.saturating_sub(1);
         let Some(entry) = running.users.get_mut(&self.user_id) else {
             return;
@@ -246,11 +246,18 @@ mod tests {
         assert_eq!(shares.users_at_share(), vec![1]);
         let other = shares.try_take(2);
         assert!(other.is_some(), "another user gets a slot");
-        let borrowed = slots.iter().filter(|s| s.should_yield()).count();
-        assert_eq!(borrowed, 6, "and the borrowed slots give way");
-        assert!(
-            !slots[0].should_yield() && !slots[1].should_yield(),
-            "the share stays"
-        );
+        assert!(slots[7].should_yield(), "now a drain past the share gives way");
+        // Just enough give way to leave a share free again.
+        let mut slots = slots;
+        while slots.last().is_some_and(|s| s.should_yield()) {
+            slots.pop();
+        }
+        assert_eq!(slots.len(), 7, "one gave way");
+        let more_others: Vec<_> = (0..2).filter_map(|_| shares.try_take(3)).collect();
+        assert_eq!(more_others.len(), 2, "others take the free share");
+        while slots.last().is_some_and(|s| s.should_yield()) {
+            slots.pop();
+        }
+        assert_eq!(slots.len(), 5, "and two more gave way");
     }
 }

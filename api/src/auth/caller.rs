@@ -97,6 +97,42 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+impl Caller {
+    /// The caller a stream ticket names, for `bot`'s stream only. A ticket is
+    /// refused as an access token would be (its session revoked, its user gone,
+    /// expired), and for any other bot.
+    pub async fn from_stream_ticket(
+        ticket: &str,
+        bot: events::event::BotId,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let claims = state
+            .jwt
+            .verify(ticket, TokenKind::Stream)
+            .map_err(|e| {
+                ApiError::Unauthorized(format!(
+                    "Stream ticket rejected: {e}. Get a new one from POST /chat/stream/ticket."
+                ))
+            })?;
+        if claims.bot != Some(bot) {
+            return Err(ApiError::Unauthorized(
+                "This stream ticket is for another chatbot.".into(),
+            ));
+        }
+        match check_session(&claims, state).await? {
+            Ok(()) => Ok(Caller::Token(TokenSession {
+                user: claims.user_id,
+                sid: claims.sid,
+                expires_at: claims.exp,
+                credentials: claims.cv,
+            })),
+            Err(why) => Err(ApiError::Unauthorized(format!(
+                "Stream ticket rejected: {why}. Log in again."
+            ))),
+        }
+    }
+}
+
 /// Whether a validly signed access token may still act: `Ok(Err(why))` when not.
 async fn check_session(
     claims: &Claims,

@@ -12,13 +12,16 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use events::event::UserId;
+use events::event::{BotId, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     Access,
     Refresh,
+    /// A stream ticket: opens `chat/stream` for one bot of one user, from a URL
+    /// (see `routes::stream`).
+    Stream,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +38,9 @@ pub struct Claims {
     /// before it existed.
     #[serde(default)]
     pub cv: u32,
+    /// The one bot a stream ticket opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<BotId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +94,7 @@ impl JwtKeys {
     ) -> Result<String, TokenError> {
         let now = chrono::Utc::now().timestamp();
         let ttl = match kind {
-            TokenKind::Access => self.access_ttl,
+            TokenKind::Access | TokenKind::Stream => self.access_ttl,
             TokenKind::Refresh => self.refresh_ttl,
         };
         let claims = Claims {
@@ -99,8 +105,33 @@ impl JwtKeys {
             jti,
             sid: sid.to_string(),
             cv,
+            bot: None,
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(TokenError::Sign)
+        self.sign(&claims)
+    }
+
+    /// A ticket that opens `bot`'s stream for the holder of session `sid`,
+    /// until `expires_at` (Unix seconds).
+    pub fn stream_ticket(
+        &self,
+        (user_id, sid, cv): (UserId, &str, u32),
+        bot: BotId,
+        expires_at: i64,
+    ) -> Result<String, TokenError> {
+        self.sign(&Claims {
+            token_type: TokenKind::Stream,
+            user_id,
+            iat: chrono::Utc::now().timestamp(),
+            exp: expires_at,
+            jti: Self::new_jti(),
+            sid: sid.to_string(),
+            cv,
+            bot: Some(bot),
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding).map_err(TokenError::Sign)
     }
 
     /// A fresh access token and the refresh token `refresh_jti` of session `sid`,

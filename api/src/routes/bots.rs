@@ -108,7 +108,7 @@ pub async fn list(
         .await
         .map_err(ApiError::into_bot_module)?;
     let page = Page::parse(body.after, body.limit).map_err(ApiError::into_bot_module)?;
-    let turn = state.heavy_reads.turn().await;
+    let turn = state.heavy_reads.turn(user).await;
     let bots = BotsProjection::list(&state.pool, user, page.after.unwrap_or(0), page.limit).await?;
     let body = ok(Value::Array(bots.iter().map(bot_summary).collect())).0;
     Ok(turn.answer(Bytes::from(body.to_string())))

@@ -260,7 +260,7 @@ pub async fn history(
         let rows = match brought.take() {
             Some(rows) => rows,
             None => {
-                turn = state.heavy_reads.turn().await;
+                turn = state.heavy_reads.turn(user).await;
                 read(window).await?.rows
             }
         };
@@ -323,7 +323,7 @@ pub async fn list(
         return Ok(json_body(body));
     }
     let ticket = state.read_cache.ticket(user);
-    let turn = state.heavy_reads.turn().await;
+    let turn = state.heavy_reads.turn(user).await;
     let rows = ChatListProjection::list(&state.pool, user, page.after, page.limit, LIST_MAX_BYTES)
         .await?
         .rows;

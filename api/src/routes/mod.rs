@@ -7,6 +7,7 @@ pub mod health;
 pub mod memory;
 pub mod page;
 pub mod stream;
+pub mod stream_ticket;
 pub mod users;
 
 use axum::http::{Method, Uri};
@@ -21,7 +22,13 @@ use crate::extract::CorrelationId;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
+    let web_app = if state.config.web_app {
+        crate::web_app::routes()
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(web_app)
         .route("/users/register", post(users::register))
         .route("/login", post(users::login))
         .route("/login/refresh", post(users::refresh))
@@ -36,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/history", get(chat::history))
         .route("/chat/list", get(chat::list))
         .route("/chat/stream", get(stream::stream))
+        .route("/chat/stream/ticket", post(stream_ticket::issue))
         .route("/chat/memory", get(memory::show))
         .route("/chat/memory/forget", post(memory::forget))
         .route("/healthz", get(health::healthz))

@@ -19,13 +19,17 @@
 //! notice lost to lag) is mended with a reset and the text so far. At every step
 //! the text a client assembles is a prefix of what the model wrote.
 //!
+//! A browser's `EventSource` opens it with a ticket instead of a token (see
+//! `stream_ticket`).
+//!
 //! The server ends the stream (see `hangup`) when its session is revoked, its
-//! token expires, its bot is deleted, or the api shuts down.
+//! token (or ticket) expires, its bot is deleted, or the api shuts down.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 
 use axum::extract::State;
+use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -65,16 +69,26 @@ pub struct StreamParams {
     chatbot_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
     after: Option<i64>,
+    /// A stream ticket (`POST /chat/stream/ticket`), for clients that cannot
+    /// send an `Authorization` header: the browser's `EventSource`.
+    ticket: Option<String>,
 }
 
 pub async fn stream(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     headers: HeaderMap,
     Params(params): Params<StreamParams>,
 ) -> Result<Response, ApiError> {
-    let user = caller.acting_for(params.user_id, &state).await?;
     let bot = required(params.chatbot_id, "chatbot_id")?;
+    // An `Authorization` header wins; without one, a ticket stands in for it.
+    let caller = match (caller, params.ticket.as_deref()) {
+        (Err(_) | Ok(Caller::Legacy), Some(ticket)) if !headers.contains_key(AUTHORIZATION) => {
+            Caller::from_stream_ticket(ticket, bot, &state).await?
+        }
+        (caller, _) => caller?,
+    };
+    let user = caller.acting_for(params.user_id, &state).await?;
     let resume = match headers.get("last-event-id") {
         Some(value) => Some(
             value

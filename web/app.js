@@ -34,7 +34,8 @@ async function api(method, path, body, retried) {
     signedOut("Your session ended; log in again.");
   }
   const data = await response.json().catch(() => ({}));
-  if (!response.ok || (data.code !== undefined && data.code !== 200 && data.code !== 201)) {
+  // Bot-module failures answer HTTP 200 with `code: -1`, as the original did.
+  if (!response.ok || (typeof data.code === "number" && (data.code < 0 || data.code >= 400))) {
     const why = data.msg || data.detail || Object.values(data).flat().join(" ") || response.statusText;
     throw new Error(why);
   }
@@ -299,6 +300,10 @@ async function showMemory() {
   $("memory-summary").textContent = memory.data.summary || "—";
   $("memory-profile").textContent = memory.data.profile || "—";
 }
+
+$("memory").addEventListener("toggle", () => {
+  if ($("memory").open && state.bot !== null) showMemory().catch(() => {});
+});
 
 $("forget").addEventListener("click", async () => {
   await api("POST", "/chat/memory/forget", { chatbot_id: state.bot });

@@ -32,10 +32,8 @@ const ALLOWED_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-request-id"),
 ];
 /// What scripts may read of an answer beyond the basics.
-const EXPOSED_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static("x-request-id"),
-    header::RETRY_AFTER,
-];
+const EXPOSED_HEADERS: [HeaderName; 2] =
+    [HeaderName::from_static("x-request-id"), header::RETRY_AFTER];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -58,9 +56,11 @@ impl AllowedOrigins {
         let mut origins = Vec::new();
         for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             let origin = origin.trim_end_matches('/');
-            let well_formed = ["http://", "https://"]
-                .iter()
-                .any(|scheme| origin.strip_prefix(scheme).is_some_and(|host| !host.is_empty() && !host.contains('/')));
+            let well_formed = ["http://", "https://"].iter().any(|scheme| {
+                origin
+                    .strip_prefix(scheme)
+                    .is_some_and(|host| !host.is_empty() && !host.contains('/'))
+            });
             let header = HeaderValue::from_str(origin).ok().filter(|_| well_formed);
             match header {
                 Some(header) => origins.push(header),
@@ -144,7 +144,8 @@ mod tests {
     fn origins_parse_as_none_any_or_a_list() {
         assert_eq!(AllowedOrigins::parse("").unwrap(), AllowedOrigins::None);
         assert_eq!(AllowedOrigins::parse(" * ").unwrap(), AllowedOrigins::Any);
-        let list = AllowedOrigins::parse("http://localhost:5173, https://chat.example.com/").unwrap();
+        let list =
+            AllowedOrigins::parse("http://localhost:5173, https://chat.example.com/").unwrap();
         assert!(list.allows(&HeaderValue::from_static("http://localhost:5173")));
         assert!(list.allows(&HeaderValue::from_static("https://chat.example.com")));
         assert!(!list.allows(&HeaderValue::from_static("http://localhost:5174")));

@@ -149,7 +149,10 @@ mod tests {
     async fn one_user_holds_at_most_their_own_turns() {
         let reads = HeavyReads::new(8);
         let held: Vec<Turn> = futures::future::join_all((0..PER_USER).map(|_| reads.turn(1))).await;
-        assert!(waits(reads.turn(1)).await, "the user waits for their own turn");
+        assert!(
+            waits(reads.turn(1)).await,
+            "the user waits for their own turn"
+        );
         assert!(!waits(reads.turn(2)).await, "others do not");
         drop(held);
         assert!(!waits(reads.turn(1)).await);
@@ -161,8 +164,14 @@ mod tests {
         let reads = HeavyReads::new(1);
         let body = Bytes::from(vec![b'x'; 3 * CHUNK_BYTES + 5]);
         let answer = reads.turn(1).await.answer(body.clone());
-        assert_eq!(answer.headers()[CONTENT_LENGTH], body.len().to_string().as_str());
-        assert!(waits(reads.turn(2)).await, "the turn is held while the answer is unsent");
+        assert_eq!(
+            answer.headers()[CONTENT_LENGTH],
+            body.len().to_string().as_str()
+        );
+        assert!(
+            waits(reads.turn(2)).await,
+            "the turn is held while the answer is unsent"
+        );
         let sent = axum::body::to_bytes(answer.into_body(), usize::MAX)
             .await
             .expect("read");

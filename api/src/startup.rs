@@ -26,10 +26,10 @@ use events::supervisor::Supervisor;
 
 use crate::auth::{password, AuthMode, JwtKeys};
 use crate::config::ApiConfig;
+use crate::cors::only_for_allowed_origins;
 use crate::extract::{
     drop_unacceptable_request_id, guard_edges, normalize_path, REQUEST_ID_HEADER,
 };
-use crate::cors::only_for_allowed_origins;
 use crate::feed::ChatFeed;
 use crate::heavy_reads::HeavyReads;
 use crate::known_users::KnownUsers;
@@ -205,6 +205,9 @@ impl Application {
         .layer(routes);
 
         tracing::info!(addr = ?self.listener.local_addr(), "api listening");
+        if let (true, Ok(addr)) = (config.web_app, self.listener.local_addr()) {
+            tracing::info!("web client at http://{addr}/app/");
+        }
         // The background tasks (the feed above all) run on through the drain, so
         // that a request finishing its wait still hears of its reply.
         let served = crate::server::serve(

@@ -20,7 +20,10 @@ struct WebFiles;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/app", get(|| async { file("index.html") }))
-        .route("/app/{*file}", get(|Path(name): Path<String>| async move { file(&name) }))
+        .route(
+            "/app/{*file}",
+            get(|Path(name): Path<String>| async move { file(&name) }),
+        )
 }
 
 fn file(name: &str) -> Result<Response, ApiError> {

@@ -4,6 +4,7 @@
 //! Every test gets its own database and its own exchange/queue names, so tests run
 //! in parallel and can be rerun; `teardown` removes both.
 
+pub mod browser;
 pub mod client;
 pub mod fake_openai;
 pub mod proxy;

@@ -54,13 +54,23 @@ async fn an_allowed_origin_gets_cors_and_any_other_gets_none() -> anyhow::Result
     let (_, token, _) = client.user_with_bot("webby").await?;
 
     // Preflights are answered on every route, legacy spellings included.
-    for path in ["/chat/new_chat", "//chat/new_chat/", "/login/", "/chat/stream/ticket"] {
+    for path in [
+        "/chat/new_chat",
+        "//chat/new_chat/",
+        "/login/",
+        "/chat/stream/ticket",
+    ] {
         let (status, headers) = preflight(&client.base, path, DEV_SERVER).await?;
         assert!((200..300).contains(&status), "{path}: {status}");
         assert_eq!(header(&headers, "access-control-allow-origin"), DEV_SERVER);
         assert!(header(&headers, "access-control-allow-methods").contains("POST"));
         let allowed = header(&headers, "access-control-allow-headers").to_lowercase();
-        for name in ["authorization", "content-type", "last-event-id", "x-request-id"] {
+        for name in [
+            "authorization",
+            "content-type",
+            "last-event-id",
+            "x-request-id",
+        ] {
             assert!(allowed.contains(name), "{path}: {name} not in {allowed}");
         }
     }
@@ -75,7 +85,10 @@ async fn an_allowed_origin_gets_cors_and_any_other_gets_none() -> anyhow::Result
     let headers = answer.headers();
     assert_eq!(header(headers, "access-control-allow-origin"), DEV_SERVER);
     let exposed = header(headers, "access-control-expose-headers").to_lowercase();
-    assert!(exposed.contains("x-request-id") && exposed.contains("retry-after"), "{exposed}");
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
     assert!(headers.get("access-control-allow-credentials").is_none());
 
     // Another origin learns nothing.
@@ -140,7 +153,11 @@ async fn a_malformed_origin_list_stops_the_api_with_an_example() -> anyhow::Resu
 async fn ticket(base: &str, token: &str, bot: i64) -> anyhow::Result<(u16, serde_json::Value)> {
     let client = system_tests::Client::new(base.to_string());
     let answer = client
-        .post_json("/chat/stream/ticket", &json!({ "chatbot_id": bot }), Some(token))
+        .post_json(
+            "/chat/stream/ticket",
+            &json!({ "chatbot_id": bot }),
+            Some(token),
+        )
         .await?;
     Ok((answer.status, answer.body))
 }
@@ -159,10 +176,18 @@ async fn a_ticket_opens_one_bots_stream_from_a_url_and_resumes_on_another_replic
 
     let (status, body) = ticket(&one.base, &token, bot).await?;
     assert_eq!(status, 200, "{body}");
-    let ticket_text = body["data"]["ticket"].as_str().unwrap_or_default().to_string();
-    assert!(body["data"]["expires_in"].as_i64().is_some_and(|s| s > 0 && s <= 300));
+    let ticket_text = body["data"]["ticket"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(body["data"]["expires_in"]
+        .as_i64()
+        .is_some_and(|s| s > 0 && s <= 300));
     let url = body["data"]["url"].as_str().unwrap_or_default().to_string();
-    assert_eq!(url, format!("/chat/stream?chatbot_id={bot}&ticket={ticket_text}"));
+    assert_eq!(
+        url,
+        format!("/chat/stream?chatbot_id={bot}&ticket={ticket_text}")
+    );
 
     // EventSource sends no Authorization: the ticket in the URL is enough.
     let mut sse = SseStream::open(&one.base, &url, None, None).await?;
@@ -206,11 +231,21 @@ async fn a_ticket_opens_one_bots_stream_from_a_url_and_resumes_on_another_replic
 
     // A ticket opens one bot's stream, and is no access token.
     let wrong_bot = format!("/chat/stream?chatbot_id={other_bot}&ticket={ticket_text}");
-    assert_eq!(SseStream::open(&one.base, &wrong_bot, None, None).await?.status, 401);
+    assert_eq!(
+        SseStream::open(&one.base, &wrong_bot, None, None)
+            .await?
+            .status,
+        401
+    );
     let as_token = one.get("/chat/list", Some(&ticket_text)).await?;
     assert_eq!(as_token.status, 401);
     let token_as_ticket = format!("/chat/stream?chatbot_id={bot}&ticket={token}");
-    assert_eq!(SseStream::open(&one.base, &token_as_ticket, None, None).await?.status, 401);
+    assert_eq!(
+        SseStream::open(&one.base, &token_as_ticket, None, None)
+            .await?
+            .status,
+        401
+    );
     // Nobody gets a ticket for someone else's bot.
     let (status, _) = ticket(&one.base, &other_token, bot).await?;
     assert_eq!(status, 404);
@@ -230,11 +265,17 @@ async fn a_ticket_opens_one_bots_stream_from_a_url_and_resumes_on_another_replic
     })
     .await;
     assert!(ended.is_ok(), "the stream outlived its logout");
-    assert_eq!(SseStream::open(&two.base, &url, None, None).await?.status, 401);
+    assert_eq!(
+        SseStream::open(&two.base, &url, None, None).await?.status,
+        401
+    );
 
     // Access logs keep the path, never the query that carries the ticket.
     for api in &stack.apis {
-        assert!(!api.log_text().contains(&ticket_text), "a ticket was logged");
+        assert!(
+            !api.log_text().contains(&ticket_text),
+            "a ticket was logged"
+        );
     }
     stack.teardown().await
 }

@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(shares.users_at_share(), vec![1]);
         let other = shares.try_take(2);
         assert!(other.is_some(), "another user gets a slot");
-        assert!(slots[7].should_yield(), "now a drain past the share gives way");
+        assert!(
+            slots[7].should_yield(),
+            "now a drain past the share gives way"
+        );
         // Just enough give way to leave a share free again.
         let mut slots = slots;
         while slots.last().is_some_and(|s| s.should_yield()) {

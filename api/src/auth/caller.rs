@@ -106,14 +106,11 @@ impl Caller {
         bot: events::event::BotId,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        let claims = state
-            .jwt
-            .verify(ticket, TokenKind::Stream)
-            .map_err(|e| {
-                ApiError::Unauthorized(format!(
-                    "Stream ticket rejected: {e}. Get a new one from POST /chat/stream/ticket."
-                ))
-            })?;
+        let claims = state.jwt.verify(ticket, TokenKind::Stream).map_err(|e| {
+            ApiError::Unauthorized(format!(
+                "Stream ticket rejected: {e}. Get a new one from POST /chat/stream/ticket."
+            ))
+        })?;
         if claims.bot != Some(bot) {
             return Err(ApiError::Unauthorized(
                 "This stream ticket is for another chatbot.".into(),

@@ -294,3 +294,29 @@ pub async fn wait_until_answered(
     }
     Ok(())
 }
+
+/// 20 messages from 10 other users, spread over 10 s, each waiting for its reply:
+/// how long each waited, fastest first.
+pub async fn bystanders(
+    client: &Client,
+    others: &[(i64, String, i64)],
+) -> anyhow::Result<Vec<std::time::Duration>> {
+    let mut waits = Vec::new();
+    for round in 0..2 {
+        for (i, (_, token, bot)) in others.iter().enumerate() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let sent = std::time::Instant::now();
+            let reply = client
+                .post_json(
+                    "/chat/new_chat",
+                    &serde_json::json!({ "chatbot_id": bot, "input": format!("hello {round} {i}") }),
+                    Some(token),
+                )
+                .await?;
+            anyhow::ensure!(reply.status == 200, "{reply:?}");
+            waits.push(sent.elapsed());
+        }
+    }
+    waits.sort();
+    Ok(waits)
+}

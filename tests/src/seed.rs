@@ -216,3 +216,47 @@ async fn append_all(
     }
     Ok(written)
 }
+
+/// Appends `exchanges` answered messages to a conversation through the event
+/// store, with the live read models, as the api and the worker would; `texts`
+/// gives the `i`th message and its reply.
+pub async fn seed_conversation(
+    pool: &sqlx::MySqlPool,
+    (user, bot): (i64, i64),
+    exchanges: usize,
+    texts: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<()> {
+    let store = EventStore::new(pool.clone(), Arc::new(events::projections::ReadModels));
+    let stream_id = streams::chat(user, bot);
+    for start in (0..exchanges).step_by(50) {
+        let mut batch = Vec::new();
+        for i in start..(start + 50).min(exchanges) {
+            let (message, reply) = texts(i);
+            let message_id = Uuid::now_v7();
+            for event in [
+                DomainEvent::UserMessagePosted(UserMessagePosted {
+                    message_id,
+                    user_id: user,
+                    bot_id: bot,
+                    content: message,
+                    client_msg_id: None,
+                    source: MessageSource::Import,
+                }),
+                DomainEvent::BotReplyGenerated(BotReplyGenerated {
+                    message_id: Uuid::now_v7(),
+                    reply_to: message_id,
+                    user_id: user,
+                    bot_id: bot,
+                    content: reply,
+                    model: "seed".into(),
+                }),
+            ] {
+                batch.push(event.to_new_event(EventMetadata::default())?);
+            }
+        }
+        store
+            .append_to_stream(&stream_id, ExpectedVersion::Any, &batch)
+            .await?;
+    }
+    Ok(())
+}

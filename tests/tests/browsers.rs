@@ -279,3 +279,23 @@ async fn a_ticket_opens_one_bots_stream_from_a_url_and_resumes_on_another_replic
     }
     stack.teardown().await
 }
+
+#[tokio::test]
+async fn the_web_client_is_served_at_app_unless_turned_off() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await?;
+    let on = reqwest::get(format!("{}/app/", stack.client(0).base)).await?;
+    assert_eq!(on.status(), 200);
+    assert!(header(on.headers(), "content-type").starts_with("text/html"));
+    assert!(on.text().await?.contains("/app/app.js"));
+    let script = reqwest::get(format!("{}/app/app.js", stack.client(0).base)).await?;
+    assert!(header(script.headers(), "content-type").contains("javascript"));
+
+    let off = stack.spawn_api_with(&[("WEB_APP", "off")]).await?;
+    let answer = stack.client(off).get("/app/", None).await?;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    stack.teardown().await
+}

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use system_tests::{
-    answered_in_order, user_message_ids, wait_until_answered, Client, Stack, StackOptions,
+    answered_in_order, bystanders, user_message_ids, wait_until_answered, Client, Stack,
+    StackOptions,
 };
 
 const MODEL_LATENCY: Duration = Duration::from_millis(200);
@@ -95,32 +96,6 @@ async fn other_users_are_answered_while_one_users_backlog_drains() -> anyhow::Re
         "one model call per message"
     );
     stack.teardown().await
-}
-
-/// 20 messages from 10 other users, spread over 10 s, each waiting for its reply:
-/// how long each waited, fastest first.
-async fn bystanders(
-    client: &Client,
-    others: &[(i64, String, i64)],
-) -> anyhow::Result<Vec<Duration>> {
-    let mut waits = Vec::new();
-    for round in 0..2 {
-        for (i, (_, token, bot)) in others.iter().enumerate() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let sent = Instant::now();
-            let reply = client
-                .post_json(
-                    "/chat/new_chat",
-                    &json!({ "chatbot_id": bot, "input": format!("hello {round} {i}") }),
-                    Some(token),
-                )
-                .await?;
-            anyhow::ensure!(reply.status == 200, "{reply:?}");
-            waits.push(sent.elapsed());
-        }
-    }
-    waits.sort();
-    Ok(waits)
 }
 
 #[tokio::test]

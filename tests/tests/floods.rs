@@ -5,12 +5,10 @@
 //!
 //! `FLOOD_USERS` changes the number of flooding users (default 200).
 
-use std::time::{Duration, Instant};
-
-use serde_json::json;
+use std::time::Duration;
 
 use system_tests::sse::SseStream;
-use system_tests::{rss_mib, Client, Stack, StackOptions};
+use system_tests::{bystanders, rss_mib, Client, Stack, StackOptions};
 
 const MODEL_LATENCY: Duration = Duration::from_millis(200);
 /// `SSE_MAX_STREAMS_PER_USER`'s default.
@@ -104,23 +102,7 @@ async fn full_stream_quotas_and_a_thousand_long_polls_leave_others_unhurt() -> a
     let connections = (streams.len() + LONG_POLLS) as u64;
 
     // Meanwhile, 20 messages from 10 other users, spread over 10 s.
-    let mut waits = Vec::new();
-    for round in 0..2 {
-        for (i, (_, token, bot)) in others.iter().enumerate() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let sent = Instant::now();
-            let reply = client
-                .post_json(
-                    "/chat/new_chat",
-                    &json!({ "chatbot_id": bot, "input": format!("hello {round} {i}") }),
-                    Some(token),
-                )
-                .await?;
-            anyhow::ensure!(reply.status == 200, "{reply:?}");
-            waits.push(sent.elapsed());
-        }
-    }
-    waits.sort();
+    let waits = bystanders(&client, &others).await?;
     let slowest = waits.last().copied().unwrap_or_default();
     let after = rss_mib(pid)?;
     let waiting = polls.iter().filter(|p| !p.is_finished()).count();

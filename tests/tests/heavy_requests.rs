@@ -15,6 +15,7 @@ use serde_json::json;
 use sqlx::MySqlPool;
 use tokio::io::AsyncWriteExt;
 
+use system_tests::seed::seed_conversation;
 use system_tests::{rss_mib, Stack, StackOptions};
 
 /// What the heavy reads may add to the api's RSS at their peak.
@@ -25,7 +26,7 @@ const BOTS: usize = 1000;
 /// Conversations with a long latest message, for `chat/list`.
 const LISTED: usize = 300;
 
-/// Appends `exchanges` message-and-reply pairs of `chars` characters each.
+/// `exchanges` message-and-reply pairs of `chars` characters each.
 async fn seed(
     pool: &MySqlPool,
     user: i64,
@@ -33,45 +34,11 @@ async fn seed(
     exchanges: usize,
     chars: usize,
 ) -> anyhow::Result<()> {
-    use events::event::{
-        stream, BotReplyGenerated, DomainEvent, EventMetadata, MessageSource, UserMessagePosted,
-    };
-    use events::store::{EventStore, ExpectedVersion};
-    let store = EventStore::new(
-        pool.clone(),
-        std::sync::Arc::new(events::projections::ReadModels),
-    );
     let text = "y".repeat(chars);
-    for start in (0..exchanges).step_by(50) {
-        let mut batch = Vec::new();
-        for _ in start..(start + 50).min(exchanges) {
-            let message_id = uuid::Uuid::now_v7();
-            for event in [
-                DomainEvent::UserMessagePosted(UserMessagePosted {
-                    message_id,
-                    user_id: user,
-                    bot_id: bot,
-                    content: text.clone(),
-                    client_msg_id: None,
-                    source: MessageSource::Import,
-                }),
-                DomainEvent::BotReplyGenerated(BotReplyGenerated {
-                    message_id: uuid::Uuid::now_v7(),
-                    reply_to: message_id,
-                    user_id: user,
-                    bot_id: bot,
-                    content: text.clone(),
-                    model: "seed".into(),
-                }),
-            ] {
-                batch.push(event.to_new_event(EventMetadata::default())?);
-            }
-        }
-        store
-            .append_to_stream(&stream::chat(user, bot), ExpectedVersion::Any, &batch)
-            .await?;
-    }
-    Ok(())
+    seed_conversation(pool, (user, bot), exchanges, |_| {
+        (text.clone(), text.clone())
+    })
+    .await
 }
 
 /// Asks for `path` on a raw connection and never reads the answer: it holds a

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use sqlx::MySqlPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use system_tests::seed::seed_conversation;
 use system_tests::{rss_mib, Stack, StackOptions};
 
 use events::config::ExposeSecret;
@@ -38,55 +39,6 @@ async fn seed_history(pool: &MySqlPool, user: i64, bot: i64, rows: i64) -> anyho
     .bind(bot)
     .execute(&mut *conn)
     .await?;
-    Ok(())
-}
-
-/// Appends `exchanges` answered messages to the conversation through the event
-/// store, with the live projections, as the api and the worker would.
-async fn seed_conversation(
-    pool: &MySqlPool,
-    user: i64,
-    bot: i64,
-    exchanges: usize,
-) -> anyhow::Result<()> {
-    use events::event::{
-        stream, BotReplyGenerated, DomainEvent, EventMetadata, MessageSource, UserMessagePosted,
-    };
-    use events::store::{EventStore, ExpectedVersion};
-    let store = EventStore::new(
-        pool.clone(),
-        std::sync::Arc::new(events::projections::ReadModels),
-    );
-    let stream_id = stream::chat(user, bot);
-    for start in (0..exchanges).step_by(100) {
-        let mut batch = Vec::new();
-        for i in start..(start + 100).min(exchanges) {
-            let message_id = uuid::Uuid::now_v7();
-            for event in [
-                DomainEvent::UserMessagePosted(UserMessagePosted {
-                    message_id,
-                    user_id: user,
-                    bot_id: bot,
-                    content: format!("message {i}"),
-                    client_msg_id: None,
-                    source: MessageSource::Import,
-                }),
-                DomainEvent::BotReplyGenerated(BotReplyGenerated {
-                    message_id: uuid::Uuid::now_v7(),
-                    reply_to: message_id,
-                    user_id: user,
-                    bot_id: bot,
-                    content: format!("reply {i}"),
-                    model: "seed".into(),
-                }),
-            ] {
-                batch.push(event.to_new_event(EventMetadata::default())?);
-            }
-        }
-        store
-            .append_to_stream(&stream_id, ExpectedVersion::Any, &batch)
-            .await?;
-    }
     Ok(())
 }
 
@@ -180,7 +132,10 @@ async fn plain_history_over_the_cap_ends_at_the_newest_row_and_pages_back() -> a
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("veteran").await?;
     let pool = stack.pool()?;
-    seed_conversation(&pool, user, bot, 5_100).await?;
+    seed_conversation(&pool, (user, bot), 5_100, |i| {
+        (format!("message {i}"), format!("reply {i}"))
+    })
+    .await?;
     let posted = client
         .post_json(
             "/chat/new_chat",

@@ -73,6 +73,29 @@ async fn send(browser: &Browser, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh token of `username`'s (a login of its own), and their first bot.
+async fn first_bot(base: &str, username: &str) -> anyhow::Result<(String, i64)> {
+    let client = Client::new(base.to_string());
+    let (_, token, _) = client.login(username, "pass word").await?;
+    let bots = client
+        .post_json("/bots/list", &json!({}), Some(&token))
+        .await?;
+    let bot = bots.body["data"][0]["chatbot_id"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("{username} has no bot: {:?}", bots.body))?;
+    Ok((token, bot))
+}
+
+/// Whether the page shows its "reconnecting…" badge.
+async fn reconnecting(browser: &Browser) -> Option<bool> {
+    let badge = browser
+        .client
+        .find(Locator::Css("#connection"))
+        .await
+        .ok()?;
+    badge.is_displayed().await.ok()
+}
+
 /// The texts of the finished bot rows on the page.
 async fn replies(browser: &Browser) -> Vec<String> {
     let Ok(rows) = browser
@@ -181,10 +204,7 @@ async fn a_reply_survives_the_api_restarting_mid_stream_once() -> anyhow::Result
         stack.apis[0].wait(Duration::from_secs(10)).await?;
         browser
             .until(WAIT, "the reconnecting state", || async {
-                match browser.client.find(Locator::Css("#connection")).await {
-                    Ok(badge) => badge.is_displayed().await.unwrap_or(false),
-                    Err(_) => false,
-                }
+                reconnecting(&browser).await == Some(true)
             })
             .await?;
         let again = stack.start_process(
@@ -205,10 +225,7 @@ async fn a_reply_survives_the_api_restarting_mid_stream_once() -> anyhow::Result
             .await?;
         browser
             .until(WAIT, "the connection back", || async {
-                match browser.client.find(Locator::Css("#connection")).await {
-                    Ok(badge) => !badge.is_displayed().await.unwrap_or(true),
-                    Err(_) => false,
-                }
+                reconnecting(&browser).await == Some(false)
             })
             .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -249,13 +266,7 @@ async fn two_users_in_two_browsers_see_only_their_own() -> anyhow::Result<()> {
         let ann_list = ann.text("#bot-list").await.unwrap_or_default();
         anyhow::ensure!(!ann_list.contains("Bob"), "ann sees {ann_list:?}");
         // Ann's page, with Ann's token, asks for Bob's conversation directly.
-        let (_, bob_token, _) = Client::new(base.clone()).login("bob", "pass word").await?;
-        let bob_bots = Client::new(base.clone())
-            .post_json("/bots/list", &json!({}), Some(&bob_token))
-            .await?;
-        let bob_bot = bob_bots.body["data"][0]["chatbot_id"]
-            .as_i64()
-            .unwrap_or_default();
+        let (_, bob_bot) = first_bot(&base, "bob").await?;
         let reached = ann
             .client
             .execute(
@@ -366,16 +377,8 @@ async fn forgetting_from_the_page_empties_the_memory_view() -> anyhow::Result<()
         sign_up(&browser, &format!("{base}/app/"), "rememberer").await?;
         open_new_bot(&browser, "Keeper", None).await?;
         send(&browser, "my name is Ada and I like tea").await?;
-        let (_, token, _) = Client::new(base.clone())
-            .login("rememberer", "pass word")
-            .await?;
+        let (token, bot) = first_bot(&base, "rememberer").await?;
         let client = Client::new(base.clone());
-        let bots = client
-            .post_json("/bots/list", &json!({}), Some(&token))
-            .await?;
-        let bot = bots.body["data"][0]["chatbot_id"]
-            .as_i64()
-            .unwrap_or_default();
         system_tests::eventually(Duration::from_secs(30), "a memory", || {
             let (client, token) = (client.clone(), token.clone());
             async move {
@@ -409,6 +412,49 @@ async fn forgetting_from_the_page_empties_the_memory_view() -> anyhow::Result<()
             memory.body["data"]["summary"].is_null(),
             "{:?}",
             memory.body
+        );
+        Ok(())
+    })
+    .await;
+    browser.close().await?;
+    result?;
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_and_the_stream_reopened() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: vec![
+            ("WORKER_ROLES".into(), "replies".into()),
+            // Access tokens (and the stream tickets made from them) last 3 s.
+            ("ACCESS_TOKEN_TTL_SECS".into(), "3".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
+    let base = stack.client(0).base;
+    let browser = Browser::start().await?;
+    let result = screenshot_on_failure(&browser, "token-refresh", async {
+        sign_up(&browser, &format!("{base}/app/"), "lingerer").await?;
+        open_new_bot(&browser, "Patient", None).await?;
+        // The token, and the stream's ticket, run out; the stream ends.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        send(&browser, "still here after my token expired").await?;
+        browser
+            .until(WAIT, "the reply on a reopened stream", || async {
+                replies(&browser)
+                    .await
+                    .iter()
+                    .any(|r| r.ends_with("to: still here after my token expired"))
+            })
+            .await?;
+        anyhow::ensure!(
+            browser
+                .text("#chat-error")
+                .await
+                .unwrap_or_default()
+                .is_empty(),
+            "the page showed an error"
         );
         Ok(())
     })

@@ -74,17 +74,7 @@ impl FromRequestParts<AppState> for Caller {
                     .jwt
                     .verify(token, TokenKind::Access)
                     .map_err(|e| ApiError::Unauthorized(format!("Access token rejected: {e}. Log in again or refresh the token.")))?;
-                match check_session(&claims, state).await? {
-                    Ok(()) => Ok(Caller::Token(TokenSession {
-                        user: claims.user_id,
-                        sid: claims.sid,
-                        expires_at: claims.exp,
-                        credentials: claims.cv,
-                    })),
-                    Err(why) => Err(ApiError::Unauthorized(format!(
-                        "Access token rejected: {why}. Log in again."
-                    ))),
-                }
+                Caller::from_live_session(claims, state, "Access token").await
             }
             Some(Err(())) => Err(ApiError::Unauthorized(
                 "The Authorization header must be `Bearer <access token>`.".into(),
@@ -116,6 +106,15 @@ impl Caller {
                 "This stream ticket is for another chatbot.".into(),
             ));
         }
+        Caller::from_live_session(claims, state, "Stream ticket").await
+    }
+
+    /// The caller a verified token or ticket names, if its session may still act.
+    async fn from_live_session(
+        claims: Claims,
+        state: &AppState,
+        what: &str,
+    ) -> Result<Self, ApiError> {
         match check_session(&claims, state).await? {
             Ok(()) => Ok(Caller::Token(TokenSession {
                 user: claims.user_id,
@@ -124,7 +123,7 @@ impl Caller {
                 credentials: claims.cv,
             })),
             Err(why) => Err(ApiError::Unauthorized(format!(
-                "Stream ticket rejected: {why}. Log in again."
+                "{what} rejected: {why}. Log in again."
             ))),
         }
     }

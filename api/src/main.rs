@@ -14,6 +14,7 @@ use api::startup::Application;
 #[tokio::main]
 async fn main() -> ExitCode {
     events::telemetry::init();
+    events::tls::use_ring_crypto();
     let config = match ApiConfig::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -204,9 +204,11 @@ impl Application {
         })
         .layer(routes);
 
-        tracing::info!(addr = ?self.listener.local_addr(), "api listening");
-        if let (true, Ok(addr)) = (config.web_app, self.listener.local_addr()) {
-            tracing::info!("web client at http://{addr}/app/");
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(%addr, "api listening");
+            if config.web_app {
+                tracing::info!("web client at http://{addr}/app/");
+            }
         }
         // The background tasks (the feed above all) run on through the drain, so
         // that a request finishing its wait still hears of its reply.

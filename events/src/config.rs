@@ -108,6 +108,9 @@ pub struct BusSettings {
     pub heartbeat_secs: u16,
     /// `DELIVERY_LIMIT`: deliveries of one message before it is dead-lettered.
     pub delivery_limit: u32,
+    /// `AMQP_CA_FILE`: a PEM file of the CA that signed an `amqps://` broker's
+    /// certificate, for a private CA (without it, the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl BusSettings {
@@ -121,6 +124,7 @@ impl BusSettings {
             namespace: env_or("BUS_NAMESPACE", "chatbot".to_string())?,
             heartbeat_secs: env_or("AMQP_HEARTBEAT_SECS", 10)?,
             delivery_limit: env_or("DELIVERY_LIMIT", 5)?,
+            ca_file: env_opt("AMQP_CA_FILE").map(std::path::PathBuf::from),
         })
     }
 }
@@ -147,6 +151,7 @@ mod tests {
             namespace: "chatbot".into(),
             heartbeat_secs: 10,
             delivery_limit: 5,
+            ca_file: None,
         };
         let printed = format!("{database:?} {bus:?}");
         assert!(!printed.contains("hunter2"), "{printed}");

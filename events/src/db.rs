@@ -30,6 +30,9 @@ pub enum DbSetupError {
     BadDatabaseName(String),
     #[error("cannot reach the database server: {0}")]
     Connect(sqlx::Error),
+    /// Reached, and refused: waiting will not help.
+    #[error("the database connection was refused: {0}. Check DATABASE_URL: its user and password, its ssl-mode (the server may require TLS: ssl-mode=REQUIRED or stricter), and with VERIFY_CA or VERIFY_IDENTITY its ssl-ca (the CA that signed the server's certificate) and host (a name the certificate holds)")]
+    Refused(sqlx::Error),
     #[error("applying migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("another process held the migration lock for over {MIGRATION_LOCK_TIMEOUT_SECS}s")]
@@ -51,6 +54,9 @@ pub async fn connect_and_migrate_patiently(
     let mut attempt = 1u32;
     loop {
         match connect_and_migrate(settings).await {
+            Err(DbSetupError::Connect(e)) if is_refusal(&e) => {
+                return Err(DbSetupError::Refused(e))
+            }
             Err(DbSetupError::Connect(e)) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -154,6 +160,18 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
     )
+}
+
+/// A connection the server (or its certificate) refused, as opposed to one that
+/// could not be made: a wrong password, TLS the server requires or a certificate
+/// we do not trust.
+pub fn is_refusal(error: &sqlx::Error) -> bool {
+    match error {
+        // rustls's verdict on the certificate reaches sqlx as either.
+        sqlx::Error::Tls(_) | sqlx::Error::Io(_) => error.to_string().contains("certificate"),
+        sqlx::Error::Database(_) => !is_lock_contention(error),
+        _ => false,
+    }
 }
 
 /// `true` for a deadlock (1213) or a lock wait that timed out (1205): the statement

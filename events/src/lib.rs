@@ -25,6 +25,7 @@
 //!   stops the process rather than leaving it half alive.
 //! - [`episode`]: expected, handled conditions logged once per episode.
 //! - [`backoff`]: exponential backoff with jitter, for retry loops.
+//! - [`tls`]: the TLS crypto both binaries use to reach the database and broker.
 //! - [`outbox`]: the relay that moves committed events from the outbox table to the bus.
 //!
 //! The flow: a command appends events (event rows, outbox rows and read models in
@@ -46,4 +47,5 @@ pub mod shutdown;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod upcast;

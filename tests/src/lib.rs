@@ -65,6 +65,7 @@ impl Isolation {
                 namespace: name,
                 heartbeat_secs: 5,
                 delivery_limit: 5,
+                ca_file: None,
             },
             torn_down: std::sync::atomic::AtomicBool::new(false),
         }

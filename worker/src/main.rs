@@ -123,6 +123,7 @@ fn rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     events::telemetry::init();
+    events::tls::use_ring_crypto();
     let cli = Cli::parse();
     let outcome = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.roles).await,

@@ -35,6 +35,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -67,6 +68,8 @@ pub enum BusError {
     Unavailable(String),
     #[error("timed out connecting to the message broker")]
     ConnectTimeout,
+    #[error("TLS to the message broker failed: {0}. Check AMQP_CA_FILE (a PEM file of the CA that signed the broker's certificate) and that AMQP_URL's host is a name the certificate holds")]
+    Tls(String),
     #[error("the broker did not route the message (no queue bound for {0})")]
     Unroutable(String),
     #[error("the broker refused the message")]
@@ -404,8 +407,19 @@ pub async fn connect(settings: &BusSettings, name: &str) -> Result<Connection, B
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(name.into());
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, properties)).await {
+    let tls = match &settings.ca_file {
+        Some(path) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(path).map_err(|e| {
+                BusError::Tls(format!("cannot read AMQP_CA_FILE {}: {e}", path.display()))
+            })?),
+        },
+        None => OwnedTLSConfig::default(),
+    };
+    let connecting = Connection::connect_uri_with_config(uri, properties, tls);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) if e.to_string().contains("certificate") => Err(BusError::Tls(e.to_string())),
         Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
         Err(_) => Err(BusError::ConnectTimeout),
     }

@@ -22,6 +22,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every setting once, secrets redacted (see `SecretString`).
+    tracing::info!(settings = ?config, "settings");
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {

@@ -141,6 +141,8 @@ async fn main() -> ExitCode {
 
 async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
     let config = WorkerConfig::from_env()?;
+    // Every setting once, secrets redacted (see `SecretString`).
+    tracing::info!(settings = ?config, "settings");
     let worker = Worker::build(config).await?;
     tracing::info!(replies = roles.replies, memory = roles.memory, "roles");
     worker.run(roles, events::shutdown::on_signal()).await?;

@@ -100,6 +100,8 @@ pub async fn new_chat(
     let message_id = posted.message_id();
     let just_posted = matches!(posted, Posted::New { .. });
     if let Posted::New { events, .. } = posted {
+        // In the request's span: the line that ties its id to the message.
+        tracing::info!(%message_id, "message recorded");
         publish_in_background(&state, events);
     }
     let pending = || {

@@ -31,6 +31,7 @@
 //! - [`rate_limits`]: per-process rate limits on posting, logging in and
 //!   registering, and [`client_address`]: whose address a request comes from.
 //! - [`cors`]: which other origins' pages may call the api.
+//! - [`http_metrics`]: Prometheus metrics, served at `/metrics`.
 //! - [`error`]: every failure and the one place it becomes an HTTP response.
 
 pub mod auth;
@@ -43,6 +44,7 @@ pub mod extract;
 pub mod feed;
 pub mod hangup;
 pub mod heavy_reads;
+pub mod http_metrics;
 pub mod known_users;
 pub mod live;
 pub mod rate_limits;

@@ -15,6 +15,10 @@ use api::startup::Application;
 async fn main() -> ExitCode {
     events::telemetry::init();
     events::tls::use_ring_crypto();
+    if let Err(e) = api::http_metrics::install() {
+        tracing::error!(error = %e, "cannot record metrics");
+        return ExitCode::FAILURE;
+    }
     let config = match ApiConfig::from_env() {
         Ok(config) => config,
         Err(e) => {

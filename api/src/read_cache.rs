@@ -98,6 +98,13 @@ impl ReadCache {
         if !self.enabled() {
             return None;
         }
+        let found = self.lookup(user, key);
+        let result = if found.is_some() { "hit" } else { "miss" };
+        metrics::counter!(events::metrics::READ_CACHE, "result" => result).increment(1);
+        found
+    }
+
+    fn lookup(&self, user: UserId, key: &ReadKey) -> Option<Bytes> {
         let mut slots = self.slots.lock().ok()?;
         let slot = slots.users.get_mut(&user)?;
         let (stored_at, body) = slot.bodies.get(key)?;

@@ -41,6 +41,9 @@ use crate::sessions::RevokedSessions;
 use crate::state::AppState;
 use crate::streams::OpenStreams;
 
+/// How often the database's side of the metrics (outbox backlog, pool) is read.
+const METRICS_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
@@ -158,6 +161,10 @@ impl Application {
         tasks.spawn("rate limit upkeep", {
             let (limits, token) = (state.limits.clone(), background.clone());
             async move { limits.forget_idle_until(token).await }
+        });
+        tasks.spawn("metrics sampler", {
+            let (pool, token) = (state.pool.clone(), background.clone());
+            async move { events::metrics::sample_until(pool, METRICS_SAMPLE_EVERY, token).await }
         });
         tasks.spawn("read cache purge", {
             let (cache, token) = (state.read_cache.clone(), background.clone());

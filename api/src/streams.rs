@@ -27,6 +27,7 @@ impl OpenStreams {
             return None;
         }
         *count += 1;
+        metrics::gauge!(events::metrics::SSE_STREAMS).increment(1.0);
         Some(StreamSlot {
             counts: self.counts.clone(),
             user,
@@ -41,6 +42,7 @@ impl OpenStreams {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        metrics::gauge!(events::metrics::SSE_STREAMS).decrement(1.0);
         if let Ok(mut counts) = self.counts.lock() {
             if let Some(count) = counts.get_mut(&self.user) {
                 *count = count.saturating_sub(1);

@@ -174,6 +174,16 @@ struct Committer {
 impl Committer {
     /// One outcome per job, in order.
     async fn commit_all(&self, batch: &[Append]) -> Vec<Outcome> {
+        let started = std::time::Instant::now();
+        let outcomes = self.commit_all_untimed(batch).await;
+        crate::metrics::append_committed(batch.len(), started.elapsed());
+        for event in outcomes.iter().flatten().flatten() {
+            crate::metrics::event_appended(&event.event_type);
+        }
+        outcomes
+    }
+
+    async fn commit_all_untimed(&self, batch: &[Append]) -> Vec<Outcome> {
         match self.commit_retrying(batch).await {
             Ok(outcomes) => outcomes,
             // An outage fails every job alike: one at a time would fail the same way.

@@ -25,6 +25,7 @@
 //!   stops the process rather than leaving it half alive.
 //! - [`episode`]: expected, handled conditions logged once per episode.
 //! - [`backoff`]: exponential backoff with jitter, for retry loops.
+//! - [`metrics`]: the Prometheus metrics' names, and what only the database knows.
 //! - [`tls`]: the TLS crypto both binaries use to reach the database and broker.
 //! - [`outbox`]: the relay that moves committed events from the outbox table to the bus.
 //!
@@ -40,6 +41,7 @@ pub mod config;
 pub mod db;
 pub mod episode;
 pub mod event;
+pub mod metrics;
 pub mod outbox;
 pub mod projections;
 pub mod record;

@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     /// `CONVERSATION_LEASE_SECS`: how long a crashed worker's hold on a
     /// conversation keeps others waiting (a live one renews it).
     pub conversation_lease: Duration,
+    /// `METRICS_ADDR`: where the worker serves its Prometheus metrics (`GET /metrics`);
+    /// unset, it serves none.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub memory: MemorySettings,
 }
 
@@ -94,6 +97,15 @@ impl WorkerConfig {
             context_budget_chars: env_or("CONTEXT_BUDGET_CHARS", 12_000)?,
             shutdown_grace: Duration::from_secs(env_or("SHUTDOWN_GRACE_SECS", 30)?),
             conversation_lease: Duration::from_secs(env_or("CONVERSATION_LEASE_SECS", 10)?),
+            metrics_addr: env_opt("METRICS_ADDR")
+                .map(|addr| {
+                    addr.parse().map_err(|e| ConfigError::Invalid {
+                        name: "METRICS_ADDR",
+                        value: addr.clone(),
+                        reason: format!("{e}; write host:port, e.g. 0.0.0.0:9100"),
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -72,7 +72,8 @@ pub async fn handle_delivery(responder: Responder, delivery: Delivery) {
         message_id = tracing::field::Empty,
         redelivered = delivery.redelivered,
     );
-    async move {
+    let _in_flight = events::metrics::Raised::new(events::metrics::DELIVERIES_IN_FLIGHT);
+    let handled = async move {
         let message = match read(&delivery) {
             Read::Message(message) => message,
             Read::Other(event_type) => {
@@ -110,8 +111,8 @@ pub async fn handle_delivery(responder: Responder, delivery: Delivery) {
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    handled.await;
 }
 
 /// A message given up on: record its failure (once), so that it is not left
@@ -121,6 +122,7 @@ pub async fn handle_dead_letter(responder: Responder, delivery: Delivery) {
         "handle_dead_letter",
         correlation_id = correlation_id(&delivery).as_deref().unwrap_or("-")
     );
+    metrics::counter!(events::metrics::DEAD_LETTERED).increment(1);
     async move {
         match read(&delivery) {
             Read::Message(message) => match responder.give_up(&message, GIVEN_UP).await {

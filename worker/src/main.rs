@@ -143,6 +143,12 @@ async fn run(roles: Roles) -> Result<(), Box<dyn std::error::Error>> {
     let config = WorkerConfig::from_env()?;
     // Every setting once, secrets redacted (see `SecretString`).
     tracing::info!(settings = ?config, "settings");
+    if let Some(addr) = config.metrics_addr {
+        events::metrics::prometheus()?
+            .with_http_listener(addr)
+            .install()?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     let worker = Worker::build(config).await?;
     tracing::info!(replies = roles.replies, memory = roles.memory, "roles");
     worker.run(roles, events::shutdown::on_signal()).await?;

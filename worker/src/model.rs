@@ -137,6 +137,24 @@ impl Model {
         prompt: &Prompt,
         deltas: Option<&DeltaSink>,
     ) -> Result<String, ModelFailure> {
+        let started = std::time::Instant::now();
+        let outcome = self.complete_untimed(prompt, deltas).await;
+        let label = match &outcome {
+            Ok(_) => "answered",
+            Err(failure) if failure.0.starts_with("The model is unavailable") => "unavailable",
+            Err(_) => "refused",
+        };
+        metrics::counter!(events::metrics::MODEL_CALLS, "outcome" => label).increment(1);
+        metrics::histogram!(events::metrics::MODEL_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn complete_untimed(
+        &self,
+        prompt: &Prompt,
+        deltas: Option<&DeltaSink>,
+    ) -> Result<String, ModelFailure> {
         let mut delay = self.retry_base;
         let mut attempt = 1;
         loop {
@@ -165,6 +183,7 @@ impl Model {
                 }
                 Err(AttemptError::Transient(reason)) => {
                     tracing::info!(attempt, %reason, retry_in_ms = delay.as_millis() as u64, "model call failed; retrying");
+                    metrics::counter!(events::metrics::MODEL_RETRIES).increment(1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                     attempt += 1;
@@ -226,6 +245,10 @@ impl Model {
                         continue;
                     };
                     if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                        if reply.is_empty() {
+                            metrics::histogram!(events::metrics::MODEL_FIRST_TOKEN)
+                                .record(started.elapsed().as_secs_f64());
+                        }
                         if reply.len() + text.len() > self.max_reply_bytes {
                             return Err(self.too_long());
                         }

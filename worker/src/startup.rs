@@ -74,6 +74,14 @@ impl Worker {
             let token = shutdown.clone();
             async move { relay.run(Duration::from_secs(1), token).await }
         });
+        if self.config.metrics_addr.is_some() {
+            tasks.spawn("metrics sampler", {
+                let (pool, token) = (self.store.pool().clone(), shutdown.clone());
+                async move {
+                    events::metrics::sample_until(pool, Duration::from_secs(10), token).await
+                }
+            });
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let leases =
             ConversationLeases::new(self.store.pool().clone(), self.config.conversation_lease);

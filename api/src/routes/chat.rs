@@ -269,11 +269,13 @@ pub async fn history(
         match notices.as_mut() {
             Some(notices) if rows.is_empty() && Instant::now() < deadline => {
                 drop(turn);
+                let waiting = events::metrics::Raised::new(events::metrics::LONG_POLLS);
                 let heard = tokio::select! {
                     heard = feed::wait_for_stream(notices, &stream_id, bot_id, deadline) => Some(heard),
                     // The caller's session or token ended, or the api is stopping.
                     _ = hangup.wait() => None,
                 };
+                drop(waiting);
                 match heard {
                     // Answered without data; the client's next poll is refused,
                     // or goes to another replica.

@@ -226,6 +226,16 @@ async fn refused(
     }
 }
 
+/// The first line of `log` that holds `needle`, shortened for a report.
+fn first_line_with(log: &str, needle: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_default()
+        .chars()
+        .take(240)
+        .collect()
+}
+
 #[tokio::test]
 async fn the_database_over_tls_takes_the_right_ca_and_refuses_the_rest() -> anyhow::Result<()> {
     let certificates = Certificates::make()?;
@@ -282,14 +292,10 @@ async fn the_database_over_tls_takes_the_right_ca_and_refuses_the_rest() -> anyh
             log.contains("ssl-mode") && log.contains("ssl-ca"),
             "{name}: {log}"
         );
-        let why = log
-            .lines()
-            .find(|l| l.contains("connection was refused"))
-            .unwrap_or_default()
-            .chars()
-            .take(240)
-            .collect::<String>();
-        println!("{name}: {why}");
+        println!(
+            "{name}: {}",
+            first_line_with(&log, "connection was refused")
+        );
     }
     drop(database);
     stack.teardown().await
@@ -360,14 +366,10 @@ async fn the_broker_over_tls_takes_the_right_ca_and_refuses_the_rest() -> anyhow
             log.contains("AMQP_CA_FILE") && log.contains("AMQP_URL"),
             "{name}: {log}"
         );
-        let why = log
-            .lines()
-            .find(|l| l.contains("TLS to the message broker failed"))
-            .unwrap_or_default()
-            .chars()
-            .take(240)
-            .collect::<String>();
-        println!("{name}: {why}");
+        println!(
+            "{name}: {}",
+            first_line_with(&log, "TLS to the message broker failed")
+        );
     }
     stack.teardown().await
 }

@@ -19,12 +19,24 @@ use crate::error::ApiError;
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process's recorder (once; `main` calls it).
+/// How often histograms' samples are folded into their buckets. Without it they
+/// pile up between scrapes, and without a scraper, for ever.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Installs the process's recorder, and its upkeep (once; `main` calls it, on
+/// the runtime).
 pub fn install() -> Result<(), BuildError> {
     if RECORDER.get().is_some() {
         return Ok(());
     }
     let handle = events::metrics::prometheus()?.install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP_EVERY).await;
+            upkeep.run_upkeep();
+        }
+    });
     let _ = RECORDER.set(handle);
     Ok(())
 }

@@ -30,14 +30,10 @@ use events::event::DomainEvent;
 use events::store::RecordedEvent;
 
 use crate::memory::{MemoryJob, MemoryKeeper, IDLE_AFTER_HEADER};
-use crate::responder::{MessageRef, Responder};
+use crate::responder::{MessageRef, Responder, GIVEN_UP};
 
 /// Pause before requeueing after a transient failure, so an outage is not a hot loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
-
-/// What a dead-lettered message's sender is told.
-pub(crate) const GIVEN_UP: &str =
-    "This message could not be processed after several attempts. Please send it again.";
 
 /// What a delivery holds, as far as the worker is concerned.
 enum Read {

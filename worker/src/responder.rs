@@ -131,6 +131,10 @@ enum Drained {
     GaveWay,
 }
 
+/// What the sender of a message given up on is told.
+pub(crate) const GIVEN_UP: &str =
+    "This message could not be processed after several attempts. Please send it again.";
+
 /// Other database errors (a deadlock, say) are retried this often in place.
 const IN_PLACE_ATTEMPTS: u32 = 3;
 /// Tries at taking or handing off a lease that is between holders (each one a
@@ -367,7 +371,7 @@ impl Responder {
                     user_id: conversation.user_id,
                     bot_id: conversation.bot_id,
                 };
-                self.give_up(&message, crate::consumer::GIVEN_UP).await?;
+                self.give_up(&message, GIVEN_UP).await?;
             }
             lease.made_progress().await?;
         }

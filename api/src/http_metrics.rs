@@ -42,6 +42,8 @@ pub fn install() -> Result<(), BuildError> {
 }
 
 /// `GET /metrics`, in Prometheus's text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus's text format.", content_type = "text/plain", body = String)))]
 pub async fn render() -> Result<Response, ApiError> {
     let handle = RECORDER
         .get()

@@ -47,6 +47,7 @@ pub mod heavy_reads;
 pub mod http_metrics;
 pub mod known_users;
 pub mod live;
+pub mod openapi;
 pub mod rate_limits;
 pub mod read_cache;
 pub mod routes;

@@ -17,6 +17,7 @@ use crate::domain::bots::{self, NewBot};
 use crate::domain::{required, DomainError};
 use crate::error::ApiError;
 use crate::extract::{lenient, BotPayload, CorrelationId};
+use crate::openapi::{BotCreated, BotDetails, BotList, Done, Personas};
 use crate::state::AppState;
 use crate::views::{bot_detail, bot_summary, ok};
 
@@ -28,16 +29,21 @@ fn bot_failure(e: DomainError) -> ApiError {
     ApiError::from(e).into_bot_module()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBody {
+    /// Legacy mode's caller; with a token, the token's user (or omitted).
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     chatbot_name: Option<String>,
+    /// 1: an assistant; 2: a cosplay bot, which speaks as `chatbot_persona`.
     #[serde(default, deserialize_with = "lenient::int")]
     chatbot_type: Option<i64>,
     chatbot_persona: Option<String>,
 }
 
+/// Creates a bot: an assistant, or a cosplay bot with a persona.
+#[utoipa::path(post, path = "/bots/create", tag = "bots", request_body(content((CreateBody = "application/json"), (CreateBody = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The new bot's id (or the bot module's failure).", body = BotCreated)), security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -63,7 +69,7 @@ pub async fn create(
     Ok(ok(json!([{ "chatbot_id": bot_id }])))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BotRef {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
@@ -71,6 +77,9 @@ pub struct BotRef {
     chatbot_id: Option<i64>,
 }
 
+/// One of the caller's bots.
+#[utoipa::path(post, path = "/bots/detail", tag = "bots", request_body(content((BotRef = "application/json"), (BotRef = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The bot (or the bot module's failure).", body = BotDetails)), security(("bearer" = [])))]
 pub async fn detail(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,7 +96,7 @@ pub async fn detail(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ListBody {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
@@ -98,6 +107,9 @@ pub struct ListBody {
     limit: Option<i64>,
 }
 
+/// The caller's bots, oldest first; `after` and `limit` page through them.
+#[utoipa::path(post, path = "/bots/list", operation_id = "bots_list", tag = "bots", request_body(content((ListBody = "application/json"), (ListBody = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The bots (or the bot module's failure).", body = BotList)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,6 +126,9 @@ pub async fn list(
     Ok(turn.answer(Bytes::from(body.to_string())))
 }
 
+/// Deletes a bot. Its conversation stays in the log; its streams end.
+#[utoipa::path(post, path = "/bots/delete", tag = "bots", request_body(content((BotRef = "application/json"), (BotRef = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "Done (or the bot module's failure).", body = Done)), security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,6 +160,8 @@ fn not_found_as(error: ApiError, reason: &str) -> ApiError {
 }
 
 /// The preset personas the app offers when creating a cosplay bot.
+#[utoipa::path(get, path = "/bots/get_persona", tag = "bots",
+    responses((status = 200, description = "The preset personas.", body = Personas)))]
 pub async fn get_persona(State(state): State<AppState>) -> Json<Value> {
     ok(json!(state.config.persona_presets))
 }

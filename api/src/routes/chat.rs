@@ -23,6 +23,7 @@ use crate::extract::{lenient, CorrelationId, Params, Payload};
 use crate::feed::{self, Heard};
 use crate::hangup::Hangup;
 use crate::heavy_reads::Turn;
+use crate::openapi::{ChatList, Failure, History, Pending, Reply};
 use crate::read_cache::ReadKey;
 use crate::state::AppState;
 use crate::views::{chat_list_rows, chat_ok, chat_ok_bytes, history_rows, json_body, RowFormat};
@@ -34,18 +35,23 @@ const MAX_HISTORY_ROWS: u32 = 2_000;
 /// ... and about the most message text (a page of long messages is shorter).
 const HISTORY_MAX_BYTES: usize = 2 * 1024 * 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewChatBody {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
     chatbot_id: Option<i64>,
+    /// The message.
     input: Option<String>,
+    /// The client's own id for this message: a retry with the same id is
+    /// answered as the first was, and stores nothing more.
     client_msg_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NewChatParams {
+    /// `true` (the default) waits for the reply; `false` answers 202 at once.
     wait: Option<String>,
 }
 
@@ -71,6 +77,16 @@ fn row_format(format: Option<&str>) -> Result<RowFormat, ApiError> {
     RowFormat::from_param(format).map_err(ApiError::BadRequest)
 }
 
+/// Posts a message to a bot. With `wait` (the default) the answer is the reply,
+/// or 202 if it takes longer than the api waits; history has it either way.
+#[utoipa::path(post, path = "/chat/new_chat", tag = "chat", params(NewChatParams), request_body(content((NewChatBody = "application/json"), (NewChatBody = "application/x-www-form-urlencoded"))),
+    responses(
+        (status = 200, description = "The reply.", body = Reply),
+        (status = 202, description = "Recorded; the reply is not written yet.", body = Pending),
+        (status = 422, description = "`client_msg_id` was used for another message.", body = Failure),
+        (status = 502, description = "The model failed for good; history shows the reply as failed.", body = Failure),
+    ),
+    security(("bearer" = [])))]
 pub async fn new_chat(
     State(state): State<AppState>,
     caller: Caller,
@@ -143,19 +159,25 @@ pub async fn new_chat(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
     chatbot_id: Option<i64>,
+    /// `array` (the default: positional rows) or `object`.
     format: Option<String>,
+    /// The rows after this seq, oldest first.
     #[serde(default, deserialize_with = "lenient::int")]
     after: Option<i64>,
+    /// The newest rows before this seq (not with `after`).
     #[serde(default, deserialize_with = "lenient::int")]
     before: Option<i64>,
+    /// At most this many rows (the cap is 2,000).
     #[serde(default, deserialize_with = "lenient::int")]
     limit: Option<i64>,
+    /// With `after`: wait up to this many seconds (at most 60) for a row.
     #[serde(default, deserialize_with = "lenient::int")]
     wait: Option<i64>,
 }
@@ -171,6 +193,10 @@ enum Window {
     Newest { before: Option<i64> },
 }
 
+/// A conversation's rows. A plain call returns the newest rows, oldest first;
+/// `before` pages back, `after` forward, and `after` with `wait` long-polls.
+#[utoipa::path(get, path = "/chat/history", tag = "chat", params(HistoryParams),
+    responses((status = 200, description = "The rows.", body = History)), security(("bearer" = [])))]
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -301,7 +327,8 @@ pub async fn history(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
@@ -313,6 +340,9 @@ pub struct ListParams {
     limit: Option<i64>,
 }
 
+/// The caller's conversations, each with its last row.
+#[utoipa::path(get, path = "/chat/list", operation_id = "chat_list", tag = "chat", params(ListParams),
+    responses((status = 200, description = "The conversations.", body = ChatList)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

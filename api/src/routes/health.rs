@@ -7,9 +7,11 @@ use serde_json::{json, Value};
 
 use events::outbox::OutboxRelay;
 
+use crate::openapi::{Alive, Readiness};
 use crate::state::AppState;
 
 /// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up.", body = Alive)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -17,6 +19,9 @@ pub async fn healthz() -> Json<Value> {
 /// The database and the broker are reachable. The detail also counts the
 /// outbox rows parked because the broker kept refusing them (they need an
 /// operator, not a restart, so they do not make the process unready).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready.", body = Readiness),
+    (status = 503, description = "The database or the broker is down.", body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let parked = OutboxRelay::parked_count(&state.pool).await.ok();
     let database = parked.is_some();

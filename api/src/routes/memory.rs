@@ -13,10 +13,12 @@ use crate::auth::Caller;
 use crate::domain::{memory, required};
 use crate::error::ApiError;
 use crate::extract::{lenient, CorrelationId, Params, Payload};
+use crate::openapi::{Done, Memory};
 use crate::state::AppState;
 use crate::views::chat_ok;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MemoryRef {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
@@ -24,6 +26,9 @@ pub struct MemoryRef {
     chatbot_id: Option<i64>,
 }
 
+/// What the bot remembers of this conversation: a summary and a profile of the user.
+#[utoipa::path(get, path = "/chat/memory", operation_id = "memory", tag = "chat", params(MemoryRef),
+    responses((status = 200, description = "The memory.", body = Memory)), security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -44,6 +49,9 @@ pub async fn show(
     })))
 }
 
+/// Erases what the bot remembers of this conversation; later prompts go without it.
+#[utoipa::path(post, path = "/chat/memory/forget", operation_id = "forget_memory", tag = "chat", request_body(content((MemoryRef = "application/json"), (MemoryRef = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "Done (or the bot module's failure).", body = Done)), security(("bearer" = [])))]
 pub async fn forget(
     State(state): State<AppState>,
     caller: Caller,

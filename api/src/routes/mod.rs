@@ -10,49 +10,82 @@ pub mod stream;
 pub mod stream_ticket;
 pub mod users;
 
+use std::sync::Arc;
+
 use axum::http::{Method, Uri};
-use axum::routing::{get, patch, post};
+use axum::routing::get;
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_scalar::{Scalar, Servable};
 
 use events::event::{EventMetadata, UserId};
 use events::store::RecordedEvent;
 
 use crate::error::ApiError;
 use crate::extract::CorrelationId;
+use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
+/// The API's routes and their OpenAPI description, made together: each route
+/// comes from its handler's `#[utoipa::path]`, so none is served undescribed.
+pub fn described() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(users::register))
+        .routes(routes!(users::login))
+        .routes(routes!(users::refresh))
+        .routes(routes!(users::logout))
+        .routes(routes!(users::update))
+        .routes(routes!(bots::create))
+        .routes(routes!(bots::detail))
+        .routes(routes!(bots::list))
+        .routes(routes!(bots::delete))
+        .routes(routes!(bots::get_persona))
+        .routes(routes!(chat::new_chat))
+        .routes(routes!(chat::history))
+        .routes(routes!(chat::list))
+        .routes(routes!(stream::stream))
+        .routes(routes!(stream_ticket::issue))
+        .routes(routes!(memory::show))
+        .routes(routes!(memory::forget))
+        .routes(routes!(health::healthz))
+        .routes(routes!(crate::http_metrics::render))
+        .routes(routes!(health::readyz))
+        .split_for_parts();
+    crate::openapi::complete(&mut spec);
+    (routes, spec)
+}
+
 pub fn router(state: AppState) -> Router {
-    let web_app = if state.config.web_app {
-        crate::web_app::routes()
-    } else {
-        Router::new()
-    };
-    Router::new()
-        .merge(web_app)
-        .route("/users/register", post(users::register))
-        .route("/login", post(users::login))
-        .route("/login/refresh", post(users::refresh))
-        .route("/logout", post(users::logout))
-        .route("/users/users/{id}", patch(users::update))
-        .route("/bots/create", post(bots::create))
-        .route("/bots/detail", post(bots::detail))
-        .route("/bots/list", post(bots::list))
-        .route("/bots/delete", post(bots::delete))
-        .route("/bots/get_persona", get(bots::get_persona))
-        .route("/chat/new_chat", post(chat::new_chat))
-        .route("/chat/history", get(chat::history))
-        .route("/chat/list", get(chat::list))
-        .route("/chat/stream", get(stream::stream))
-        .route("/chat/stream/ticket", post(stream_ticket::issue))
-        .route("/chat/memory", get(memory::show))
-        .route("/chat/memory/forget", post(memory::forget))
-        .route("/healthz", get(health::healthz))
-        .route("/metrics", get(crate::http_metrics::render))
-        .route("/readyz", get(health::readyz))
+    let (router, _) = routes(state.config.web_app);
+    router.with_state(state)
+}
+
+/// Every route the api serves, before its state is given, and the description
+/// of those that make up the API. Besides the API, it serves the description,
+/// a reader for it, and (when `web_app`) the web client.
+pub fn routes(web_app: bool) -> (Router<AppState>, Arc<utoipa::openapi::OpenApi>) {
+    let (api, spec) = described();
+    let spec = Arc::new(spec);
+    let mut pages = Router::new()
+        .route(
+            "/openapi.json",
+            get({
+                let spec = spec.clone();
+                move || crate::openapi::serve(spec.clone())
+            }),
+        )
+        .merge(Scalar::with_url("/docs", spec.as_ref().clone()));
+    if web_app {
+        pages = pages.merge(crate::web_app::routes());
+    }
+    let router = api
+        .merge(pages)
         .route_layer(axum::middleware::from_fn(crate::http_metrics::track))
         .fallback(unknown_route)
-        .method_not_allowed_fallback(wrong_method)
-        .with_state(state)
+        .method_not_allowed_fallback(wrong_method);
+    (router, spec)
 }
 
 /// Unknown routes answer in the envelope too, so clients parse every failure alike.

@@ -61,12 +61,14 @@ const BYTES_PER_READ: usize = 256 * 1024;
 /// at a time; past this the map starts over, and a gap mends it).
 const TRACKED_REPLIES: usize = 16;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
     chatbot_id: Option<i64>,
+    /// Resume after this seq (`Last-Event-ID` does the same, and wins).
     #[serde(default, deserialize_with = "lenient::int")]
     after: Option<i64>,
     /// A stream ticket (`POST /chat/stream/ticket`), for clients that cannot
@@ -74,6 +76,20 @@ pub struct StreamParams {
     ticket: Option<String>,
 }
 
+/// A conversation as Server-Sent Events: history after the cursor, the text so
+/// far of a reply being written, then rows and deltas live.
+///
+/// Events: `message`, `reply` and `failed` (a history row: the user's message,
+/// the bot's reply, or a reply that failed; `id:` is its seq and `data:` the row
+/// as `format=object` gives it), `delta` (`{message_id, attempt, index, text}`: the
+/// next words of a reply being written), `reset` (`{message_id, attempt}`: a
+/// newer attempt starts the reply over), and comments as keep-alives. The
+/// stream ends when the session is revoked, the token expires, the bot is
+/// deleted or the api shuts down; reconnect with `Last-Event-ID` to resume.
+#[utoipa::path(get, path = "/chat/stream", tag = "chat", params(StreamParams,
+        ("Last-Event-ID" = Option<i64>, Header, description = "The last seq received; the stream resumes after it.")),
+    responses((status = 200, description = "The event stream.", content_type = "text/event-stream", body = String)),
+    security(("bearer" = []), ()))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,

@@ -22,15 +22,20 @@ use crate::auth::Caller;
 use crate::domain::required;
 use crate::error::ApiError;
 use crate::extract::{lenient, Payload};
+use crate::openapi::StreamTicket;
 use crate::state::AppState;
 use crate::views::chat_ok;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TicketBody {
     #[serde(default, deserialize_with = "lenient::int")]
     chatbot_id: Option<i64>,
 }
 
+/// A short-lived ticket that opens one bot's stream from a URL, for a browser's
+/// `EventSource`, which cannot send an `Authorization` header.
+#[utoipa::path(post, path = "/chat/stream/ticket", operation_id = "stream_ticket", tag = "chat", request_body(content((TicketBody = "application/json"), (TicketBody = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The ticket, and the URL it opens.", body = StreamTicket)), security(("bearer" = [])))]
 pub async fn issue(
     State(state): State<AppState>,
     caller: Caller,

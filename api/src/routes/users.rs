@@ -17,10 +17,12 @@ use crate::domain::sessions::{self, RefreshRefused};
 use crate::domain::users::{self, AccountsLock, FieldErrors, LockError, USERNAME_TAKEN};
 use crate::error::ApiError;
 use crate::extract::{CorrelationId, Payload};
+use crate::openapi::{LoggedIn, LoggedOut, Registered, TokenPair};
 use crate::state::AppState;
 use crate::views::ok;
 
-#[derive(Debug, Deserialize)]
+/// The app sends these as a form or as JSON.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     username: Option<String>,
     password: Option<String>,
@@ -53,6 +55,9 @@ impl From<LockError> for ApiError {
     }
 }
 
+/// Creates an account. The username and the email are unique, compared without case.
+#[utoipa::path(post, path = "/users/register", tag = "users", request_body(content((Credentials = "application/json"), (Credentials = "application/x-www-form-urlencoded"))),
+    responses((status = 201, description = "The account as stored.", body = Registered)))]
 pub async fn register(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -98,6 +103,10 @@ pub async fn register(
     ))
 }
 
+/// Starts a session: an access token and a refresh token. `username` may also be
+/// the account's email.
+#[utoipa::path(post, path = "/login", tag = "users", request_body(content((Credentials = "application/json"), (Credentials = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The session's tokens.", body = LoggedIn)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -185,7 +194,7 @@ pub async fn login(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RefreshBody {
     refresh: Option<String>,
 }
@@ -223,6 +232,10 @@ fn revoked(state: &AppState, events: Vec<RecordedEvent>, sessions: &[String]) {
     publish_in_background(state, events);
 }
 
+/// Trades a refresh token for a new pair. A refresh token is spent once; presenting
+/// a spent one again revokes its session.
+#[utoipa::path(post, path = "/login/refresh", tag = "users", request_body(content((RefreshBody = "application/json"), (RefreshBody = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "A new pair.", body = TokenPair)))]
 pub async fn refresh(
     State(state): State<AppState>,
     correlation: CorrelationId,
@@ -271,6 +284,10 @@ pub async fn refresh(
     Ok(Json(json!({ "access": access, "refresh": refresh })))
 }
 
+/// Ends the refresh token's session on every api: its tokens, streams and
+/// long-polls stop.
+#[utoipa::path(post, path = "/logout", tag = "users", request_body(content((RefreshBody = "application/json"), (RefreshBody = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The session is over.", body = LoggedOut)))]
 pub async fn logout(
     State(state): State<AppState>,
     correlation: CorrelationId,
@@ -290,6 +307,12 @@ pub async fn logout(
     Ok(Json(json!({ "code": 200, "msg": "OK" })))
 }
 
+/// Changes the caller's own username, email or password. A new password ends
+/// every session of the account.
+#[utoipa::path(patch, path = "/users/users/{id}", operation_id = "update_user", tag = "users", request_body(content((Credentials = "application/json"), (Credentials = "application/x-www-form-urlencoded"))),
+    params(("id" = i64, Path, description = "The caller's own user id.")),
+    responses((status = 200, description = "The account as stored.", body = Registered)),
+    security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     TokenUser(caller): TokenUser,

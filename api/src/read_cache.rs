@@ -243,7 +243,10 @@ impl ReadCache {
         let every = self.ttl.max(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(every) => self.purge_expired(),
+                _ = tokio::time::sleep(every) => {
+                    self.purge_expired();
+                    metrics::gauge!(events::metrics::READ_CACHE_BYTES).set(self.bytes() as f64);
+                }
                 _ = shutdown.cancelled() => return,
             }
         }

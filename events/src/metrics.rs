@@ -30,6 +30,8 @@ pub const MODEL_RETRIES: &str = "model_retries_total";
 pub const SSE_STREAMS: &str = "sse_streams_open";
 pub const LONG_POLLS: &str = "long_poll_waiters";
 pub const READ_CACHE: &str = "read_cache_requests_total";
+pub const READ_CACHE_BYTES: &str = "read_cache_bytes";
+pub const MEMORY_REFRESHES: &str = "memory_refreshes_total";
 
 /// Histogram buckets, in seconds (or, for batch sizes, in appends).
 pub const SECONDS_BUCKETS: &[f64] = &[

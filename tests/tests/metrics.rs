@@ -131,6 +131,8 @@ async fn both_binaries_serve_metrics_that_move_with_a_conversation() -> anyhow::
         .await?;
     assert!(sample(&api, "outbox_backlog", &[]).is_some());
     assert!(sample(&api, "db_pool_connections", &["state=\"idle\""]).is_some());
+    // Two history pages were cached, and the gauge is set at each purge.
+    assert!(sample(&api, "read_cache_bytes", &[]).is_some(), "{api}");
 
     let show = |text: &str| {
         text.lines()
@@ -141,5 +143,45 @@ async fn both_binaries_serve_metrics_that_move_with_a_conversation() -> anyhow::
     };
     println!("api /metrics (a sample):\n{}\n", show(&api));
     println!("worker /metrics (a sample):\n{}", show(&worker));
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn a_memory_refresh_is_counted() -> anyhow::Result<()> {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await?;
+    let worker_metrics = format!("127.0.0.1:{}", free_port()?);
+    stack
+        .spawn_worker_with(&[
+            ("METRICS_ADDR", worker_metrics.as_str()),
+            ("MEMORY_EVERY_MESSAGES", "1"),
+        ])
+        .await?;
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("remembered").await?;
+    let reply = client
+        .post_json(
+            "/chat/new_chat",
+            &json!({ "chatbot_id": bot, "input": "remember me" }),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let refreshes = system_tests::eventually(Duration::from_secs(20), "a memory refresh", || {
+        let url = format!("http://{worker_metrics}/metrics");
+        async move {
+            let text = reqwest::get(url).await?.text().await?;
+            Ok(sample(
+                &text,
+                "memory_refreshes_total",
+                &["outcome=\"done\""],
+            ))
+        }
+    })
+    .await?;
+    assert_eq!(refreshes, 1.0);
     stack.teardown().await
 }

@@ -134,7 +134,13 @@ impl MemoryKeeper {
             .ok_or(MemoryError::Stopping)?;
         // Checked again under the lease: a job that waited may find the refresh done.
         let refreshed = match self.due(&job).await {
-            Ok(true) => self.refresh(&job).await,
+            Ok(true) => {
+                let refreshed = self.refresh(&job).await;
+                let outcome = if refreshed.is_ok() { "done" } else { "failed" };
+                metrics::counter!(events::metrics::MEMORY_REFRESHES, "outcome" => outcome)
+                    .increment(1);
+                refreshed
+            }
             other => other.map(|_| ()),
         };
         lease.release().await;

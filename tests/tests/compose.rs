@@ -167,3 +167,50 @@ fn the_dashboard_uses_only_metrics_the_binaries_record() -> anyhow::Result<()> {
     assert!(used.len() >= 15, "the dashboard shows {used:?}");
     Ok(())
 }
+
+/// Runs a service's healthcheck command here, against `port` instead of the
+/// port the container would have.
+async fn healthy(service: &Value, container_port: u16, port: u16) -> anyhow::Result<bool> {
+    let test: Vec<String> = service["healthcheck"]["test"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|part| part.as_str().map(str::to_string))
+        .collect();
+    anyhow::ensure!(test.first().map(String::as_str) == Some("CMD"), "{test:?}");
+    let args: Vec<String> = test[2..]
+        .iter()
+        .map(|a| a.replace(&format!("/{container_port}"), &format!("/{port}")))
+        .collect();
+    let status = tokio::process::Command::new(&test[1])
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await?;
+    Ok(status.success())
+}
+
+#[tokio::test]
+async fn the_healthchecks_pass_on_a_live_stack_and_fail_without_it() -> anyhow::Result<()> {
+    let compose = compose()?;
+    let services = &compose["services"];
+    let mut stack = system_tests::Stack::start(system_tests::StackOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await?;
+    let metrics_port = system_tests::free_port()?;
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    stack
+        .spawn_worker_with(&[("METRICS_ADDR", metrics.as_str())])
+        .await?;
+    let api_port = stack.apis[0].port.unwrap_or_default();
+    assert!(healthy(&services["api"], 8000, api_port).await?);
+    for worker in ["worker", "memory"] {
+        assert!(healthy(&services[worker], 9100, metrics_port).await?);
+    }
+    stack.teardown().await?;
+    assert!(!healthy(&services["api"], 8000, api_port).await?);
+    assert!(!healthy(&services["worker"], 9100, metrics_port).await?);
+    Ok(())
+}

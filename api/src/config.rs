@@ -57,6 +57,9 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// `WEB_APP`: `on` (default) serves the web client at `/app/`; `off` does not.
     pub web_app: bool,
+    /// `METRICS`: `on` (default) records Prometheus metrics and serves them at
+    /// `/metrics`; `off` records nothing (`/metrics` answers 404).
+    pub metrics: bool,
     /// `STREAM_TICKET_TTL_SECS`: how long a stream ticket opens its stream.
     pub stream_ticket_ttl: Duration,
     /// `SEND_STALL_SECS`: a connection whose client reads nothing of what it is
@@ -142,7 +145,8 @@ impl ApiConfig {
             ),
             body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
             send_stall: Duration::from_secs(env_or("SEND_STALL_SECS", 30)?.max(1)),
-            web_app: web_app()?,
+            web_app: on_unless_off("WEB_APP")?,
+            metrics: on_unless_off("METRICS")?,
             stream_ticket_ttl: Duration::from_secs(env_or("STREAM_TICKET_TTL_SECS", 300)?.max(1)),
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
             conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
@@ -163,13 +167,14 @@ impl ApiConfig {
     }
 }
 
-fn web_app() -> Result<bool, ConfigError> {
-    let value = std::env::var("WEB_APP").unwrap_or_default();
+/// A setting that is `on` (the default) or `off`.
+fn on_unless_off(name: &'static str) -> Result<bool, ConfigError> {
+    let value = std::env::var(name).unwrap_or_default();
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "on" | "true" | "1" => Ok(true),
         "off" | "false" | "0" => Ok(false),
         _ => Err(ConfigError::Invalid {
-            name: "WEB_APP",
+            name,
             value,
             reason: "use on or off".into(),
         }),

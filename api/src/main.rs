@@ -15,10 +15,6 @@ use api::startup::Application;
 async fn main() -> ExitCode {
     events::telemetry::init();
     events::tls::use_ring_crypto();
-    if let Err(e) = api::http_metrics::install() {
-        tracing::error!(error = %e, "cannot record metrics");
-        return ExitCode::FAILURE;
-    }
     let config = match ApiConfig::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -26,6 +22,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.metrics {
+        if let Err(e) = api::http_metrics::install() {
+            tracing::error!(error = %e, "cannot record metrics");
+            return ExitCode::FAILURE;
+        }
+    }
     // Every setting once, secrets redacted (see `SecretString`).
     tracing::info!(settings = ?config, "settings");
     let app = match Application::build(config).await {

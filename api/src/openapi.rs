@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn every_route_the_api_serves_is_described_and_every_description_is_served() {
-        let (router, spec) = crate::routes::routes(true);
+        let (router, spec) = crate::routes::routes(true, true);
         let served = served_paths(&router);
         let described: BTreeSet<String> = spec.paths.paths.keys().cloned().collect();
         assert!(
@@ -429,7 +429,7 @@ mod tests {
 
     #[test]
     fn every_operation_documents_its_failures_and_the_bearer_scheme_exists() {
-        let (_, spec) = crate::routes::routes(false);
+        let (_, spec) = crate::routes::routes(false, true);
         let value = serde_json::to_value(spec.as_ref()).unwrap_or_default();
         assert_eq!(value["openapi"], "3.1.0");
         assert_eq!(

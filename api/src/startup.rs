@@ -38,7 +38,7 @@ use crate::rate_limits::RateLimits;
 use crate::read_cache::ReadCache;
 use crate::routes::router;
 use crate::sessions::RevokedSessions;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use crate::streams::OpenStreams;
 
 /// How often the database's side of the metrics (outbox backlog, pool) is read.
@@ -85,7 +85,7 @@ impl Application {
         let sessions = Arc::new(RevokedSessions::new(config.access_ttl));
         sessions.load(&pool).await.map_err(StartupError::Sessions)?;
         password::warm_up().await;
-        let state = AppState {
+        let state = AppState::new(Shared {
             jwt: Arc::new(JwtKeys::new(
                 config.jwt_secret.expose_secret(),
                 config.access_ttl,
@@ -113,7 +113,7 @@ impl Application {
             draining: CancellationToken::new(),
             config: Arc::new(config),
             pool,
-        };
+        });
         Ok(Self { listener, state })
     }
 

@@ -58,14 +58,15 @@ pub fn described() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (router, _) = routes(state.config.web_app);
+    let (router, _) = routes(state.config.web_app, state.config.metrics);
     router.with_state(state)
 }
 
 /// Every route the api serves, before its state is given, and the description
 /// of those that make up the API. Besides the API, it serves the description,
-/// a reader for it, and (when `web_app`) the web client.
-pub fn routes(web_app: bool) -> (Router<AppState>, Arc<utoipa::openapi::OpenApi>) {
+/// a reader for it, and (when `web_app`) the web client. With `metrics`, each
+/// request is counted and timed.
+pub fn routes(web_app: bool, metrics: bool) -> (Router<AppState>, Arc<utoipa::openapi::OpenApi>) {
     let (api, spec) = described();
     let spec = Arc::new(spec);
     let mut pages = Router::new()
@@ -80,9 +81,11 @@ pub fn routes(web_app: bool) -> (Router<AppState>, Arc<utoipa::openapi::OpenApi>
     if web_app {
         pages = pages.merge(crate::web_app::routes());
     }
-    let router = api
-        .merge(pages)
-        .route_layer(axum::middleware::from_fn(crate::http_metrics::track))
+    let mut router = api.merge(pages);
+    if metrics {
+        router = router.route_layer(axum::middleware::from_fn(crate::http_metrics::track));
+    }
+    let router = router
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method);
     (router, spec)

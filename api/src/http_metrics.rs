@@ -95,8 +95,10 @@ type Handles = (Counter, Histogram);
 /// registry, on every request, cost several allocations. Bounded: routes are
 /// the router's templates (or "unmatched"), methods are labelled as above, and
 /// statuses are HTTP's.
-static HANDLES: LazyLock<RwLock<HashMap<String, Vec<(&'static str, u16, Handles)>>>> =
-    LazyLock::new(Default::default);
+static HANDLES: LazyLock<RwLock<HandlesByRoute>> = LazyLock::new(Default::default);
+
+/// Per route template: each method and status seen, and its handles.
+type HandlesByRoute = HashMap<String, Vec<(&'static str, u16, Handles)>>;
 
 fn handles(route: &str, method: &'static str, status: u16) -> Handles {
     let known = HANDLES.read().ok().and_then(|routes| {

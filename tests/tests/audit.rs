@@ -191,7 +191,16 @@ async fn verify_passes_on_a_healthy_system_and_names_every_tampered_row() -> any
 
 #[tokio::test]
 async fn verify_reports_nothing_while_users_keep_writing() -> anyhow::Result<()> {
-    let stack = Stack::start(StackOptions::default()).await?;
+    // The writer posts faster than a worker answers, which is the point: the
+    // admission caps that would refuse it (429) are off here.
+    let stack = Stack::start(StackOptions {
+        env: vec![
+            ("CONVERSATION_MAX_UNANSWERED".into(), "0".into()),
+            ("USER_MAX_UNANSWERED".into(), "0".into()),
+        ],
+        ..Default::default()
+    })
+    .await?;
     let client = stack.client(0);
     let (_, token, bot) = client.user_with_bot("busy").await?;
     for n in 0..40 {

@@ -1,5 +1,6 @@
 //! The api's typed configuration. See the README's configuration table.
 
+use crate::domain::bots::SettingsAllowed;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct ApiConfig {
     pub body_read_timeout: Duration,
     /// `WEB_APP`: `on` (default) serves the web client at `/app/`; `off` does not.
     pub web_app: bool,
+    /// `ALLOWED_MODELS` (comma-separated; default `OPENAI_MODEL`) and
+    /// `BOT_MAX_REPLY_TOKENS` (4096): what `bots/update` lets an owner choose.
+    pub bot_settings: SettingsAllowed,
     /// `METRICS`: `on` (default) records Prometheus metrics and serves them at
     /// `/metrics`; `off` records nothing (`/metrics` answers 404).
     pub metrics: bool,
@@ -106,6 +110,17 @@ impl ApiConfig {
                 DEV_JWT_SECRET.to_string()
             }
         };
+        // The worker answers with OPENAI_MODEL unless a bot chose another.
+        let default_model = env_or("OPENAI_MODEL", "gpt-4o-mini".to_string())?;
+        let allowed_models: Vec<String> = env_or("ALLOWED_MODELS", default_model)?
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect();
+        let bot_settings = SettingsAllowed {
+            models: allowed_models,
+            max_reply_tokens: env_or("BOT_MAX_REPLY_TOKENS", 4096)?.max(1),
+        };
         let persona_presets = env_or(
             "PERSONA_PRESETS",
             "Jay Chou,Jackie Chan,Defined by me".to_string(),
@@ -146,6 +161,7 @@ impl ApiConfig {
             body_read_timeout: Duration::from_secs(env_or("BODY_READ_TIMEOUT_SECS", 30)?.max(1)),
             send_stall: Duration::from_secs(env_or("SEND_STALL_SECS", 30)?.max(1)),
             web_app: on_unless_off("WEB_APP")?,
+            bot_settings,
             metrics: on_unless_off("METRICS")?,
             stream_ticket_ttl: Duration::from_secs(env_or("STREAM_TICKET_TTL_SECS", 300)?.max(1)),
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,

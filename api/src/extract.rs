@@ -241,6 +241,53 @@ pub mod lenient {
     pub fn int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         d.deserialize_any(IntVisitor)
     }
+
+    struct FloatVisitor;
+
+    impl<'de> Visitor<'de> for FloatVisitor {
+        type Value = Option<f64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number, as a number or a string")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            if v.is_finite() {
+                Ok(Some(v))
+            } else {
+                Err(E::custom("expected a finite number"))
+            }
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            let v = v.trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            match v.parse::<f64>() {
+                Ok(n) if n.is_finite() => Ok(Some(n)),
+                _ => Err(E::custom(format!("expected a number, got {v:?}"))),
+            }
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(FloatVisitor)
+        }
+    }
+
+    /// For `#[serde(default, deserialize_with = "lenient::float")]` on `Option<f64>`.
+    pub fn float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        d.deserialize_any(FloatVisitor)
+    }
 }
 
 /// Merges repeated slashes and drops a trailing one, so `//users/register/` and

@@ -270,6 +270,12 @@ fn bot_fields() -> Vec<(&'static str, ObjectBuilder)> {
         ("chatbot_type", integer()),
         ("chatbot_persona", string()),
         ("create_at", timestamp()),
+        (
+            "model",
+            nullable(Type::String).description(Some("null: `OPENAI_MODEL`.")),
+        ),
+        ("temperature", nullable(Type::Number)),
+        ("max_reply_tokens", nullable(Type::Integer)),
     ]
 }
 

@@ -67,6 +67,10 @@ pub fn bot_detail(bot: &Bot) -> Value {
         "chatbot_type": bot.chatbot_type,
         "chatbot_persona": bot.chatbot_persona,
         "create_at": format_timestamp(&bot.created_at),
+        // Additive (bots/update); null: the operator's defaults.
+        "model": bot.model,
+        "temperature": bot.temperature,
+        "max_reply_tokens": bot.max_reply_tokens,
     })
 }
 

@@ -76,6 +76,28 @@ pub struct BotCreated {
     pub persona: String,
 }
 
+/// A bot's settings changed: only the fields given changed, the rest stand.
+/// `None` settings of the model mean the worker's defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BotUpdated {
+    pub bot_id: BotId,
+    pub user_id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BotKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+    /// The model to answer with, one of the operator's `ALLOWED_MODELS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// A cap on each reply's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reply_tokens: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BotDeleted {
     pub bot_id: BotId,
@@ -184,6 +206,7 @@ pub struct SessionRevoked {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DomainEvent {
     BotCreated(BotCreated),
+    BotUpdated(BotUpdated),
     BotDeleted(BotDeleted),
     UserMessagePosted(UserMessagePosted),
     BotReplyGenerated(BotReplyGenerated),
@@ -217,6 +240,7 @@ impl DomainEvent {
     pub const BOT_REPLY_GENERATED: &'static str = "BotReplyGenerated";
     pub const BOT_REPLY_FAILED: &'static str = "BotReplyFailed";
     pub const BOT_DELETED: &'static str = "BotDeleted";
+    pub const BOT_UPDATED: &'static str = "BotUpdated";
     pub const SESSION_STARTED: &'static str = "SessionStarted";
     pub const SESSION_REFRESHED: &'static str = "SessionRefreshed";
     pub const SESSION_REVOKED: &'static str = "SessionRevoked";
@@ -227,6 +251,7 @@ impl DomainEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             DomainEvent::BotCreated(_) => "BotCreated",
+            DomainEvent::BotUpdated(_) => Self::BOT_UPDATED,
             DomainEvent::BotDeleted(_) => Self::BOT_DELETED,
             DomainEvent::UserMessagePosted(_) => Self::USER_MESSAGE_POSTED,
             DomainEvent::BotReplyGenerated(_) => Self::BOT_REPLY_GENERATED,
@@ -269,6 +294,7 @@ impl DomainEvent {
                 e.user_id, e.bot_id, e.covers_version
             )),
             DomainEvent::BotCreated(_)
+            | DomainEvent::BotUpdated(_)
             | DomainEvent::BotDeleted(_)
             | DomainEvent::SessionStarted(_)
             | DomainEvent::SessionRevoked(_)
@@ -279,6 +305,7 @@ impl DomainEvent {
     fn payload(&self) -> Result<serde_json::Value, serde_json::Error> {
         match self {
             DomainEvent::BotCreated(e) => serde_json::to_value(e),
+            DomainEvent::BotUpdated(e) => serde_json::to_value(e),
             DomainEvent::BotDeleted(e) => serde_json::to_value(e),
             DomainEvent::UserMessagePosted(e) => serde_json::to_value(e),
             DomainEvent::BotReplyGenerated(e) => serde_json::to_value(e),
@@ -364,6 +391,7 @@ impl DomainEvent {
         Ok(Some(match event_type {
             "BotCreated" => DomainEvent::BotCreated(Deserialize::deserialize(payload)?),
             Self::BOT_DELETED => DomainEvent::BotDeleted(Deserialize::deserialize(payload)?),
+            Self::BOT_UPDATED => DomainEvent::BotUpdated(Deserialize::deserialize(payload)?),
             Self::USER_MESSAGE_POSTED => {
                 DomainEvent::UserMessagePosted(Deserialize::deserialize(payload)?)
             }

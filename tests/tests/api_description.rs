@@ -125,6 +125,8 @@ async fn schemathesis(
         .args(["--request-timeout", "15", "--workers", "2"])
         .args(["--seed", &std::process::id().to_string()])
         .args(operations)
+        // Its cache goes where it runs: not into the checkout.
+        .current_dir(std::env::temp_dir())
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_HOOKS", "chatbot_hooks")
         .env(

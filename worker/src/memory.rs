@@ -33,7 +33,7 @@ use events::store::{AppendError, EventStore, ExpectedVersion};
 use crate::config::MemorySettings;
 use crate::lease::ConversationLeases;
 use crate::memory_prompt::{capped, profile_prompt, summary_prompt};
-use crate::model::{Model, ModelFailure};
+use crate::model::{CallSettings, Model, ModelFailure};
 use crate::prompt::{Role, Turn};
 
 /// Most history rows one refresh reads (the context budget usually binds first).
@@ -237,6 +237,7 @@ impl MemoryKeeper {
             .model
             .complete(
                 &summary_prompt(memory.summary.as_deref(), &messages, max),
+                &CallSettings::default(),
                 None,
             )
             .await?;
@@ -244,6 +245,7 @@ impl MemoryKeeper {
             .model
             .complete(
                 &profile_prompt(memory.profile.as_deref(), &messages, max),
+                &CallSettings::default(),
                 None,
             )
             .await?;

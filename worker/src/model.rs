@@ -63,6 +63,15 @@ pub enum Streamed {
 /// Where a streamed reply's text goes while the model writes it.
 pub type DeltaSink = mpsc::UnboundedSender<Streamed>;
 
+/// What a bot's owner chose for its replies (`bots/update`); `None` leaves the
+/// choice to `OPENAI_MODEL` and the model's own defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallSettings {
+    pub model: Option<String>,
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+}
+
 /// Why a message gets no reply, worded for the person who sent it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -130,15 +139,24 @@ impl Model {
         }
     }
 
+    /// The model a call with `settings` goes to.
+    pub fn name_for<'a>(&'a self, settings: &'a CallSettings) -> &'a str {
+        match (&self.backend, &settings.model) {
+            (Backend::OpenAi { .. }, Some(chosen)) => chosen,
+            _ => self.name(),
+        }
+    }
+
     /// Calls the model, retrying transient failures with exponential backoff; with
     /// `deltas`, the reply streams into it as it is written.
     pub async fn complete(
         &self,
         prompt: &Prompt,
+        settings: &CallSettings,
         deltas: Option<&DeltaSink>,
     ) -> Result<String, ModelFailure> {
         let started = std::time::Instant::now();
-        let outcome = self.complete_untimed(prompt, deltas).await;
+        let outcome = self.complete_untimed(prompt, settings, deltas).await;
         let label = match &outcome {
             Ok(_) => "answered",
             Err(failure) if failure.0.starts_with("The model is unavailable") => "unavailable",
@@ -153,13 +171,16 @@ impl Model {
     async fn complete_untimed(
         &self,
         prompt: &Prompt,
+        settings: &CallSettings,
         deltas: Option<&DeltaSink>,
     ) -> Result<String, ModelFailure> {
         let mut delay = self.retry_base;
         let mut attempt = 1;
         loop {
             let outcome =
-                match tokio::time::timeout(self.timeout, self.attempt(prompt, deltas)).await {
+                match tokio::time::timeout(self.timeout, self.attempt(prompt, settings, deltas))
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => Err(AttemptError::Transient(format!(
                         "no answer within {}s",
@@ -195,6 +216,7 @@ impl Model {
     async fn attempt(
         &self,
         prompt: &Prompt,
+        settings: &CallSettings,
         deltas: Option<&DeltaSink>,
     ) -> Result<String, AttemptError> {
         if let Some(sink) = deltas {
@@ -210,8 +232,10 @@ impl Model {
             }
             (Backend::OpenAi { client, model }, Some(sink)) => {
                 let request = CreateChatCompletionRequest {
-                    model: model.clone(),
+                    model: settings.model.clone().unwrap_or_else(|| model.clone()),
                     messages: to_messages(prompt),
+                    temperature: settings.temperature,
+                    max_completion_tokens: settings.max_tokens,
                     ..Default::default()
                 };
                 let started = tokio::time::Instant::now();
@@ -276,8 +300,10 @@ impl Model {
             }
             (Backend::OpenAi { client, model }, None) => {
                 let request = CreateChatCompletionRequest {
-                    model: model.clone(),
+                    model: settings.model.clone().unwrap_or_else(|| model.clone()),
                     messages: to_messages(prompt),
+                    temperature: settings.temperature,
+                    max_completion_tokens: settings.max_tokens,
                     ..Default::default()
                 };
                 let response = client.chat().create(request).await.map_err(classify)?;

@@ -42,7 +42,7 @@ use events::store::{AppendError, EventStore, ExpectedVersion};
 
 use crate::conversation::ConversationId;
 use crate::lease::{ConversationLeases, Lease, Release};
-use crate::model::Model;
+use crate::model::{CallSettings, Model};
 use crate::prompt::{build_prompt, BotProfile, Memory, Turn};
 use crate::share::{ShareSlot, UserShares};
 
@@ -549,6 +549,13 @@ impl Responder {
                 ))
             }
         };
+        // Read once, at the start: a reply keeps the settings it started with,
+        // whatever the bot's owner changes meanwhile.
+        let settings = CallSettings {
+            model: bot.model.clone(),
+            temperature: bot.temperature.map(|t| t as f32),
+            max_tokens: bot.max_reply_tokens,
+        };
         let profile = BotProfile {
             kind: bot.kind(),
             name: bot.chatbot_name,
@@ -572,7 +579,7 @@ impl Responder {
             conversation.user_id,
             conversation.bot_id,
         );
-        let completed = self.model.complete(&prompt, Some(&sink)).await;
+        let completed = self.model.complete(&prompt, &settings, Some(&sink)).await;
         // The forwarding finishes on its own (each delta publish is bounded): the
         // reply is recorded without waiting for deltas, and the apis ignore any
         // delta that arrives after the final event.
@@ -585,7 +592,7 @@ impl Responder {
                 user_id: conversation.user_id,
                 bot_id: conversation.bot_id,
                 content,
-                model: self.model.name().to_string(),
+                model: self.model.name_for(&settings).to_string(),
             }),
             Err(failure) => failed(failure.0),
         })

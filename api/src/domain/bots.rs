@@ -1,9 +1,9 @@
-//! Creating and deleting bots: the `bot-<id>` stream.
+//! Creating, changing and deleting bots: the `bot-<id>` stream.
 
 use events::event::{
-    stream, BotCreated, BotDeleted, BotId, BotKind, DomainEvent, EventMetadata, UserId,
+    stream, BotCreated, BotDeleted, BotId, BotKind, BotUpdated, DomainEvent, EventMetadata, UserId,
 };
-use events::projections::BotsProjection;
+use events::projections::{Bot, BotsProjection};
 use events::store::{AppendError, EventStore, ExpectedVersion, RecordedEvent};
 
 use super::{required, DomainError};
@@ -68,6 +68,164 @@ impl NewBot {
             persona,
         })
     }
+}
+
+/// What the operator lets a bot's owner choose (`ALLOWED_MODELS`,
+/// `BOT_MAX_REPLY_TOKENS`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsAllowed {
+    pub models: Vec<String>,
+    pub max_reply_tokens: u32,
+}
+
+/// What a `bots/update` asks to change, as given.
+#[derive(Debug, Default)]
+pub struct RequestedChanges {
+    pub name: Option<String>,
+    pub kind: Option<i64>,
+    pub persona: Option<String>,
+    pub model: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_reply_tokens: Option<i64>,
+}
+
+/// A valid change to a bot: each field checked as creation checks it, and the
+/// model settings against what the operator allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BotChanges(BotUpdated);
+
+impl BotChanges {
+    pub fn parse(asked: RequestedChanges, allowed: &SettingsAllowed) -> Result<Self, DomainError> {
+        let name = match asked.name.map(|n| n.trim().to_string()) {
+            Some(name) if super::is_blank(&name) => {
+                return Err(DomainError::Invalid(
+                    "chatbot_name must not be empty".into(),
+                ))
+            }
+            Some(name) if name.chars().count() > MAX_NAME_CHARS => {
+                return Err(DomainError::Invalid(format!(
+                    "chatbot_name must be at most {MAX_NAME_CHARS} characters"
+                )))
+            }
+            name => name,
+        };
+        let kind = match asked.kind {
+            None => None,
+            Some(0) => Some(BotKind::Assistant),
+            Some(1) => Some(BotKind::Cosplay),
+            Some(other) => {
+                return Err(DomainError::Invalid(format!(
+                    "chatbot_type must be 0 (assistant) or 1 (cosplay), got {other}"
+                )))
+            }
+        };
+        let persona = asked.persona.map(|p| p.trim().to_string());
+        if persona
+            .as_ref()
+            .is_some_and(|p| p.chars().count() > MAX_PERSONA_CHARS)
+        {
+            return Err(DomainError::Invalid(format!(
+                "chatbot_persona must be at most {MAX_PERSONA_CHARS} characters"
+            )));
+        }
+        let model = match asked.model.map(|m| m.trim().to_string()) {
+            Some(model) if !allowed.models.contains(&model) => {
+                return Err(DomainError::Invalid(format!(
+                    "model must be one of {}, not {model:?}",
+                    allowed.models.join(", ")
+                )))
+            }
+            model => model,
+        };
+        if asked.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+            return Err(DomainError::Invalid(
+                "temperature must be between 0 and 2".into(),
+            ));
+        }
+        let max_reply_tokens = match asked.max_reply_tokens {
+            None => None,
+            Some(n) if n >= 1 && n <= i64::from(allowed.max_reply_tokens) => u32::try_from(n).ok(),
+            Some(_) => {
+                return Err(DomainError::Invalid(format!(
+                    "max_reply_tokens must be between 1 and {}",
+                    allowed.max_reply_tokens
+                )))
+            }
+        };
+        let changes = BotUpdated {
+            name,
+            kind,
+            persona,
+            model,
+            temperature: asked.temperature,
+            max_reply_tokens,
+            ..BotUpdated::default()
+        };
+        if changes == BotUpdated::default() {
+            return Err(DomainError::Invalid(
+                "nothing to change: give chatbot_name, chatbot_type, chatbot_persona, model, \
+                 temperature or max_reply_tokens"
+                    .into(),
+            ));
+        }
+        Ok(Self(changes))
+    }
+}
+
+/// Records `BotUpdated` for the caller's live bot, and answers the bot as it now
+/// is. A cosplay bot keeps a persona: changing to one needs a persona, given now
+/// or already there; an assistant has none.
+pub async fn update_bot(
+    store: &EventStore,
+    user_id: UserId,
+    bot_id: BotId,
+    BotChanges(mut changes): BotChanges,
+    metadata: EventMetadata,
+) -> Result<(Bot, Vec<RecordedEvent>), DomainError> {
+    let Some(mut bot) = BotsProjection::find_owned(store.pool(), user_id, bot_id).await? else {
+        return Err(DomainError::BotNotFound);
+    };
+    let kind = changes.kind.unwrap_or(bot.kind());
+    match kind {
+        BotKind::Assistant if changes.kind.is_some() => changes.persona = Some(String::new()),
+        BotKind::Assistant if changes.persona.as_ref().is_some_and(|p| !p.is_empty()) => {
+            return Err(DomainError::Invalid(
+                "an assistant (chatbot_type 0) has no persona".into(),
+            ))
+        }
+        BotKind::Cosplay
+            if super::is_blank(changes.persona.as_deref().unwrap_or(&bot.chatbot_persona)) =>
+        {
+            return Err(DomainError::Invalid(
+                "chatbot_persona is required when chatbot_type is 1".into(),
+            ))
+        }
+        _ => {}
+    }
+    changes.bot_id = bot_id;
+    changes.user_id = user_id;
+    let event = DomainEvent::BotUpdated(changes.clone());
+    let stream_id = stream::bot(bot_id);
+    // At the version read, so a change racing a deletion cannot land after it.
+    let version = store.stream_version(&stream_id).await?;
+    let recorded = match store
+        .append_to_stream(
+            &stream_id,
+            ExpectedVersion::Exact(version),
+            &[event.to_new_event(metadata)?],
+        )
+        .await
+    {
+        Ok(recorded) => recorded,
+        Err(AppendError::Conflict { .. }) => {
+            return Err(DomainError::Invalid(
+                "the bot changed at the same moment; send the change again".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    bot.update(&changes);
+    Ok((bot, recorded))
 }
 
 /// `Ok` when `bot_id` is one of `user_id`'s bots, not deleted; the same answer
@@ -135,12 +293,15 @@ pub async fn delete_bot(
         return Err(DomainError::BotNotFound);
     }
     let event = DomainEvent::BotDeleted(BotDeleted { bot_id, user_id });
-    // A bot stream holds BotCreated (version 1) and at most one BotDeleted: expecting
-    // version 1 makes a concurrent second delete fail instead of appending twice.
+    // Appending at the version read (BotCreated, then any BotUpdated) makes a
+    // concurrent second delete, or a change racing this one, fail instead of
+    // landing after the deletion.
+    let stream_id = stream::bot(bot_id);
+    let version = store.stream_version(&stream_id).await?;
     match store
         .append_to_stream(
-            &stream::bot(bot_id),
-            ExpectedVersion::Exact(1),
+            &stream_id,
+            ExpectedVersion::Exact(version),
             &[event.to_new_event(metadata)?],
         )
         .await

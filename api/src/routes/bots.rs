@@ -13,7 +13,7 @@ use events::projections::BotsProjection;
 
 use super::{metadata, publish_in_background};
 use crate::auth::Caller;
-use crate::domain::bots::{self, NewBot};
+use crate::domain::bots::{self, BotChanges, NewBot, RequestedChanges};
 use crate::domain::{required, DomainError};
 use crate::error::ApiError;
 use crate::extract::{lenient, BotPayload, CorrelationId};
@@ -67,6 +67,72 @@ pub async fn create(
     .map_err(bot_failure)?;
     publish_in_background(&state, events);
     Ok(ok(json!([{ "chatbot_id": bot_id }])))
+}
+
+/// A change to a bot: give only what changes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct UpdateBody {
+    #[serde(default, deserialize_with = "lenient::int")]
+    user_id: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    chatbot_id: Option<i64>,
+    chatbot_name: Option<String>,
+    #[serde(default, deserialize_with = "lenient::int")]
+    chatbot_type: Option<i64>,
+    chatbot_persona: Option<String>,
+    /// One of the operator's `ALLOWED_MODELS`.
+    model: Option<String>,
+    /// From 0 to 2.
+    #[serde(default, deserialize_with = "lenient::float")]
+    temperature: Option<f64>,
+    /// From 1 to the operator's `BOT_MAX_REPLY_TOKENS`.
+    #[serde(default, deserialize_with = "lenient::int")]
+    max_reply_tokens: Option<i64>,
+}
+
+/// Changes a bot: its name, kind, persona, and the model settings of its
+/// replies. The next reply uses them; a reply being written keeps those it
+/// started with. Answers the bot as it now is.
+#[utoipa::path(post, path = "/bots/update", tag = "bots", request_body(content((UpdateBody = "application/json"), (UpdateBody = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "The bot as it now is, with its id (or the bot module's failure).", body = BotList)), security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    correlation: CorrelationId,
+    BotPayload(body): BotPayload<UpdateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let user = caller
+        .acting_for(body.user_id, &state)
+        .await
+        .map_err(|e| not_found_as(e, CHATBOT_NOT_FOUND))?;
+    let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    let asked = RequestedChanges {
+        name: body.chatbot_name,
+        kind: body.chatbot_type,
+        persona: body.chatbot_persona,
+        model: body.model,
+        temperature: body.temperature,
+        max_reply_tokens: body.max_reply_tokens,
+    };
+    let changes = BotChanges::parse(asked, &state.config.bot_settings).map_err(bot_failure)?;
+    match bots::update_bot(
+        &state.store,
+        user,
+        bot_id,
+        changes,
+        metadata(correlation, user),
+    )
+    .await
+    {
+        Ok((bot, events)) => {
+            // The chat list shows the bot's name.
+            state.read_cache.invalidate(user);
+            publish_in_background(&state, events);
+            Ok(ok(json!([bot_summary(&bot)])))
+        }
+        Err(DomainError::BotNotFound) => Err(ApiError::BotModule(CHATBOT_NOT_FOUND.into())),
+        Err(e) => Err(bot_failure(e)),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -40,6 +40,7 @@ pub fn described() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(bots::create))
         .routes(routes!(bots::detail))
         .routes(routes!(bots::list))
+        .routes(routes!(bots::update))
         .routes(routes!(bots::delete))
         .routes(routes!(bots::get_persona))
         .routes(routes!(chat::new_chat))

@@ -4,7 +4,7 @@ use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
 use super::Tables;
-use crate::event::{BotId, BotKind, DomainEvent, UserId};
+use crate::event::{BotId, BotKind, BotUpdated, DomainEvent, UserId};
 use crate::store::RecordedEvent;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -16,9 +16,35 @@ pub struct Bot {
     pub chatbot_persona: String,
     pub created_at: NaiveDateTime,
     pub deleted_at: Option<NaiveDateTime>,
+    /// The model settings its owner chose (`bots/update`); `None`: the defaults.
+    pub model: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_reply_tokens: Option<u32>,
 }
 
 impl Bot {
+    /// `update`'s changes made to this bot.
+    pub fn update(&mut self, update: &BotUpdated) {
+        if let Some(name) = &update.name {
+            self.chatbot_name.clone_from(name);
+        }
+        if let Some(kind) = update.kind {
+            self.chatbot_type = i8::try_from(u8::from(kind)).unwrap_or(0);
+        }
+        if let Some(persona) = &update.persona {
+            self.chatbot_persona.clone_from(persona);
+        }
+        if update.model.is_some() {
+            self.model.clone_from(&update.model);
+        }
+        if update.temperature.is_some() {
+            self.temperature = update.temperature;
+        }
+        if update.max_reply_tokens.is_some() {
+            self.max_reply_tokens = update.max_reply_tokens;
+        }
+    }
+
     pub fn kind(&self) -> BotKind {
         if self.chatbot_type == 1 {
             BotKind::Cosplay
@@ -29,7 +55,7 @@ impl Bot {
 }
 
 const SELECT_BOTS: &str = "SELECT chatbot_id, user_id, chatbot_name, chatbot_type, \
-    chatbot_persona, created_at, deleted_at FROM bots";
+    chatbot_persona, created_at, deleted_at, model, temperature, max_reply_tokens FROM bots";
 
 pub struct BotsProjection;
 
@@ -53,6 +79,25 @@ impl BotsProjection {
                 .bind(u8::from(e.kind))
                 .bind(&e.persona)
                 .bind(event.recorded_at)
+                .execute(conn)
+                .await?;
+            }
+            DomainEvent::BotUpdated(e) => {
+                sqlx::query(&format!(
+                    "UPDATE {} SET chatbot_name = COALESCE(?, chatbot_name), \
+                     chatbot_type = COALESCE(?, chatbot_type), \
+                     chatbot_persona = COALESCE(?, chatbot_persona), model = COALESCE(?, model), \
+                     temperature = COALESCE(?, temperature), \
+                     max_reply_tokens = COALESCE(?, max_reply_tokens) WHERE chatbot_id = ?",
+                    tables.bots
+                ))
+                .bind(&e.name)
+                .bind(e.kind.map(u8::from))
+                .bind(&e.persona)
+                .bind(&e.model)
+                .bind(e.temperature)
+                .bind(e.max_reply_tokens)
+                .bind(e.bot_id)
                 .execute(conn)
                 .await?;
             }

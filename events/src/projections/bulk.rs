@@ -50,7 +50,8 @@ async fn load(
     if !touched.bots.is_empty() {
         let mut query = QueryBuilder::<MySql>::new(format!(
             "SELECT chatbot_id, user_id, chatbot_name, chatbot_type, chatbot_persona, \
-             created_at, deleted_at FROM {} WHERE chatbot_id IN ",
+             created_at, deleted_at, model, temperature, max_reply_tokens FROM {} \
+             WHERE chatbot_id IN ",
             tables.bots
         ));
         query.push_tuples(&touched.bots, |mut b, id| {
@@ -126,10 +127,13 @@ async fn write_bots(
         conn,
         &format!(
             "INSERT INTO {} (chatbot_id, user_id, chatbot_name, chatbot_type, \
-             chatbot_persona, created_at, deleted_at) ",
+             chatbot_persona, created_at, deleted_at, model, temperature, max_reply_tokens) ",
             tables.bots
         ),
-        " ON DUPLICATE KEY UPDATE deleted_at = VALUES(deleted_at)",
+        " ON DUPLICATE KEY UPDATE chatbot_name = VALUES(chatbot_name), \
+         chatbot_type = VALUES(chatbot_type), chatbot_persona = VALUES(chatbot_persona), \
+         deleted_at = VALUES(deleted_at), model = VALUES(model), \
+         temperature = VALUES(temperature), max_reply_tokens = VALUES(max_reply_tokens)",
         &bots,
         |bot| bot.chatbot_name.len() + bot.chatbot_persona.len(),
         |b, bot| {
@@ -139,7 +143,10 @@ async fn write_bots(
                 .push_bind(bot.chatbot_type)
                 .push_bind(&bot.chatbot_persona)
                 .push_bind(bot.created_at)
-                .push_bind(bot.deleted_at);
+                .push_bind(bot.deleted_at)
+                .push_bind(&bot.model)
+                .push_bind(bot.temperature)
+                .push_bind(bot.max_reply_tokens);
         },
     )
     .await
@@ -201,6 +208,19 @@ async fn write_chat_list(
     tables: &Tables,
     fold: &Fold,
 ) -> Result<(), sqlx::Error> {
+    // Rows from earlier batches take a renamed bot's new name; the rows this
+    // batch writes have it already.
+    for (bot, name) in &fold.renamed {
+        sqlx::query(&format!(
+            "UPDATE {} SET chatbot_name = ? WHERE chatbot_id = ?",
+            tables.chat_list
+        ))
+        .bind(name)
+        .bind(bot)
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
+    }
     let (listed, unlisted): (Vec<_>, Vec<_>) = fold
         .chat_list
         .iter()

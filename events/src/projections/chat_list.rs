@@ -37,6 +37,20 @@ impl ChatListProjection {
             DomainEvent::UserMessagePosted(e) => (e.user_id, e.bot_id, &e.content),
             DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id, &e.content),
             DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id, &e.reason),
+            // The list shows the bot's name as it is now.
+            DomainEvent::BotUpdated(e) => {
+                if let Some(name) = &e.name {
+                    sqlx::query(&format!(
+                        "UPDATE {} SET chatbot_name = ? WHERE chatbot_id = ?",
+                        tables.chat_list
+                    ))
+                    .bind(name)
+                    .bind(e.bot_id)
+                    .execute(conn)
+                    .await?;
+                }
+                return Ok(());
+            }
             DomainEvent::BotDeleted(e) => {
                 sqlx::query(&format!(
                     "DELETE FROM {} WHERE user_id = ? AND chatbot_id = ?",

@@ -80,6 +80,7 @@ impl Touched {
         for (_, decoded) in events {
             match decoded {
                 BotCreated(event::BotCreated { bot_id, .. })
+                | BotUpdated(event::BotUpdated { bot_id, .. })
                 | BotDeleted(event::BotDeleted { bot_id, .. })
                 | UserMessagePosted(event::UserMessagePosted { bot_id, .. })
                 | BotReplyGenerated(event::BotReplyGenerated { bot_id, .. })
@@ -121,6 +122,9 @@ pub struct Fold {
     pub history_status: HashMap<String, MessageStatus>,
     /// The latest message of each conversation the batch touched; `None` removes it.
     pub chat_list: HashMap<ConversationKey, Option<ChatListEntry>>,
+    /// Bots renamed by the batch, with their new names, for the chat list's rows
+    /// from earlier batches.
+    pub renamed: HashMap<BotId, String>,
     pub sessions: HashMap<String, SessionRow>,
     pub changed_sessions: HashSet<String>,
     pub memory: HashMap<ConversationKey, MemoryRow>,
@@ -142,9 +146,29 @@ impl Fold {
                         chatbot_persona: e.persona.clone(),
                         created_at: at,
                         deleted_at: None,
+                        model: None,
+                        temperature: None,
+                        max_reply_tokens: None,
                     },
                 );
                 self.changed_bots.insert(e.bot_id);
+            }
+            DomainEvent::BotUpdated(e) => {
+                if let Some(bot) = self.bots.get_mut(&e.bot_id) {
+                    bot.update(e);
+                    self.changed_bots.insert(e.bot_id);
+                }
+                if let Some(name) = &e.name {
+                    self.renamed.insert(e.bot_id, name.clone());
+                    let listed = self
+                        .chat_list
+                        .iter_mut()
+                        .filter(|((_, bot), _)| *bot == e.bot_id)
+                        .filter_map(|(_, entry)| entry.as_mut());
+                    for entry in listed {
+                        entry.chatbot_name.clone_from(name);
+                    }
+                }
             }
             DomainEvent::BotDeleted(e) => {
                 if let Some(bot) = self.bots.get_mut(&e.bot_id) {
@@ -358,6 +382,53 @@ mod tests {
         fold.apply(&stamp(13), &summary(12, "twelve"));
         assert_eq!(memory(&fold).summary.as_deref(), Some("twelve"));
         assert!(fold.changed_memory.contains(&(1, 2)));
+    }
+
+    #[test]
+    fn an_update_changes_only_what_it_names_and_renames_the_listed_conversation() {
+        let mut fold = Fold::default();
+        fold.apply(
+            &stamp(1),
+            &DomainEvent::BotCreated(BotCreated {
+                bot_id: 2,
+                user_id: 1,
+                name: "Jay".into(),
+                kind: BotKind::Cosplay,
+                persona: "Jay Chou".into(),
+            }),
+        );
+        fold.apply(
+            &stamp(2),
+            &DomainEvent::UserMessagePosted(UserMessagePosted {
+                message_id: Uuid::now_v7(),
+                user_id: 1,
+                bot_id: 2,
+                content: "hi".into(),
+                client_msg_id: None,
+                source: MessageSource::Api,
+            }),
+        );
+        fold.apply(
+            &stamp(3),
+            &DomainEvent::BotUpdated(crate::event::BotUpdated {
+                bot_id: 2,
+                user_id: 1,
+                name: Some("Moon".into()),
+                temperature: Some(0.5),
+                ..Default::default()
+            }),
+        );
+        let bot = &fold.bots[&2];
+        assert_eq!(bot.chatbot_name, "Moon");
+        assert_eq!(bot.chatbot_persona, "Jay Chou", "not named, so unchanged");
+        assert_eq!(bot.temperature, Some(0.5));
+        assert_eq!(bot.model, None);
+        assert!(fold.changed_bots.contains(&2));
+        let listed = fold.chat_list[&(1, 2)]
+            .as_ref()
+            .map(|e| e.chatbot_name.clone());
+        assert_eq!(listed.as_deref(), Some("Moon"));
+        assert_eq!(fold.renamed.get(&2).map(String::as_str), Some("Moon"));
     }
 
     #[test]

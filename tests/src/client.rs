@@ -199,6 +199,19 @@ impl Client {
         Ok((user, access, bot))
     }
 
+    /// `new_chat`, waiting for the reply: expects 200.
+    pub async fn chat(&self, token: &str, bot: i64, input: &str) -> anyhow::Result<Reply> {
+        let reply = self
+            .post_json(
+                "/chat/new_chat",
+                &serde_json::json!({ "chatbot_id": bot, "input": input }),
+                Some(token),
+            )
+            .await?;
+        anyhow::ensure!(reply.status == 200, "new_chat failed: {reply:?}");
+        Ok(reply)
+    }
+
     /// `new_chat?wait=false`: expects 202 and returns the message id.
     pub async fn post_later(&self, token: &str, bot: i64, input: &str) -> anyhow::Result<String> {
         let reply = self

@@ -16,7 +16,7 @@ use tokio::process::Command;
 use events::config::ExposeSecret;
 use events::store::read_all;
 use system_tests::seed::{seed_log, SeedPlan};
-use system_tests::{binary, eventually, Client, Isolation, Stack, StackOptions};
+use system_tests::{binary, eventually, Isolation, Stack, StackOptions};
 
 /// `worker replay <args>` against `env`, whatever its outcome.
 async fn replay(env: &[(String, String)], args: &[&str]) -> anyhow::Result<Output> {
@@ -37,18 +37,6 @@ async fn verify(env: &[(String, String)]) -> anyhow::Result<(bool, String)> {
     Ok((output.status.success(), text(&output.stdout)))
 }
 
-async fn chat(client: &Client, token: &str, bot: i64, input: &str) -> anyhow::Result<()> {
-    let reply = client
-        .post_json(
-            "/chat/new_chat",
-            &json!({ "chatbot_id": bot, "input": input }),
-            Some(token),
-        )
-        .await?;
-    anyhow::ensure!(reply.status == 200, "{reply:?}");
-    Ok(())
-}
-
 /// A bit of everything the read models hold: messages, replies, a failure, memory
 /// and its erasure, a deleted bot, sessions refreshed, logged out and revoked.
 async fn lived_in(stack: &Stack) -> anyhow::Result<(i64, String, i64)> {
@@ -56,9 +44,9 @@ async fn lived_in(stack: &Stack) -> anyhow::Result<(i64, String, i64)> {
     let (user, token, bot) = client.user_with_bot("auditee").await?;
     let gone = client.create_bot(&token, "Gone", 1, "Li Bai").await?;
     for n in 1..=6 {
-        chat(&client, &token, bot, &format!("message {n}")).await?;
+        client.chat(&token, bot, &format!("message {n}")).await?;
     }
-    chat(&client, &token, gone, "hello before you go").await?;
+    client.chat(&token, gone, "hello before you go").await?;
     stack.model.fail_next(400, "invalid_request_error", None);
     let failed = client
         .post_json(
@@ -83,7 +71,7 @@ async fn lived_in(stack: &Stack) -> anyhow::Result<(i64, String, i64)> {
     })
     .await?;
     let other = client.create_bot(&token, "Other", 0, "").await?;
-    chat(&client, &token, other, "remember this").await?;
+    client.chat(&token, other, "remember this").await?;
     let forgot = client
         .post_json(
             "/chat/memory/forget",
@@ -287,7 +275,9 @@ async fn export_round_trips_every_field_and_honours_every_filter() -> anyhow::Re
     let (user, _, bot) = lived_in(&stack).await?;
     let other_client = stack.client(0);
     let (other_user, other_token, other_bot) = other_client.user_with_bot("bystander").await?;
-    chat(&other_client, &other_token, other_bot, "not yours").await?;
+    other_client
+        .chat(&other_token, other_bot, "not yours")
+        .await?;
     let env = stack.env();
     let pool = stack.pool()?;
     let log = read_all(&pool, 0, 100_000).await?;
@@ -468,7 +458,7 @@ async fn history_as_of_shows_each_instant_even_after_the_bot_is_deleted() -> any
     // After each exchange: the instant of its last event, and what the route served.
     let mut seen = Vec::new();
     for n in 1..=3 {
-        chat(&client, &token, bot, &format!("exchange {n}")).await?;
+        client.chat(&token, bot, &format!("exchange {n}")).await?;
         let at: NaiveDateTime =
             sqlx::query_scalar("SELECT MAX(recorded_at) FROM events WHERE stream_id = ?")
                 .bind(&stream)
@@ -538,7 +528,7 @@ async fn events_in_an_older_schema_replay_everywhere() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions::default()).await?;
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("oldtimer").await?;
-    chat(&client, &token, bot, "written today").await?;
+    client.chat(&token, bot, "written today").await?;
     let pool = stack.pool()?;
     let env = stack.env();
     let stream = format!("chat-{user}-{bot}");

@@ -5,19 +5,7 @@
 //! `verify` reproduce the read models from the log.
 
 use serde_json::{json, Value};
-use system_tests::{binary, Client, Stack, StackOptions};
-
-async fn chat(client: &Client, token: &str, bot: i64, input: &str) -> anyhow::Result<()> {
-    let reply = client
-        .post_json(
-            "/chat/new_chat",
-            &json!({ "chatbot_id": bot, "input": input }),
-            Some(token),
-        )
-        .await?;
-    anyhow::ensure!(reply.status == 200, "{reply:?}");
-    Ok(())
-}
+use system_tests::{binary, Stack, StackOptions};
 
 /// The fake model's request whose last message is `input`.
 fn request_for(stack: &Stack, input: &str) -> Option<Value> {
@@ -52,7 +40,7 @@ async fn an_edit_between_two_messages_changes_the_next_reply_and_replays() -> an
     let client = stack.client(0);
     let (_, token, _) = client.signup("editor", "pass word").await?;
     let bot = client.create_bot(&token, "Jay", 1, "Jay Chou").await?;
-    chat(&client, &token, bot, "before the edit").await?;
+    client.chat(&token, bot, "before the edit").await?;
 
     let edited = client
         .post_form(
@@ -77,7 +65,7 @@ async fn an_edit_between_two_messages_changes_the_next_reply_and_replays() -> an
     assert_eq!(shown["temperature"], 0.3);
     assert_eq!(shown["max_reply_tokens"], 200);
 
-    chat(&client, &token, bot, "after the edit").await?;
+    client.chat(&token, bot, "after the edit").await?;
     let before = request_for(&stack, "before the edit").expect("the first call");
     let after = request_for(&stack, "after the edit").expect("the second call");
     assert!(system_prompt(&before).contains("Jay Chou"));

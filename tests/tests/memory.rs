@@ -31,18 +31,6 @@ fn reply_requests(stack: &Stack) -> Vec<Value> {
         .collect()
 }
 
-async fn chat(client: &Client, token: &str, bot: i64, input: &str) -> anyhow::Result<()> {
-    let answer = client
-        .post_json(
-            "/chat/new_chat",
-            &json!({ "chatbot_id": bot, "input": input }),
-            Some(token),
-        )
-        .await?;
-    anyhow::ensure!(answer.status == 200, "{answer:?}");
-    Ok(())
-}
-
 async fn memory(client: &Client, token: &str, bot: i64) -> anyhow::Result<Value> {
     let answer = client
         .get(&format!("/chat/memory?chatbot_id={bot}"), Some(token))
@@ -79,7 +67,9 @@ async fn timed_chats(
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let started = std::time::Instant::now();
-        chat(client, token, bot, &format!("steady message {i}")).await?;
+        client
+            .chat(token, bot, &format!("steady message {i}"))
+            .await?;
         times.push(started.elapsed());
     }
     times.sort();
@@ -129,7 +119,7 @@ async fn memory_reaches_later_prompts_with_the_times_and_a_rebuild_reproduces_it
         "I have a cat called Miso",
         "I love green tea",
     ] {
-        chat(&client, &token, bot, input).await?;
+        client.chat(&token, bot, input).await?;
     }
     // Covers the last message (seq 5); its reply may land before or after.
     let remembered = memory_covering(&client, &token, bot, 5).await?;
@@ -156,7 +146,9 @@ async fn memory_reaches_later_prompts_with_the_times_and_a_rebuild_reproduces_it
         .unwrap_or_default();
     assert!(memory_request.to_string().contains("never invent"));
 
-    chat(&client, &token, bot, "What do you know about me?").await?;
+    client
+        .chat(&token, bot, "What do you know about me?")
+        .await?;
     let last = reply_requests(&stack).pop().unwrap_or_default();
     let system = last["messages"][0]["content"]
         .as_str()
@@ -298,7 +290,9 @@ async fn racing_memory_workers_end_with_the_newest_memory() -> anyhow::Result<()
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("raced").await?;
     for i in 0..12 {
-        chat(&client, &token, bot, &format!("fact number {i}")).await?;
+        client
+            .chat(&token, bot, &format!("fact number {i}"))
+            .await?;
     }
     // The newest memory covers the last thing the user said (a refresh may run
     // before or after that message's reply lands).
@@ -343,7 +337,7 @@ async fn a_stale_memory_event_changes_nothing() -> anyhow::Result<()> {
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("stale").await?;
     for input in ["one", "two", "three", "four"] {
-        chat(&client, &token, bot, input).await?;
+        client.chat(&token, bot, input).await?;
     }
     memory_covering(&client, &token, bot, 4).await?;
     memory_settles(&stack, Duration::from_millis(800)).await?;
@@ -387,9 +381,9 @@ async fn forget_empties_the_memory_and_the_prompts_even_with_a_refresh_in_flight
     .await?;
     let client = stack.client(0);
     let (user, token, bot) = client.user_with_bot("forgetful").await?;
-    chat(&client, &token, bot, "my secret is 1234").await?;
+    client.chat(&token, bot, "my secret is 1234").await?;
     stack.model.set_latency(Duration::from_millis(1500));
-    chat(&client, &token, bot, "and I live at 5 Rue Foo").await?;
+    client.chat(&token, bot, "and I live at 5 Rue Foo").await?;
     // The refresh that these two messages made due is now calling the model.
     eventually(Duration::from_secs(10), "a memory call in flight", || {
         let calls = memory_calls(&stack);
@@ -413,7 +407,7 @@ async fn forget_empties_the_memory_and_the_prompts_even_with_a_refresh_in_flight
     let empty = json!({ "summary": null, "profile": null, "up_to_seq": null, "updated_at": null });
     assert_eq!(memory(&client, &token, bot).await?, empty);
     stack.model.set_latency(Duration::ZERO);
-    chat(&client, &token, bot, "what do you remember?").await?;
+    client.chat(&token, bot, "what do you remember?").await?;
     let last = reply_requests(&stack).pop().unwrap_or_default();
     let prompt = last.to_string();
     assert!(
@@ -438,7 +432,7 @@ async fn a_failing_memory_model_leaves_replies_untouched() -> anyhow::Result<()>
     let (_, token, bot) = client.user_with_bot("unlucky").await?;
     stack.model.fail_requests_containing(Some(MEMORY_MARKER));
     for i in 0..4 {
-        chat(&client, &token, bot, &format!("message {i}")).await?;
+        client.chat(&token, bot, &format!("message {i}")).await?;
     }
     eventually(
         Duration::from_secs(20),
@@ -452,7 +446,7 @@ async fn a_failing_memory_model_leaves_replies_untouched() -> anyhow::Result<()>
     assert!(memory(&client, &token, bot).await?["summary"].is_null());
     // Replies went on all along, and still do.
     stack.model.fail_requests_containing(None);
-    chat(&client, &token, bot, "still there?").await?;
+    client.chat(&token, bot, "still there?").await?;
     stack.teardown().await
 }
 
@@ -468,7 +462,9 @@ async fn an_idle_conversation_gets_its_memory_refreshed() -> anyhow::Result<()> 
     .await?;
     let client = stack.client(0);
     let (_, token, bot) = client.user_with_bot("quiet").await?;
-    chat(&client, &token, bot, "I am off to Kyoto tomorrow").await?;
+    client
+        .chat(&token, bot, "I am off to Kyoto tomorrow")
+        .await?;
     assert!(
         memory(&client, &token, bot).await?["summary"].is_null(),
         "not due at once"
@@ -495,7 +491,7 @@ async fn deleting_a_bot_ends_its_memory_jobs() -> anyhow::Result<()> {
     .await?;
     let client = stack.client(0);
     let (_, token, bot) = client.user_with_bot("deleted").await?;
-    chat(&client, &token, bot, "remember this").await?;
+    client.chat(&token, bot, "remember this").await?;
     let deleted = client
         .post_json("/bots/delete", &json!({ "chatbot_id": bot }), Some(&token))
         .await?;
@@ -595,7 +591,7 @@ async fn a_new_idle_time_leaves_one_idle_check_per_reply() -> anyhow::Result<()>
 
     let client = stack.client(0);
     let (_, token, bot) = client.user_with_bot("rolling-idle").await?;
-    chat(&client, &token, bot, "I keep bees in Lisbon").await?;
+    client.chat(&token, bot, "I keep bees in Lisbon").await?;
     let idle_checks = || async {
         Ok::<u32, anyhow::Error>(
             queue_depth(&stack, &legacy).await?.unwrap_or(0)

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use events::event::{BotId, UserId};
 use events::projections::BotsProjection;
 
 use super::{metadata, publish_in_background};
@@ -101,11 +102,13 @@ pub async fn update(
     correlation: CorrelationId,
     BotPayload(body): BotPayload<UpdateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller
-        .acting_for(body.user_id, &state)
-        .await
-        .map_err(|e| not_found_as(e, CHATBOT_NOT_FOUND))?;
-    let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    let (user, bot_id) = caller_and_bot(
+        &caller,
+        &state,
+        (body.user_id, body.chatbot_id),
+        CHATBOT_NOT_FOUND,
+    )
+    .await?;
     let asked = RequestedChanges {
         name: body.chatbot_name,
         kind: body.chatbot_type,
@@ -151,11 +154,13 @@ pub async fn detail(
     caller: Caller,
     BotPayload(body): BotPayload<BotRef>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller
-        .acting_for(body.user_id, &state)
-        .await
-        .map_err(|e| not_found_as(e, DETAILS_NOT_FOUND))?;
-    let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    let (user, bot_id) = caller_and_bot(
+        &caller,
+        &state,
+        (body.user_id, body.chatbot_id),
+        DETAILS_NOT_FOUND,
+    )
+    .await?;
     match BotsProjection::find_owned(&state.pool, user, bot_id).await? {
         Some(bot) => Ok(ok(json!([bot_detail(&bot)]))),
         None => Err(ApiError::BotModule(DETAILS_NOT_FOUND.into())),
@@ -201,11 +206,13 @@ pub async fn delete(
     correlation: CorrelationId,
     BotPayload(body): BotPayload<BotRef>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = caller
-        .acting_for(body.user_id, &state)
-        .await
-        .map_err(|e| not_found_as(e, CHATBOT_NOT_FOUND))?;
-    let bot_id = required(body.chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    let (user, bot_id) = caller_and_bot(
+        &caller,
+        &state,
+        (body.user_id, body.chatbot_id),
+        CHATBOT_NOT_FOUND,
+    )
+    .await?;
     match bots::delete_bot(&state.store, user, bot_id, metadata(correlation, user)).await {
         Ok(events) => {
             state.read_cache.invalidate(user);
@@ -215,6 +222,23 @@ pub async fn delete(
         Err(DomainError::BotNotFound) => Err(ApiError::BotModule(CHATBOT_NOT_FOUND.into())),
         Err(e) => Err(bot_failure(e)),
     }
+}
+
+/// The user the caller acts for, and the bot the body names, failing the bot
+/// module's way; an unknown user (legacy mode) gets `not_found`, as an unknown
+/// bot does.
+async fn caller_and_bot(
+    caller: &Caller,
+    state: &AppState,
+    (user_id, chatbot_id): (Option<i64>, Option<i64>),
+    not_found: &str,
+) -> Result<(UserId, BotId), ApiError> {
+    let user = caller
+        .acting_for(user_id, state)
+        .await
+        .map_err(|e| not_found_as(e, not_found))?;
+    let bot_id = required(chatbot_id, "chatbot_id").map_err(bot_failure)?;
+    Ok((user, bot_id))
 }
 
 /// An unknown user (legacy mode) gets the route's usual "not found".

@@ -1,5 +1,6 @@
--- A bot's model settings, chosen with bots/update (BotUpdated); NULL means the
--- worker's defaults (OPENAI_MODEL, the model's own temperature, MAX_REPLY_TOKENS).
+-- A bot's model settings, chosen with bots/update (BotUpdated). NULL: never
+-- chosen, so the worker's defaults apply (OPENAI_MODEL, the model's own
+-- temperature, no cap on a reply's tokens).
 ALTER TABLE bots
     ADD COLUMN model VARCHAR(100) NULL,
     ADD COLUMN temperature DOUBLE NULL,

@@ -181,6 +181,8 @@ impl ChatFeed {
             DomainEvent::BOT_REPLY_GENERATED,
             DomainEvent::BOT_REPLY_FAILED,
             DomainEvent::BOT_DELETED,
+            // A renamed bot: its owner's cached chat list is dropped (below).
+            DomainEvent::BOT_UPDATED,
             DomainEvent::SESSION_REVOKED,
         ]
         .map(str::to_string)
@@ -239,11 +241,15 @@ impl ChatFeed {
                 }
                 // Decoded once, for the reply and the row alike.
                 let decoded = DomainEvent::decode(&event).ok();
-                if let Some(DomainEvent::BotDeleted(deleted)) = &decoded {
-                    let _ = self.sender.send(Notice::BotDeleted {
-                        bot_id: deleted.bot_id,
-                    });
-                    return;
+                match &decoded {
+                    Some(DomainEvent::BotDeleted(deleted)) => {
+                        let _ = self.sender.send(Notice::BotDeleted {
+                            bot_id: deleted.bot_id,
+                        });
+                        return;
+                    }
+                    Some(DomainEvent::BotUpdated(_)) => return,
+                    _ => {}
                 }
                 let reply = decoded.as_ref().and_then(Reply::from_event);
                 if let Some(reply) = &reply {

@@ -10,7 +10,6 @@
 //!
 //! Served at `/openapi.json`, and read in a browser at `/docs` (Scalar).
 
-use axum::Json;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::schema::{
     ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
@@ -48,11 +47,10 @@ pub fn complete(spec: &mut utoipa::openapi::OpenApi) {
     FailureAnswers.modify(spec);
 }
 
-/// `/openapi.json`.
-pub async fn serve(
-    spec: std::sync::Arc<utoipa::openapi::OpenApi>,
-) -> Json<utoipa::openapi::OpenApi> {
-    Json(spec.as_ref().clone())
+/// `/openapi.json`'s body, rendered once when the router is built.
+pub fn rendered(spec: &utoipa::openapi::OpenApi) -> axum::body::Bytes {
+    // An `OpenApi` is plain data; serializing it cannot fail.
+    serde_json::to_vec(spec).unwrap_or_default().into()
 }
 
 /// The access token, as `Authorization: Bearer <access>`.
@@ -82,7 +80,7 @@ impl Modify for BearerScheme {
 /// handler lists only what is its own.
 struct FailureAnswers;
 
-const COMMON_FAILURES: [(&str, &str); 8] = [
+const COMMON_FAILURES: [(&str, &str); 9] = [
     (
         "400",
         "The input is malformed or a field is invalid; nothing was stored.",
@@ -94,6 +92,10 @@ const COMMON_FAILURES: [(&str, &str); 8] = [
     ("403", "The token's user may not act for the user named."),
     ("404", "No such user, bot or conversation for the caller."),
     ("408", "The request did not arrive in time."),
+    (
+        "409",
+        "Lost a race with a concurrent change; send it again.",
+    ),
     ("413", "The body is larger than the limit."),
     (
         "429",

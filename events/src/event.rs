@@ -76,8 +76,10 @@ pub struct BotCreated {
     pub persona: String,
 }
 
-/// A bot's settings changed: only the fields given changed, the rest stand.
-/// `None` settings of the model mean the worker's defaults.
+/// A bot's settings changed: only the fields given (`Some`) changed, the rest
+/// stand. A model setting that was never chosen is the worker's default
+/// (`OPENAI_MODEL`, the model's own temperature, no token cap); once chosen, it
+/// can be changed but not unset.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct BotUpdated {
     pub bot_id: BotId,

@@ -86,8 +86,9 @@ async fn an_edit_between_two_messages_changes_the_next_reply_and_replays() -> an
     let list = client.get("/chat/list?format=object", Some(&token)).await?;
     assert_eq!(list.body["data"][0]["chatbot_name"], "Moon", "{list:?}");
 
-    // The log is the record: a rebuild and verify reproduce every read model.
-    for args in [["rebuild"].as_slice(), ["verify"].as_slice()] {
+    // The log is the record: a rebuild and verify reproduce every read model,
+    // one event a batch, so the rename reaches rows of earlier batches.
+    for args in [["rebuild", "--batch", "1"], ["verify", "--batch", "1"]] {
         let output = tokio::process::Command::new(binary("worker")?)
             .arg("replay")
             .args(args)
@@ -104,11 +105,25 @@ async fn an_edit_between_two_messages_changes_the_next_reply_and_replays() -> an
     let listed = client.get("/chat/list?format=object", Some(&token)).await?;
     assert_eq!(listed.body["data"][0]["chatbot_name"], "Moon");
 
-    // A bot that was changed can still be deleted.
-    let deleted = client
-        .post_json("/bots/delete", &json!({ "chatbot_id": bot }), Some(&token))
+    // A bot that was changed can still be deleted, once: of two deletes at
+    // once, one succeeds; a change after it finds no bot.
+    let which = json!({ "chatbot_id": bot });
+    let delete = || client.post_json("/bots/delete", &which, Some(&token));
+    let (first, second) = tokio::join!(delete(), delete());
+    let codes = [first?.body["code"].clone(), second?.body["code"].clone()];
+    assert_eq!(
+        codes.iter().filter(|c| **c == 200).count(),
+        1,
+        "exactly one delete succeeds: {codes:?}"
+    );
+    let late = client
+        .post_json(
+            "/bots/update",
+            &json!({ "chatbot_id": bot, "chatbot_name": "Ghost" }),
+            Some(&token),
+        )
         .await?;
-    assert_eq!(deleted.body["code"], 200, "{deleted:?}");
+    assert_eq!(late.body["msg"], "ChatbotNotFOund", "{late:?}");
     stack.teardown().await
 }
 
@@ -155,6 +170,10 @@ async fn bad_settings_are_refused_and_store_nothing() -> anyhow::Result<()> {
         (
             json!({ "chatbot_id": bot, "chatbot_type": 7 }),
             "chatbot_type",
+        ),
+        (
+            json!({ "chatbot_id": bot, "chatbot_type": 0, "chatbot_persona": "Li Bai" }),
+            "has no persona",
         ),
         (json!({ "chatbot_name": "x" }), "chatbot_id"),
     ];

@@ -28,7 +28,7 @@ struct Route {
     bot_module: bool,
 }
 
-const ROUTES: [Route; 12] = [
+const ROUTES: [Route; 13] = [
     route("POST", "/users/register", ("username", true), false),
     route("POST", "/login", ("username", true), false),
     route("POST", "/login/refresh", ("refresh", true), false),
@@ -38,6 +38,7 @@ const ROUTES: [Route; 12] = [
     route("POST", "/bots/detail", ("chatbot_id", false), true),
     route("POST", "/bots/list", ("limit", false), true),
     route("POST", "/bots/delete", ("chatbot_id", false), true),
+    route("POST", "/bots/update", ("chatbot_id", false), true),
     route("POST", "/chat/new_chat", ("chatbot_id", false), false),
     route("POST", "/chat/stream/ticket", ("chatbot_id", false), false),
     route("POST", "/chat/memory/forget", ("chatbot_id", false), false),

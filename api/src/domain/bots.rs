@@ -182,12 +182,16 @@ pub async fn update_bot(
     BotChanges(mut changes): BotChanges,
     metadata: EventMetadata,
 ) -> Result<(Bot, Vec<RecordedEvent>), DomainError> {
+    // The version is read before the check: the read model is written in the
+    // append's transaction, so a change the check could miss makes our append
+    // (at that version) fail rather than land on a state we never checked.
+    let stream_id = stream::bot(bot_id);
+    let version = store.stream_version(&stream_id).await?;
     let Some(mut bot) = BotsProjection::find_owned(store.pool(), user_id, bot_id).await? else {
         return Err(DomainError::BotNotFound);
     };
     let kind = changes.kind.unwrap_or(bot.kind());
     match kind {
-        BotKind::Assistant if changes.kind.is_some() => changes.persona = Some(String::new()),
         BotKind::Assistant if changes.persona.as_ref().is_some_and(|p| !p.is_empty()) => {
             return Err(DomainError::Invalid(
                 "an assistant (chatbot_type 0) has no persona".into(),
@@ -200,14 +204,12 @@ pub async fn update_bot(
                 "chatbot_persona is required when chatbot_type is 1".into(),
             ))
         }
+        BotKind::Assistant if changes.kind.is_some() => changes.persona = Some(String::new()),
         _ => {}
     }
     changes.bot_id = bot_id;
     changes.user_id = user_id;
     let event = DomainEvent::BotUpdated(changes.clone());
-    let stream_id = stream::bot(bot_id);
-    // At the version read, so a change racing a deletion cannot land after it.
-    let version = store.stream_version(&stream_id).await?;
     let recorded = match store
         .append_to_stream(
             &stream_id,
@@ -286,6 +288,10 @@ pub async fn delete_bot(
     bot_id: BotId,
     metadata: EventMetadata,
 ) -> Result<Vec<RecordedEvent>, DomainError> {
+    // Read before the check, as in `update_bot`: a second delete, or a change,
+    // committed since makes this append fail instead of landing after it.
+    let stream_id = stream::bot(bot_id);
+    let version = store.stream_version(&stream_id).await?;
     if BotsProjection::find_owned(store.pool(), user_id, bot_id)
         .await?
         .is_none()
@@ -293,11 +299,6 @@ pub async fn delete_bot(
         return Err(DomainError::BotNotFound);
     }
     let event = DomainEvent::BotDeleted(BotDeleted { bot_id, user_id });
-    // Appending at the version read (BotCreated, then any BotUpdated) makes a
-    // concurrent second delete, or a change racing this one, fail instead of
-    // landing after the deletion.
-    let stream_id = stream::bot(bot_id);
-    let version = store.stream_version(&stream_id).await?;
     match store
         .append_to_stream(
             &stream_id,

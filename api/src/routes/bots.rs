@@ -36,7 +36,7 @@ pub struct CreateBody {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     chatbot_name: Option<String>,
-    /// 1: an assistant; 2: a cosplay bot, which speaks as `chatbot_persona`.
+    /// 0: an assistant; 1: a cosplay bot, which speaks as `chatbot_persona`.
     #[serde(default, deserialize_with = "lenient::int")]
     chatbot_type: Option<i64>,
     chatbot_persona: Option<String>,

@@ -51,7 +51,7 @@ pub async fn show(
 
 /// Erases what the bot remembers of this conversation; later prompts go without it.
 #[utoipa::path(post, path = "/chat/memory/forget", operation_id = "forget_memory", tag = "chat", request_body(content((MemoryRef = "application/json"), (MemoryRef = "application/x-www-form-urlencoded"))),
-    responses((status = 200, description = "Done (or the bot module's failure).", body = Done)), security(("bearer" = [])))]
+    responses((status = 200, description = "Forgotten.", body = Done)), security(("bearer" = [])))]
 pub async fn forget(
     State(state): State<AppState>,
     caller: Caller,

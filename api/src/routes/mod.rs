@@ -74,8 +74,8 @@ pub fn routes(web_app: bool, metrics: bool) -> (Router<AppState>, Arc<utoipa::op
         .route(
             "/openapi.json",
             get({
-                let spec = spec.clone();
-                move || crate::openapi::serve(spec.clone())
+                let body = crate::openapi::rendered(&spec);
+                move || std::future::ready(crate::views::json_body(body.clone()))
             }),
         )
         .merge(Scalar::with_url("/docs", spec.as_ref().clone()));

@@ -210,12 +210,13 @@ async fn write_chat_list(
 ) -> Result<(), sqlx::Error> {
     // Rows from earlier batches take a renamed bot's new name; the rows this
     // batch writes have it already.
-    for (bot, name) in &fold.renamed {
+    for ((user, bot), name) in &fold.renamed {
         sqlx::query(&format!(
-            "UPDATE {} SET chatbot_name = ? WHERE chatbot_id = ?",
+            "UPDATE {} SET chatbot_name = ? WHERE user_id = ? AND chatbot_id = ?",
             tables.chat_list
         ))
         .bind(name)
+        .bind(user)
         .bind(bot)
         .persistent(false)
         .execute(&mut *conn)

@@ -41,10 +41,11 @@ impl ChatListProjection {
             DomainEvent::BotUpdated(e) => {
                 if let Some(name) = &e.name {
                     sqlx::query(&format!(
-                        "UPDATE {} SET chatbot_name = ? WHERE chatbot_id = ?",
+                        "UPDATE {} SET chatbot_name = ? WHERE user_id = ? AND chatbot_id = ?",
                         tables.chat_list
                     ))
                     .bind(name)
+                    .bind(e.user_id)
                     .bind(e.bot_id)
                     .execute(conn)
                     .await?;

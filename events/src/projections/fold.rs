@@ -124,7 +124,7 @@ pub struct Fold {
     pub chat_list: HashMap<ConversationKey, Option<ChatListEntry>>,
     /// Bots renamed by the batch, with their new names, for the chat list's rows
     /// from earlier batches.
-    pub renamed: HashMap<BotId, String>,
+    pub renamed: HashMap<ConversationKey, String>,
     pub sessions: HashMap<String, SessionRow>,
     pub changed_sessions: HashSet<String>,
     pub memory: HashMap<ConversationKey, MemoryRow>,
@@ -159,7 +159,7 @@ impl Fold {
                     self.changed_bots.insert(e.bot_id);
                 }
                 if let Some(name) = &e.name {
-                    self.renamed.insert(e.bot_id, name.clone());
+                    self.renamed.insert((e.user_id, e.bot_id), name.clone());
                     let listed = self
                         .chat_list
                         .iter_mut()
@@ -428,7 +428,7 @@ mod tests {
             .as_ref()
             .map(|e| e.chatbot_name.clone());
         assert_eq!(listed.as_deref(), Some("Moon"));
-        assert_eq!(fold.renamed.get(&2).map(String::as_str), Some("Moon"));
+        assert_eq!(fold.renamed.get(&(1, 2)).map(String::as_str), Some("Moon"));
     }
 
     #[test]

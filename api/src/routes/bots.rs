@@ -35,9 +35,11 @@ pub struct CreateBody {
     /// Legacy mode's caller; with a token, the token's user (or omitted).
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
+    #[schema(required = true)]
     chatbot_name: Option<String>,
     /// 0: an assistant; 1: a cosplay bot, which speaks as `chatbot_persona`.
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(required = true, minimum = 0, maximum = 1)]
     chatbot_type: Option<i64>,
     chatbot_persona: Option<String>,
 }
@@ -76,6 +78,7 @@ pub struct UpdateBody {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(required = true)]
     chatbot_id: Option<i64>,
     chatbot_name: Option<String>,
     #[serde(default, deserialize_with = "lenient::int")]
@@ -85,9 +88,11 @@ pub struct UpdateBody {
     model: Option<String>,
     /// From 0 to 2.
     #[serde(default, deserialize_with = "lenient::float")]
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f64>,
     /// From 1 to the operator's `BOT_MAX_REPLY_TOKENS`.
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(minimum = 1)]
     max_reply_tokens: Option<i64>,
 }
 
@@ -143,6 +148,7 @@ pub struct BotRef {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(required = true)]
     chatbot_id: Option<i64>,
 }
 

@@ -40,8 +40,10 @@ pub struct NewChatBody {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(required = true)]
     chatbot_id: Option<i64>,
     /// The message.
+    #[schema(required = true)]
     input: Option<String>,
     /// The client's own id for this message: a retry with the same id is
     /// answered as the first was, and stores nothing more.
@@ -165,6 +167,7 @@ pub struct HistoryParams {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    #[param(required = true)]
     chatbot_id: Option<i64>,
     /// `array` (the default: positional rows) or `object`.
     format: Option<String>,
@@ -176,9 +179,11 @@ pub struct HistoryParams {
     before: Option<i64>,
     /// At most this many rows (the cap is 2,000).
     #[serde(default, deserialize_with = "lenient::int")]
+    #[param(minimum = 1)]
     limit: Option<i64>,
     /// With `after`: wait up to this many seconds (at most 60) for a row.
     #[serde(default, deserialize_with = "lenient::int")]
+    #[param(minimum = 0, maximum = 60)]
     wait: Option<i64>,
 }
 

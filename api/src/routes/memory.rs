@@ -23,6 +23,8 @@ pub struct MemoryRef {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(required = true)]
+    #[param(required = true)]
     chatbot_id: Option<i64>,
 }
 

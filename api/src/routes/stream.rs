@@ -67,6 +67,7 @@ pub struct StreamParams {
     #[serde(default, deserialize_with = "lenient::int")]
     user_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient::int")]
+    #[param(required = true)]
     chatbot_id: Option<i64>,
     /// Resume after this seq (`Last-Event-ID` does the same, and wins).
     #[serde(default, deserialize_with = "lenient::int")]

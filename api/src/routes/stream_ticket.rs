@@ -29,6 +29,7 @@ use crate::views::chat_ok;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TicketBody {
     #[serde(default, deserialize_with = "lenient::int")]
+    #[schema(required = true)]
     chatbot_id: Option<i64>,
 }
 

@@ -196,6 +196,7 @@ pub async fn login(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RefreshBody {
+    #[schema(required = true)]
     refresh: Option<String>,
 }
 

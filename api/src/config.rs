@@ -111,7 +111,7 @@ impl ApiConfig {
             }
         };
         // The worker answers with OPENAI_MODEL unless a bot chose another.
-        let default_model = env_or("OPENAI_MODEL", "gpt-4o-mini".to_string())?;
+        let default_model = env_or("OPENAI_MODEL", events::config::DEFAULT_MODEL.to_string())?;
         let allowed_models: Vec<String> = env_or("ALLOWED_MODELS", default_model)?
             .split(',')
             .map(|m| m.trim().to_string())

@@ -19,6 +19,10 @@ pub enum ConfigError {
     },
 }
 
+/// `OPENAI_MODEL` when unset: the model the worker answers with, and (in the
+/// api) the one model `bots/update` allows unless `ALLOWED_MODELS` says more.
+pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
+
 /// Reads `name`, falling back to `default` when unset or empty.
 pub fn env_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
 where

@@ -83,7 +83,7 @@ impl WorkerConfig {
             model: ModelSettings {
                 api_key: env_opt("OPENAI_API_KEY").map(SecretString::from),
                 base_url: env_or("OPENAI_BASE_URL", "https://api.openai.com/v1".to_string())?,
-                model: env_or("OPENAI_MODEL", "gpt-4o-mini".to_string())?,
+                model: env_or("OPENAI_MODEL", events::config::DEFAULT_MODEL.to_string())?,
                 timeout: Duration::from_secs(env_or("MODEL_TIMEOUT_SECS", 600)?),
                 first_token_timeout: Duration::from_secs(env_or("MODEL_FIRST_TOKEN_SECS", 60)?),
                 idle_timeout: Duration::from_secs(env_or("MODEL_IDLE_SECS", 30)?),

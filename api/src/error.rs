@@ -223,6 +223,7 @@ impl From<DomainError> for ApiError {
                 ),
                 retry_after_secs: 5,
             },
+            DomainError::Busy(msg) => ApiError::Conflict(msg),
             DomainError::Append(e) => e.into(),
             DomainError::Database(e) => e.into(),
             DomainError::Encode(e) => ApiError::Internal(e.to_string()),

@@ -65,6 +65,16 @@ pub enum Notice {
         index: u32,
         text: String,
     },
+    /// The user asked for a message's reply again: its earlier outcome is
+    /// withdrawn, and a new one is being written.
+    Regenerating {
+        stream_id: String,
+        reply_to: Uuid,
+        /// The regeneration's own event id, newer than any model attempt before it.
+        attempt: Uuid,
+    },
+    /// The conversation was cleared: its rows before `before` (a seq) are gone.
+    Cleared { stream_id: String, before: i64 },
     /// A bot was deleted: its streams end.
     BotDeleted { bot_id: events::event::BotId },
     /// The bus connection was (re)established: notices may have been missed.
@@ -75,33 +85,36 @@ pub enum Notice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub reply_to: Uuid,
-    pub failed: bool,
-    /// The reply, or what went wrong.
+    /// `Done`, `Failed` or `Stopped`.
+    pub status: MessageStatus,
+    /// The reply, what went wrong, or the text written before a stop.
     pub content: String,
 }
 
 impl Reply {
     /// Notices carry the committed event itself, so the reply needs no read.
     fn from_event(decoded: &DomainEvent) -> Option<Self> {
-        match decoded {
-            DomainEvent::BotReplyGenerated(r) => Some(Reply {
-                reply_to: r.reply_to,
-                failed: false,
-                content: r.content.clone(),
-            }),
-            DomainEvent::BotReplyFailed(f) => Some(Reply {
-                reply_to: f.reply_to,
-                failed: true,
-                content: f.reason.clone(),
-            }),
-            _ => None,
-        }
+        let (reply_to, status, content) = match decoded {
+            DomainEvent::BotReplyGenerated(r) => (r.reply_to, MessageStatus::Done, &r.content),
+            DomainEvent::BotReplyFailed(f) => (f.reply_to, MessageStatus::Failed, &f.reason),
+            DomainEvent::BotReplyStopped(s) => (s.reply_to, MessageStatus::Stopped, &s.content),
+            _ => return None,
+        };
+        Some(Reply {
+            reply_to,
+            status,
+            content: content.clone(),
+        })
     }
 
     fn from_row(reply_to: Uuid, row: HistoryRow) -> Self {
+        let status = [MessageStatus::Failed, MessageStatus::Stopped]
+            .into_iter()
+            .find(|s| s.as_str() == row.status)
+            .unwrap_or(MessageStatus::Done);
         Reply {
             reply_to,
-            failed: row.status == MessageStatus::Failed.as_str(),
+            status,
             content: row.content,
         }
     }
@@ -180,6 +193,9 @@ impl ChatFeed {
             DomainEvent::USER_MESSAGE_POSTED,
             DomainEvent::BOT_REPLY_GENERATED,
             DomainEvent::BOT_REPLY_FAILED,
+            DomainEvent::BOT_REPLY_STOPPED,
+            DomainEvent::REPLY_REGENERATION_REQUESTED,
+            DomainEvent::CONVERSATION_CLEARED,
             DomainEvent::BOT_DELETED,
             // A renamed bot: its owner's cached chat list is dropped (below).
             DomainEvent::BOT_UPDATED,
@@ -249,6 +265,23 @@ impl ChatFeed {
                         return;
                     }
                     Some(DomainEvent::BotUpdated(_)) => return,
+                    Some(DomainEvent::ReplyRegenerationRequested(again)) => {
+                        // Its deltas are wanted again, and the old text is not.
+                        self.live.restart(again.message_id);
+                        let _ = self.sender.send(Notice::Regenerating {
+                            stream_id: event.stream_id,
+                            reply_to: again.message_id,
+                            attempt: event.event_id,
+                        });
+                        return;
+                    }
+                    Some(DomainEvent::ConversationCleared(_)) => {
+                        let _ = self.sender.send(Notice::Cleared {
+                            stream_id: event.stream_id,
+                            before: event.stream_version,
+                        });
+                        return;
+                    }
                     _ => {}
                 }
                 let reply = decoded.as_ref().and_then(Reply::from_event);
@@ -320,7 +353,10 @@ pub async fn wait_for_reply(
                 reply.as_ref().is_some_and(|r| r.reply_to == message_id)
             }
             Notice::Resync => true,
-            Notice::Delta { .. } | Notice::BotDeleted { .. } => false,
+            Notice::Delta { .. }
+            | Notice::BotDeleted { .. }
+            | Notice::Regenerating { .. }
+            | Notice::Cleared { .. } => false,
         };
         if let Some(Notice::Appended {
             reply: Some(reply), ..
@@ -353,7 +389,7 @@ pub async fn wait_for_stream(
         Notice::Appended { stream_id: s, .. } => s == stream_id,
         Notice::BotDeleted { bot_id: b } => *b == bot_id,
         Notice::Resync => true,
-        Notice::Delta { .. } => false,
+        Notice::Delta { .. } | Notice::Regenerating { .. } | Notice::Cleared { .. } => false,
     };
     match wait_for_notice(notices, relevant, deadline).await {
         Some(Notice::Appended { row, .. }) => Heard::Changed(row),

@@ -153,6 +153,27 @@ impl LiveReplies {
         }
     }
 
+    /// The reply is being written again (a regeneration): its deltas count
+    /// again, from nothing.
+    pub fn restart(&self, reply_to: Uuid) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(partial) = state.partials.remove(&reply_to) {
+                state.bytes -= partial.text.len();
+            }
+            state.finished.pop(&reply_to);
+        }
+    }
+
+    /// The text written so far of one reply in progress, if this api has it.
+    pub fn text_so_far(&self, reply_to: Uuid) -> Option<String> {
+        let state = self.state.lock().ok()?;
+        state
+            .partials
+            .get(&reply_to)
+            .filter(|p| !p.overflowed)
+            .map(|p| p.text.clone())
+    }
+
     /// The text written so far of this conversation's replies in progress.
     pub fn in_progress(&self, stream_id: &str) -> Vec<InProgress> {
         self.state

@@ -354,6 +354,23 @@ described!(
     ])))
 );
 described!(
+    /// `POST /chat/stop`: the conversation's last reply row (status `stopped`
+    /// when this stop ended it), or null when the bot has not replied yet.
+    LastReply => envelope(
+        object(vec![
+            ("content", string()),
+            ("by_user", integer()),
+            ("timestamp", timestamp()),
+            ("seq", integer()),
+            ("message_id", string()),
+            ("status", string()),
+            ("reply_to", nullable(Type::String)),
+            ("attempt", integer()),
+        ])
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+    )
+);
+described!(
     /// `GET /chat/list`: each conversation and its last row.
     ChatList => envelope(ArrayBuilder::new().items(row(vec![
         ("chatbot_id", integer()),

@@ -1,9 +1,11 @@
 //! The domain events and the streams they live in.
 //!
 //! Streams: `bot-<bot_id>` holds `BotCreated` and `BotDeleted`;
-//! `chat-<user_id>-<bot_id>` holds one conversation's `UserMessagePosted`,
-//! `BotReplyGenerated` and `BotReplyFailed`, and what the bot remembers of it
-//! (`ConversationSummarized`, `UserProfileUpdated`, `MemoryErased`);
+//! `chat-<user_id>-<bot_id>` holds one conversation's `UserMessagePosted`, its
+//! outcomes (`BotReplyGenerated`, `BotReplyFailed`, `BotReplyStopped`), the
+//! user's controls (`ReplyRegenerationRequested`, `ConversationCleared`), and what
+//! the bot remembers of it (`ConversationSummarized`, `UserProfileUpdated`,
+//! `MemoryErased`);
 //! `session-<session_id>` holds one
 //! login's `SessionStarted`, `SessionRefreshed` and `SessionRevoked`.
 //!
@@ -130,15 +132,33 @@ pub enum MessageSource {
     Unrecorded,
 }
 
+/// Which answer to a message an outcome is: 1 for the first, one more for each
+/// regeneration. Events written before regeneration existed read as 1, and an
+/// outcome of attempt 1 is stored without the field.
+pub type Attempt = u32;
+
+pub const FIRST_ATTEMPT: Attempt = 1;
+
+fn first_attempt() -> Attempt {
+    FIRST_ATTEMPT
+}
+
+fn is_first_attempt(attempt: &Attempt) -> bool {
+    *attempt == FIRST_ATTEMPT
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BotReplyGenerated {
     pub message_id: Uuid,
-    /// The `UserMessagePosted` this answers; at most one reply exists per message.
+    /// The `UserMessagePosted` this answers; at most one outcome exists per
+    /// message and attempt.
     pub reply_to: Uuid,
     pub user_id: UserId,
     pub bot_id: BotId,
     pub content: String,
     pub model: String,
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: Attempt,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +169,45 @@ pub struct BotReplyFailed {
     pub bot_id: BotId,
     /// What went wrong, worded for the person who sent the message.
     pub reason: String,
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: Attempt,
+}
+
+/// The user stopped the reply to `reply_to` while it was being written, or
+/// before it was started. It is that attempt's outcome (a reply finished
+/// meanwhile makes it a duplicate), so the reply can never also be recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BotReplyStopped {
+    pub message_id: Uuid,
+    pub reply_to: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    /// The text written before the stop; empty when the model had not started.
+    pub content: String,
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: Attempt,
+}
+
+/// The user asked again for a reply to `message_id`, the conversation's last
+/// message: its earlier outcome leaves the history (not the log), and the
+/// message waits for attempt `attempt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyRegenerationRequested {
+    pub message_id: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    pub attempt: Attempt,
+}
+
+/// The user cleared the conversation: nothing before this event's own stream
+/// version is shown or prompted again (the log keeps it). With `forget_memory`,
+/// what the bot remembered goes too, as with `MemoryErased`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationCleared {
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    #[serde(default)]
+    pub forget_memory: bool,
 }
 
 /// A rolling summary of what the user told the bot, through `covers_version` of the
@@ -213,6 +272,9 @@ pub enum DomainEvent {
     UserMessagePosted(UserMessagePosted),
     BotReplyGenerated(BotReplyGenerated),
     BotReplyFailed(BotReplyFailed),
+    BotReplyStopped(BotReplyStopped),
+    ReplyRegenerationRequested(ReplyRegenerationRequested),
+    ConversationCleared(ConversationCleared),
     SessionStarted(SessionStarted),
     SessionRefreshed(SessionRefreshed),
     SessionRevoked(SessionRevoked),
@@ -241,6 +303,9 @@ impl DomainEvent {
     pub const USER_MESSAGE_POSTED: &'static str = "UserMessagePosted";
     pub const BOT_REPLY_GENERATED: &'static str = "BotReplyGenerated";
     pub const BOT_REPLY_FAILED: &'static str = "BotReplyFailed";
+    pub const BOT_REPLY_STOPPED: &'static str = "BotReplyStopped";
+    pub const REPLY_REGENERATION_REQUESTED: &'static str = "ReplyRegenerationRequested";
+    pub const CONVERSATION_CLEARED: &'static str = "ConversationCleared";
     pub const BOT_DELETED: &'static str = "BotDeleted";
     pub const BOT_UPDATED: &'static str = "BotUpdated";
     pub const SESSION_STARTED: &'static str = "SessionStarted";
@@ -258,6 +323,9 @@ impl DomainEvent {
             DomainEvent::UserMessagePosted(_) => Self::USER_MESSAGE_POSTED,
             DomainEvent::BotReplyGenerated(_) => Self::BOT_REPLY_GENERATED,
             DomainEvent::BotReplyFailed(_) => Self::BOT_REPLY_FAILED,
+            DomainEvent::BotReplyStopped(_) => Self::BOT_REPLY_STOPPED,
+            DomainEvent::ReplyRegenerationRequested(_) => Self::REPLY_REGENERATION_REQUESTED,
+            DomainEvent::ConversationCleared(_) => Self::CONVERSATION_CLEARED,
             DomainEvent::SessionStarted(_) => Self::SESSION_STARTED,
             DomainEvent::SessionRefreshed(_) => Self::SESSION_REFRESHED,
             DomainEvent::SessionRevoked(_) => Self::SESSION_REVOKED,
@@ -279,8 +347,13 @@ impl DomainEvent {
                 .client_msg_id
                 .as_ref()
                 .map(|id| message_key(e.user_id, e.bot_id, id)),
-            DomainEvent::BotReplyGenerated(e) => Some(reply_key(e.reply_to)),
-            DomainEvent::BotReplyFailed(e) => Some(reply_key(e.reply_to)),
+            DomainEvent::BotReplyGenerated(e) => Some(reply_key(e.reply_to, e.attempt)),
+            DomainEvent::BotReplyFailed(e) => Some(reply_key(e.reply_to, e.attempt)),
+            DomainEvent::BotReplyStopped(e) => Some(reply_key(e.reply_to, e.attempt)),
+            // Two regenerations racing for the same attempt: one is recorded.
+            DomainEvent::ReplyRegenerationRequested(e) => {
+                Some(format!("regenerate:{}:{}", e.message_id, e.attempt))
+            }
             // A refresh token is spent once: a second spend of the same one is a
             // duplicate, which the session treats as reuse.
             DomainEvent::SessionRefreshed(e) => {
@@ -300,7 +373,8 @@ impl DomainEvent {
             | DomainEvent::BotDeleted(_)
             | DomainEvent::SessionStarted(_)
             | DomainEvent::SessionRevoked(_)
-            | DomainEvent::MemoryErased(_) => None,
+            | DomainEvent::MemoryErased(_)
+            | DomainEvent::ConversationCleared(_) => None,
         }
     }
 
@@ -312,6 +386,9 @@ impl DomainEvent {
             DomainEvent::UserMessagePosted(e) => serde_json::to_value(e),
             DomainEvent::BotReplyGenerated(e) => serde_json::to_value(e),
             DomainEvent::BotReplyFailed(e) => serde_json::to_value(e),
+            DomainEvent::BotReplyStopped(e) => serde_json::to_value(e),
+            DomainEvent::ReplyRegenerationRequested(e) => serde_json::to_value(e),
+            DomainEvent::ConversationCleared(e) => serde_json::to_value(e),
             DomainEvent::SessionStarted(e) => serde_json::to_value(e),
             DomainEvent::SessionRefreshed(e) => serde_json::to_value(e),
             DomainEvent::SessionRevoked(e) => serde_json::to_value(e),
@@ -403,6 +480,15 @@ impl DomainEvent {
             Self::BOT_REPLY_FAILED => {
                 DomainEvent::BotReplyFailed(Deserialize::deserialize(payload)?)
             }
+            Self::BOT_REPLY_STOPPED => {
+                DomainEvent::BotReplyStopped(Deserialize::deserialize(payload)?)
+            }
+            Self::REPLY_REGENERATION_REQUESTED => {
+                DomainEvent::ReplyRegenerationRequested(Deserialize::deserialize(payload)?)
+            }
+            Self::CONVERSATION_CLEARED => {
+                DomainEvent::ConversationCleared(Deserialize::deserialize(payload)?)
+            }
             Self::SESSION_STARTED => {
                 DomainEvent::SessionStarted(Deserialize::deserialize(payload)?)
             }
@@ -429,7 +515,13 @@ pub fn message_key(user_id: UserId, bot_id: BotId, client_msg_id: &str) -> Strin
     format!("msg:{user_id}:{bot_id}:{client_msg_id}")
 }
 
-/// The idempotency key of the one reply (or failure) to `message_id`.
-pub fn reply_key(message_id: Uuid) -> String {
-    format!("reply:{message_id}")
+/// The idempotency key of the one outcome (a reply, a failure or a stop) of
+/// `attempt` at answering `message_id`. The first attempt's key is the one
+/// releases before regeneration wrote.
+pub fn reply_key(message_id: Uuid, attempt: Attempt) -> String {
+    if attempt == FIRST_ATTEMPT {
+        format!("reply:{message_id}")
+    } else {
+        format!("reply:{message_id}:{attempt}")
+    }
 }

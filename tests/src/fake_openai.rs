@@ -4,7 +4,7 @@
 //! so tests can check what the worker sent, and can be told to be slow or to fail
 //! (429, 500, 400, `insufficient_quota`) for the next calls. Asked to stream, it
 //! sends the answer word by word as server-sent events, with an optional pause
-//! between words.
+//! between words, and notes when a caller hangs up before the answer is over.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,21 +53,42 @@ struct Inner {
     watched_peak: AtomicU64,
     /// Calls whose answer is not over yet (its body not yet finished or dropped).
     in_flight: AtomicU64,
+    /// The positions in `requests` of the calls answered with a failure.
+    failed_requests: Mutex<Vec<usize>>,
+    /// Calls whose caller closed the connection before the answer was over:
+    /// their position in `requests`, and when the close was seen.
+    hung_up: Mutex<Vec<(usize, std::time::Instant)>>,
 }
 
-/// One call in flight, until dropped.
-struct InFlight(Arc<Inner>);
+/// One call in flight, until dropped: when its answer ends, or when its caller
+/// closes the connection (a hang-up, if no answer or failure went out).
+struct InFlight {
+    inner: Arc<Inner>,
+    position: Option<usize>,
+}
 
 impl InFlight {
-    fn new(inner: &Arc<Inner>) -> Self {
+    fn new(inner: &Arc<Inner>, position: Option<usize>) -> Self {
         inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(inner.clone())
+        Self {
+            inner: inner.clone(),
+            position,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let Some(position) = self.position else {
+            return;
+        };
+        let settled = |list: &Mutex<Vec<usize>>| list.lock().is_ok_and(|l| l.contains(&position));
+        if !settled(&self.inner.answered_requests) && !settled(&self.inner.failed_requests) {
+            if let Ok(mut hung_up) = self.inner.hung_up.lock() {
+                hung_up.push((position, std::time::Instant::now()));
+            }
+        }
     }
 }
 
@@ -137,6 +158,40 @@ impl FakeOpenAi {
         if let Ok(mut watched) = self.inner.watched.lock() {
             *watched = Some(marker.to_string());
         }
+    }
+
+    /// Calls whose caller closed the connection before the answer was over: the
+    /// request, and when the close was seen.
+    pub fn hang_ups(&self) -> Vec<(Value, std::time::Instant)> {
+        let requests = self.requests();
+        self.inner
+            .hung_up
+            .lock()
+            .map(|hung_up| {
+                hung_up
+                    .iter()
+                    .filter_map(|(i, at)| requests.get(*i).map(|r| (r.clone(), *at)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// When the caller of the call whose request contains `marker` hung up, once
+    /// it has (or an error after `timeout`).
+    pub async fn wait_for_hang_up(
+        &self,
+        marker: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::time::Instant> {
+        crate::eventually(timeout, "the caller to hang up", || {
+            let seen = self
+                .hang_ups()
+                .into_iter()
+                .find(|(request, _)| request.to_string().contains(marker))
+                .map(|(_, at)| at);
+            async move { Ok(seen) }
+        })
+        .await
     }
 
     /// Calls in flight now: started, and their answer not over yet.
@@ -256,7 +311,6 @@ impl FakeOpenAi {
 }
 
 async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>) -> Response {
-    let in_flight = InFlight::new(&inner);
     let n = inner.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let position = inner
         .requests
@@ -266,6 +320,7 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
             requests.len() - 1
         })
         .ok();
+    let in_flight = InFlight::new(&inner, position);
     let jitter = inner.jitter_ms.load(Ordering::SeqCst);
     let jitter = if jitter > 0 {
         (n.wrapping_mul(2654435761) >> 7) % (jitter + 1)
@@ -307,6 +362,9 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
     if let Some((status, body)) = failure {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         inner.failed.fetch_add(1, Ordering::SeqCst);
+        if let (Some(position), Ok(mut failed)) = (position, inner.failed_requests.lock()) {
+            failed.push(position);
+        }
         return (status, Json(body)).into_response();
     }
     let model = request["model"].as_str().unwrap_or("unknown").to_string();
@@ -389,6 +447,14 @@ fn streamed(
         .and_then(|mut c| c.take());
     if let Some(keep) = cut.or(broken) {
         words.truncate(keep);
+    }
+    // An answer cut short on purpose is the model's doing, not a hang-up.
+    if let (true, Some(position), Ok(mut failed)) = (
+        cut.or(broken).is_some(),
+        position,
+        inner.failed_requests.lock(),
+    ) {
+        failed.push(position);
     }
     let ending = if broken.is_some() {
         Ending::Break

@@ -148,6 +148,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
                 user_id: user,
                 bot_id: bot,
                 reason: "The model is unavailable right now. Please try again.".into(),
+                attempt: 1,
             })
         } else {
             DomainEvent::BotReplyGenerated(BotReplyGenerated {
@@ -160,6 +161,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
                      version with more garlic, and tell me how it went tomorrow."
                 ),
                 model: "fake".into(),
+                attempt: 1,
             })
         };
         events.push(packed(reply)?);
@@ -249,6 +251,7 @@ pub async fn seed_conversation(
                     bot_id: bot,
                     content: reply,
                     model: "seed".into(),
+                    attempt: 1,
                 }),
             ] {
                 batch.push(event.to_new_event(EventMetadata::default())?);

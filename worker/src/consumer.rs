@@ -48,7 +48,12 @@ fn read(delivery: &Delivery) -> Read {
         Ok(event) => event,
         Err(e) => return Read::Unreadable(format!("not an event: {e}")),
     };
-    if event.event_type != DomainEvent::USER_MESSAGE_POSTED {
+    // A regeneration asks for a message's next answer: work like a new message.
+    let work = [
+        DomainEvent::USER_MESSAGE_POSTED,
+        DomainEvent::REPLY_REGENERATION_REQUESTED,
+    ];
+    if !work.contains(&event.event_type.as_str()) {
         return Read::Other(event.event_type);
     }
     match MessageRef::deserialize(&event.payload) {

@@ -10,6 +10,7 @@
 use sqlx::MySqlPool;
 
 use events::event::{BotId, UserId};
+use events::projections::history::Answer;
 use events::projections::{
     ChatHistoryProjection, ConversationMemory, Exchange, HistoryRow, MemoryProjection,
 };
@@ -49,13 +50,14 @@ impl ConversationId {
     }
 
     /// The turns after `after` (the last memory erasure) up to and including the
-    /// message at `seq`, oldest first.
+    /// message at `seq`, oldest first; `None` when that message is no longer
+    /// waiting (it was stopped, answered by another holder, or cleared).
     pub async fn turns_through(
         &self,
         pool: &MySqlPool,
         after: i64,
         seq: i64,
-    ) -> Result<Vec<Turn>, sqlx::Error> {
+    ) -> Result<Option<Vec<Turn>>, sqlx::Error> {
         let exchanges = ChatHistoryProjection::exchanges_through(
             pool,
             self.user_id,
@@ -64,11 +66,19 @@ impl ConversationId {
             RECENT_EXCHANGES,
         )
         .await?;
-        Ok(turns(&exchanges, seq))
+        let waiting = exchanges
+            .last()
+            .is_some_and(|last| last.seq == seq && !last.is_settled());
+        Ok(waiting.then(|| turns(&exchanges, seq)))
     }
 }
 
+/// What the model is told after a reply the user stopped.
+pub const CUT_OFF_NOTE: &str = "[The user stopped this reply here; it was cut off.]";
+
 /// Each message followed by its answer; the message at `seq` is the last turn.
+/// A stopped reply goes in with the text written before the stop, and a note
+/// that it was cut off, so the model neither repeats nor continues it unasked.
 fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
     let mut turns = Vec::with_capacity(exchanges.len() * 2);
     for exchange in exchanges {
@@ -80,13 +90,17 @@ fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
         if exchange.seq == seq {
             break;
         }
-        if let Some(answer) = exchange.answer() {
-            turns.push(Turn {
-                role: Role::Assistant,
-                content: answer.to_string(),
-                at: None,
-            });
-        }
+        let content = match exchange.answer() {
+            Answer::Given(reply) => reply.to_string(),
+            Answer::CutOff("") => CUT_OFF_NOTE.to_string(),
+            Answer::CutOff(partial) => format!("{partial}\n{CUT_OFF_NOTE}"),
+            Answer::None => continue,
+        };
+        turns.push(Turn {
+            role: Role::Assistant,
+            content,
+            at: None,
+        });
     }
     turns
 }
@@ -106,21 +120,25 @@ mod tests {
     }
 
     #[test]
-    fn answers_follow_their_messages_and_failures_are_left_out() {
+    fn answers_follow_their_messages_failures_are_left_out_and_stops_are_noted() {
         let exchanges = [
             exchange(1, "first", Some(("one", "done"))),
             exchange(2, "second", Some(("the model failed", "failed"))),
-            exchange(4, "third", None),
+            exchange(4, "third", Some(("Once upon", "stopped"))),
+            exchange(6, "fourth", None),
         ];
-        let turns: Vec<(Role, String)> = turns(&exchanges, 4)
+        let turns: Vec<(Role, String)> = turns(&exchanges, 6)
             .into_iter()
             .map(|t| (t.role, t.content))
             .collect();
+        let cut_off = format!("Once upon\n{CUT_OFF_NOTE}");
         let expected = [
             (Role::User, "first"),
             (Role::Assistant, "one"),
             (Role::User, "second"),
             (Role::User, "third"),
+            (Role::Assistant, cut_off.as_str()),
+            (Role::User, "fourth"),
         ]
         .map(|(r, c)| (r, c.to_string()));
         assert_eq!(turns, expected.to_vec());

@@ -1,5 +1,6 @@
-//! The worker: turns each `UserMessagePosted` into exactly one `BotReplyGenerated`
-//! (or `BotReplyFailed`), however often the message is delivered and however many
+//! The worker: turns each `UserMessagePosted` (and each regeneration of one) into
+//! exactly one outcome, `BotReplyGenerated` or `BotReplyFailed` (or the user's own
+//! `BotReplyStopped`), however often the message is delivered and however many
 //! workers run.
 //!
 //! - [`config`]: typed settings (`OPENAI_*`, `WORKER_PREFETCH`, retry budget, ...).
@@ -16,6 +17,7 @@
 //! - [`responder`]: answers a message: load, prompt, call (streaming), append,
 //!   publish; [`deltas`] forwards the text as it is written.
 //! - [`share`]: fair shares of the worker's model calls between users.
+//! - [`stops`]: hears the stops users ask for, and cancels those model calls.
 //! - [`consumer`]: a delivery's life: read, trace, answer, then ack or requeue;
 //!   and dead letters, which get their failure recorded.
 //! - [`replay`]: `worker replay rebuild`, `verify`, `export` and `history --as-of`,
@@ -35,3 +37,4 @@ pub mod replay;
 pub mod responder;
 pub mod share;
 pub mod startup;
+pub mod stops;

@@ -219,6 +219,9 @@ impl MemoryKeeper {
             if row.by_user == 0 && row.status == MessageStatus::Failed.as_str() {
                 continue; // a failure's reason is not something the user said
             }
+            if row.content.is_empty() {
+                continue; // a reply stopped before it was written
+            }
             messages.push(Turn {
                 role: if row.by_user == 1 {
                     Role::User

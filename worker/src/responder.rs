@@ -19,6 +19,9 @@
 //!   many conversations cannot take every model call from others.
 //! - In order: the next message is found in the `chat_history` read model, however
 //!   old it is, and every reply is generated with the replies before it in context.
+//! - Stoppable: a stop of the message being answered cancels the model call (see
+//!   [`crate::stops`]); the api has recorded the stop, and the drain goes on to
+//!   the next message.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,11 +35,12 @@ use uuid::Uuid;
 use events::bus::Backoff;
 use events::db::{is_lock_contention, is_unavailable};
 use events::event::{
-    stream, BotId, BotReplyFailed, BotReplyGenerated, DomainEvent, EventMetadata, UserId,
+    stream, Attempt, BotId, BotReplyFailed, BotReplyGenerated, DomainEvent, EventMetadata, UserId,
+    FIRST_ATTEMPT,
 };
 use events::outbox::OutboxRelay;
 use events::projections::{
-    BotsProjection, ChatHistoryProjection, ConversationMemory, HistoryRow, MessageStatus,
+    BotsProjection, ChatHistoryProjection, ConversationMemory, MessageStatus,
 };
 use events::store::{AppendError, EventStore, ExpectedVersion};
 
@@ -45,6 +49,7 @@ use crate::lease::{ConversationLeases, Lease, Release};
 use crate::model::{CallSettings, Model};
 use crate::prompt::{build_prompt, BotProfile, Memory, Turn};
 use crate::share::{ShareSlot, UserShares};
+use crate::stops::{StopSignals, Watch};
 
 /// What the worker needs of a delivered `UserMessagePosted`, whatever its schema
 /// version: any version that still names these three fields can be answered.
@@ -131,6 +136,15 @@ enum Drained {
     GaveWay,
 }
 
+/// The message a drain is answering, and which attempt at it.
+#[derive(Debug, Clone, Copy)]
+struct Answering {
+    conversation: ConversationId,
+    reply_to: Uuid,
+    attempt: Attempt,
+    seq: i64,
+}
+
 /// What the sender of a message given up on is told.
 pub(crate) const GIVEN_UP: &str =
     "This message could not be processed after several attempts. Please send it again.";
@@ -157,6 +171,7 @@ pub struct Responder {
     model: Arc<Model>,
     leases: ConversationLeases,
     shares: UserShares,
+    stops: StopSignals,
     settings: ResponderSettings,
     shutdown: CancellationToken,
 }
@@ -175,7 +190,7 @@ impl Responder {
         store: EventStore,
         relay: OutboxRelay,
         model: Arc<Model>,
-        (leases, shares): (ConversationLeases, UserShares),
+        (leases, shares, stops): (ConversationLeases, UserShares, StopSignals),
         settings: ResponderSettings,
         shutdown: CancellationToken,
     ) -> Self {
@@ -185,6 +200,7 @@ impl Responder {
             model,
             leases,
             shares,
+            stops,
             settings,
             shutdown,
         }
@@ -467,6 +483,9 @@ impl Responder {
             }
             let reply_to = Uuid::parse_str(&next.message_id)
                 .map_err(|_| RespondError::MalformedId(next.message_id.clone()))?;
+            let attempt = Attempt::try_from(next.attempt).unwrap_or(FIRST_ATTEMPT);
+            // Before the read that shows a stop recorded so far (see `stops`).
+            let watch = self.stops.watch(reply_to, attempt);
             let (memory, turns) = self
                 .persist("read the conversation and its memory", || async {
                     let memory = conversation.memory(pool).await?;
@@ -476,9 +495,24 @@ impl Responder {
                     Ok((memory, turns))
                 })
                 .await?;
-            let outcome = self
-                .outcome_for(conversation, reply_to, &next, &memory, &turns)
-                .await?;
+            let Some(turns) = turns else {
+                tracing::info!(%reply_to, "the message got its outcome meanwhile (stopped, or answered elsewhere)");
+                continue;
+            };
+            let answering = Answering {
+                conversation,
+                reply_to,
+                attempt,
+                seq: next.seq,
+            };
+            let Some(outcome) = self
+                .outcome_for(&answering, &watch, &memory, &turns)
+                .await?
+            else {
+                tracing::info!(%reply_to, "the reply was stopped; its model call is cancelled");
+                continue;
+            };
+            drop(watch);
             let metadata = EventMetadata {
                 correlation_id: correlation_id.clone(),
                 causation_id: Some(reply_to),
@@ -516,15 +550,21 @@ impl Responder {
         }
     }
 
-    /// Calls the model (or explains why not) for one message.
+    /// Calls the model (or explains why not) for one message; `None` when the
+    /// user stopped the reply meanwhile, which the api has recorded.
     async fn outcome_for(
         &self,
-        conversation: ConversationId,
-        reply_to: Uuid,
-        message: &HistoryRow,
+        answering: &Answering,
+        watch: &Watch,
         memory: &ConversationMemory,
         turns: &[Turn],
-    ) -> Result<DomainEvent, RespondError> {
+    ) -> Result<Option<DomainEvent>, RespondError> {
+        let Answering {
+            conversation,
+            reply_to,
+            attempt,
+            seq,
+        } = *answering;
         let failed = |reason: String| {
             DomainEvent::BotReplyFailed(BotReplyFailed {
                 message_id: Uuid::now_v7(),
@@ -532,6 +572,7 @@ impl Responder {
                 user_id: conversation.user_id,
                 bot_id: conversation.bot_id,
                 reason,
+                attempt,
             })
         };
         let pool = self.store.pool();
@@ -544,9 +585,9 @@ impl Responder {
             Some(bot) if bot.deleted_at.is_none() && bot.user_id == conversation.user_id => bot,
             // Posted just as the bot was deleted: answered without calling the model.
             _ => {
-                return Ok(failed(
+                return Ok(Some(failed(
                     "This chatbot has been deleted, so it cannot reply.".into(),
-                ))
+                )))
             }
         };
         // Read once, at the start: a reply keeps the settings it started with,
@@ -572,20 +613,27 @@ impl Responder {
             Utc::now(),
             self.settings.context_budget_chars,
         );
-        tracing::debug!(seq = message.seq, "calling the model");
+        tracing::debug!(seq, "calling the model");
         let (sink, forwarding) = crate::deltas::forward(
             self.relay.publisher().clone(),
             reply_to,
             conversation.user_id,
             conversation.bot_id,
         );
-        let completed = self.model.complete(&prompt, &settings, Some(&sink)).await;
+        // A stop drops the call, which closes its connection to the model.
+        let completed = tokio::select! {
+            completed = self.model.complete(&prompt, &settings, Some(&sink)) => completed,
+            () = watch.stopped() => {
+                metrics::counter!(events::metrics::MODEL_CALLS, "outcome" => "stopped").increment(1);
+                return Ok(None);
+            }
+        };
         // The forwarding finishes on its own (each delta publish is bounded): the
         // reply is recorded without waiting for deltas, and the apis ignore any
         // delta that arrives after the final event.
         drop(sink);
         drop(forwarding);
-        Ok(match completed {
+        Ok(Some(match completed {
             Ok(content) => DomainEvent::BotReplyGenerated(BotReplyGenerated {
                 message_id: Uuid::now_v7(),
                 reply_to,
@@ -593,29 +641,33 @@ impl Responder {
                 bot_id: conversation.bot_id,
                 content,
                 model: self.model.name_for(&settings).to_string(),
+                attempt,
             }),
             Err(failure) => failed(failure.0),
-        })
+        }))
     }
 
     /// Records that `message` was given up on (dead-lettered), unless it already has
     /// an outcome, so that nobody waits for it forever.
     pub async fn give_up(&self, message: &MessageRef, reason: &str) -> Result<(), RespondError> {
         let id = message.message_id.to_string();
-        match ChatHistoryProjection::find_message(self.store.pool(), &id).await? {
-            Some(row) if row.status == MessageStatus::Pending.as_str() => {}
+        let attempt = match ChatHistoryProjection::find_message(self.store.pool(), &id).await? {
+            Some(row) if row.status == MessageStatus::Pending.as_str() => {
+                Attempt::try_from(row.attempt).unwrap_or(FIRST_ATTEMPT)
+            }
             Some(_) => return Ok(()),
             None => {
                 tracing::error!(message_id = %id, "a dead-lettered message is not in any history; dropping it");
                 return Ok(());
             }
-        }
+        };
         let event = DomainEvent::BotReplyFailed(BotReplyFailed {
             message_id: Uuid::now_v7(),
             reply_to: message.message_id,
             user_id: message.user_id,
             bot_id: message.bot_id,
             reason: reason.to_string(),
+            attempt,
         })
         .to_new_event(EventMetadata {
             correlation_id: None,

@@ -20,6 +20,7 @@ use crate::memory::MemoryKeeper;
 use crate::model::Model;
 use crate::responder::{Responder, ResponderSettings};
 use crate::share::UserShares;
+use crate::stops::StopSignals;
 
 /// How often each worker looks for conversations whose lease ran out.
 const LEASE_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -94,11 +95,18 @@ impl Worker {
                 delivery_hold: self.config.delivery_hold,
                 context_budget_chars: self.config.context_budget_chars,
             };
+            let stops = StopSignals::default();
+            tasks.spawn("stop listener", {
+                let (stops, bus, token) =
+                    (stops.clone(), self.config.bus.clone(), shutdown.clone());
+                let name = format!("worker-stops-{id}");
+                async move { stops.run(bus, name, token).await }
+            });
             let responder = Responder::new(
                 self.store.clone(),
                 self.relay.clone(),
                 self.model.clone(),
-                (leases.clone(), shares),
+                (leases.clone(), shares, stops),
                 settings,
                 shutdown.clone(),
             );

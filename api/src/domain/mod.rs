@@ -4,6 +4,7 @@
 
 pub mod bots;
 pub mod chat;
+pub mod controls;
 pub mod memory;
 pub mod sessions;
 pub mod users;
@@ -27,6 +28,10 @@ pub enum DomainError {
     /// Past an admission cap on unanswered messages.
     #[error("{count} messages already wait for an answer ({scope})")]
     TooManyUnanswered { scope: &'static str, count: i64 },
+    /// Not now: the conversation is in a state that does not allow it (a reply
+    /// is being written, or the conversation kept changing).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error(transparent)]

@@ -52,14 +52,14 @@ pub struct NewChatBody {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct NewChatParams {
+pub struct WaitParams {
     /// `true` (the default) waits for the reply; `false` answers 202 at once.
     wait: Option<String>,
 }
 
-impl NewChatParams {
+impl WaitParams {
     /// `wait` is a yes or a no; anything else is refused rather than guessed.
-    fn wait(&self) -> Result<bool, ApiError> {
+    pub(super) fn wait(&self) -> Result<bool, ApiError> {
         match self
             .wait
             .as_deref()
@@ -81,7 +81,7 @@ fn row_format(format: Option<&str>) -> Result<RowFormat, ApiError> {
 
 /// Posts a message to a bot. With `wait` (the default) the answer is the reply,
 /// or 202 if it takes longer than the api waits; history has it either way.
-#[utoipa::path(post, path = "/chat/new_chat", tag = "chat", params(NewChatParams), request_body(content((NewChatBody = "application/json"), (NewChatBody = "application/x-www-form-urlencoded"))),
+#[utoipa::path(post, path = "/chat/new_chat", tag = "chat", params(WaitParams), request_body(content((NewChatBody = "application/json"), (NewChatBody = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "The reply.", body = Reply),
         (status = 202, description = "Recorded; the reply is not written yet.", body = Pending),
@@ -93,7 +93,7 @@ pub async fn new_chat(
     State(state): State<AppState>,
     caller: Caller,
     correlation: CorrelationId,
-    Params(params): Params<NewChatParams>,
+    Params(params): Params<WaitParams>,
     Payload(body): Payload<NewChatBody>,
 ) -> Result<Response, ApiError> {
     let user = caller.acting_for(body.user_id, &state).await?;
@@ -107,7 +107,7 @@ pub async fn new_chat(
         state.config.max_input_chars,
     )?;
     // Subscribe before appending, so the reply's notice cannot slip past.
-    let mut notices = state.feed.subscribe();
+    let notices = state.feed.subscribe();
     let caps = chat::UnansweredCaps {
         conversation: state.config.conversation_max_unanswered,
         user: state.config.user_max_unanswered,
@@ -122,6 +122,35 @@ pub async fn new_chat(
         tracing::info!(%message_id, "message recorded");
         publish_in_background(&state, events);
     }
+    let awaited = Awaited {
+        user,
+        message_id,
+        just_posted,
+    };
+    reply_or_pending(&state, notices, awaited, wait).await
+}
+
+/// A message whose outcome a request waits for.
+pub(super) struct Awaited {
+    pub user: events::event::UserId,
+    pub message_id: uuid::Uuid,
+    /// Recorded by this request: no outcome can be there yet.
+    pub just_posted: bool,
+}
+
+/// The message's outcome as `new_chat` answers it: the reply (200), the text
+/// written before a stop (200, `msg: "stopped"`), a failure (502), or 202 when
+/// the reply takes longer than the api waits (or `wait` is false).
+pub(super) async fn reply_or_pending(
+    state: &AppState,
+    mut notices: feed::Waiter,
+    Awaited {
+        user,
+        message_id,
+        just_posted,
+    }: Awaited,
+    wait: bool,
+) -> Result<Response, ApiError> {
     let pending = || {
         (
             StatusCode::ACCEPTED,
@@ -155,8 +184,16 @@ pub async fn new_chat(
     // The reply may have been read before this process heard of it on the bus.
     state.read_cache.invalidate(user);
     match reply {
-        Some(reply) if reply.failed => Err(ApiError::BadGateway(reply.content)),
-        Some(reply) => Ok(chat_ok(json!(reply.content)).into_response()),
+        Some(reply) => match reply.status {
+            MessageStatus::Failed => Err(ApiError::BadGateway(reply.content)),
+            MessageStatus::Stopped => Ok(Json(json!({
+                "code": 200, "msg": MessageStatus::Stopped.as_str(), "data": reply.content,
+            }))
+            .into_response()),
+            MessageStatus::Done | MessageStatus::Pending => {
+                Ok(chat_ok(json!(reply.content)).into_response())
+            }
+        },
         None => Ok(pending()),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod bots;
 pub mod chat;
+pub mod controls;
 pub mod health;
 pub mod memory;
 pub mod page;
@@ -46,6 +47,9 @@ pub fn described() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(chat::new_chat))
         .routes(routes!(chat::history))
         .routes(routes!(chat::list))
+        .routes(routes!(controls::stop))
+        .routes(routes!(controls::regenerate))
+        .routes(routes!(controls::clear))
         .routes(routes!(stream::stream))
         .routes(routes!(stream_ticket::issue))
         .routes(routes!(memory::show))

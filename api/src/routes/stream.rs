@@ -80,11 +80,15 @@ pub struct StreamParams {
 /// A conversation as Server-Sent Events: history after the cursor, the text so
 /// far of a reply being written, then rows and deltas live.
 ///
-/// Events: `message`, `reply` and `failed` (a history row: the user's message,
-/// the bot's reply, or a reply that failed; `id:` is its seq and `data:` the row
-/// as `format=object` gives it), `delta` (`{message_id, attempt, index, text}`: the
-/// next words of a reply being written), `reset` (`{message_id, attempt}`: a
-/// newer attempt starts the reply over), and comments as keep-alives. The
+/// Events: `message`, `reply`, `failed` and `stopped` (a history row: the
+/// user's message, the bot's reply, a reply that failed, or one the user
+/// stopped, with the text written before the stop; `id:` is its seq and
+/// `data:` the row as `format=object` gives it), `delta` (`{message_id,
+/// attempt, index, text}`: the next words of a reply being written), `reset`
+/// (`{message_id, attempt}`: a newer attempt, or a regeneration, starts the
+/// reply to that message over: drop its text, and its reply row), `cleared`
+/// (`{before}`: the conversation was cleared; drop the rows before that seq),
+/// and comments as keep-alives. The
 /// stream ends when the session is revoked, the token expires, the bot is
 /// deleted or the api shuts down; reconnect with `Last-Event-ID` to resume.
 #[utoipa::path(get, path = "/chat/stream", tag = "chat", params(StreamParams,
@@ -322,6 +326,20 @@ fn events(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
                         tail.on_delta(reply_to, attempt, index, &text);
                     }
                 }
+                Some(Notice::Regenerating {
+                    stream_id,
+                    reply_to,
+                    attempt,
+                }) if stream_id == tail.stream_id => {
+                    // The reply shown for this message is withdrawn; the new
+                    // one's deltas start from nothing.
+                    tail.sent.remove(&reply_to);
+                    tail.queue.push_back(reset(reply_to, attempt));
+                }
+                Some(Notice::Cleared { stream_id, before }) if stream_id == tail.stream_id => {
+                    tail.queue.push_back(cleared(before));
+                }
+                Some(Notice::Regenerating { .. } | Notice::Cleared { .. }) => {}
                 Some(Notice::BotDeleted { bot_id }) if bot_id == tail.bot => {
                     tracing::info!(reason = "bot_deleted", "ending a stream");
                     return None;
@@ -338,6 +356,8 @@ fn row_event(row: HistoryRow) -> Event {
         "message"
     } else if row.status == MessageStatus::Failed.as_str() {
         "failed"
+    } else if row.status == MessageStatus::Stopped.as_str() {
+        "stopped"
     } else {
         "reply"
     };
@@ -357,9 +377,18 @@ fn delta(reply_to: Uuid, attempt: Uuid, index: u32, text: &str) -> Event {
     )
 }
 
-/// The reply is being written again from the start: drop the text shown so far.
+/// The reply is being written again from the start (a retry, a redelivery, or
+/// a regeneration, which also withdraws the reply row shown for the message):
+/// drop the text shown so far.
 fn reset(reply_to: Uuid, attempt: Uuid) -> Event {
     Event::default()
         .event("reset")
         .data(json!({ "message_id": reply_to, "attempt": attempt }).to_string())
+}
+
+/// The conversation was cleared: drop every row before `before` (a seq).
+fn cleared(before: i64) -> Event {
+    Event::default()
+        .event("cleared")
+        .data(json!({ "before": before }).to_string())
 }

@@ -2,9 +2,10 @@
 //! roles built on them.
 //!
 //! - `<ns>.events` (topic exchange): every event, routed by its type.
-//! - `<ns>.chat.user_messages` (quorum queue, bound to `UserMessagePosted`): the
-//!   workers' work. A delivery limit sends poison messages to `<ns>.dlx` →
-//!   `<ns>.dead_letters` instead of letting them loop. The limit is the
+//! - `<ns>.chat.user_messages` (quorum queue, bound to `UserMessagePosted` and
+//!   `ReplyRegenerationRequested`): the workers' work. A delivery limit sends
+//!   poison messages to `<ns>.dlx` → `<ns>.dead_letters` instead of letting
+//!   them loop. The limit is the
 //!   consumers' (`DELIVERY_LIMIT`, checked against the quorum queue's
 //!   `x-delivery-count`), not a queue argument: a queue's arguments are fixed at
 //!   its creation, and redeclaring one with another value fails, so a new limit
@@ -294,15 +295,18 @@ impl Topology {
             AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
         );
         declare_work_queue(connection, channel, &self.user_messages_queue, args).await?;
-        channel
-            .queue_bind(
+        for work in [
+            DomainEvent::USER_MESSAGE_POSTED,
+            DomainEvent::REPLY_REGENERATION_REQUESTED,
+        ] {
+            self.bind(
+                channel,
                 &self.user_messages_queue,
                 &self.events_exchange,
-                DomainEvent::USER_MESSAGE_POSTED,
-                QueueBindOptions::default(),
-                FieldTable::default(),
+                work,
             )
             .await?;
+        }
         Ok(())
     }
 

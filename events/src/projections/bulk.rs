@@ -157,12 +157,37 @@ async fn write_history(
     tables: &Tables,
     fold: &Fold,
 ) -> Result<(), sqlx::Error> {
-    let history: Vec<_> = fold.history.iter().collect();
+    // Rows from earlier batches go first: the batch's own rows are what is
+    // left after its clears and regenerations.
+    for ((user, bot), before) in &fold.cleared {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE user_id = ? AND chatbot_id = ? AND seq < ?",
+            tables.chat_history
+        ))
+        .bind(user)
+        .bind(bot)
+        .bind(before)
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let withdrawn: Vec<&String> = fold.withdrawn.iter().collect();
+    for chunk in withdrawn.chunks(ROWS_PER_STATEMENT) {
+        let mut delete = QueryBuilder::<MySql>::new(format!(
+            "DELETE FROM {} WHERE reply_to IN ",
+            tables.chat_history
+        ));
+        delete.push_tuples(chunk, |mut b, id| {
+            b.push_bind(*id);
+        });
+        delete.build().persistent(false).execute(&mut *conn).await?;
+    }
+    let history: Vec<_> = fold.history().collect();
     insert_rows(
         conn,
         &format!(
             "INSERT INTO {} (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
-             content, status, created_at) ",
+             content, status, created_at, attempt) ",
             tables.chat_history
         ),
         "",
@@ -177,11 +202,17 @@ async fn write_history(
                 .push_bind(entry.row.by_user)
                 .push_bind(&entry.row.content)
                 .push_bind(&entry.row.status)
-                .push_bind(entry.row.created_at);
+                .push_bind(entry.row.created_at)
+                .push_bind(entry.row.attempt);
         },
     )
     .await?;
-    for status in [MessageStatus::Done, MessageStatus::Failed] {
+    for status in [
+        MessageStatus::Pending,
+        MessageStatus::Done,
+        MessageStatus::Failed,
+        MessageStatus::Stopped,
+    ] {
         let ids: Vec<&String> = fold
             .history_status
             .iter()
@@ -199,6 +230,17 @@ async fn write_history(
             });
             update.build().persistent(false).execute(&mut *conn).await?;
         }
+    }
+    for (message_id, attempt) in &fold.history_attempts {
+        sqlx::query(&format!(
+            "UPDATE {} SET attempt = ? WHERE message_id = ?",
+            tables.chat_history
+        ))
+        .bind(attempt)
+        .bind(message_id)
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use sqlx::mysql::{MySqlConnection, MySqlPool};
 
 use super::page::{Page, RowText};
 use super::Tables;
-use crate::event::{BotId, DomainEvent, UserId};
+use crate::event::{self, BotId, DomainEvent, UserId};
 use crate::store::RecordedEvent;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -37,6 +37,10 @@ impl ChatListProjection {
             DomainEvent::UserMessagePosted(e) => (e.user_id, e.bot_id, &e.content),
             DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id, &e.content),
             DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id, &e.reason),
+            // A stop before the model wrote anything leaves the user's message
+            // as the conversation's latest words.
+            DomainEvent::BotReplyStopped(e) if e.content.is_empty() => return Ok(()),
+            DomainEvent::BotReplyStopped(e) => (e.user_id, e.bot_id, &e.content),
             // The list shows the bot's name as it is now.
             DomainEvent::BotUpdated(e) => {
                 if let Some(name) = &e.name {
@@ -52,13 +56,19 @@ impl ChatListProjection {
                 }
                 return Ok(());
             }
-            DomainEvent::BotDeleted(e) => {
+            // Until its next message, a cleared conversation is not listed.
+            DomainEvent::BotDeleted(event::BotDeleted { user_id, bot_id })
+            | DomainEvent::ConversationCleared(event::ConversationCleared {
+                user_id,
+                bot_id,
+                ..
+            }) => {
                 sqlx::query(&format!(
                     "DELETE FROM {} WHERE user_id = ? AND chatbot_id = ?",
                     tables.chat_list
                 ))
-                .bind(e.user_id)
-                .bind(e.bot_id)
+                .bind(user_id)
+                .bind(bot_id)
                 .execute(conn)
                 .await?;
                 return Ok(());

@@ -84,8 +84,19 @@ impl Touched {
                 | BotDeleted(event::BotDeleted { bot_id, .. })
                 | UserMessagePosted(event::UserMessagePosted { bot_id, .. })
                 | BotReplyGenerated(event::BotReplyGenerated { bot_id, .. })
-                | BotReplyFailed(event::BotReplyFailed { bot_id, .. }) => {
+                | BotReplyFailed(event::BotReplyFailed { bot_id, .. })
+                | BotReplyStopped(event::BotReplyStopped { bot_id, .. }) => {
                     touched.bots.insert(*bot_id);
+                }
+                ReplyRegenerationRequested(_) => {}
+                ConversationCleared(event::ConversationCleared {
+                    user_id,
+                    bot_id,
+                    forget_memory,
+                }) => {
+                    if *forget_memory {
+                        touched.memory.insert((*user_id, *bot_id));
+                    }
                 }
                 SessionStarted(event::SessionStarted { session_id, .. })
                 | SessionRefreshed(event::SessionRefreshed { session_id, .. })
@@ -115,11 +126,19 @@ pub struct Fold {
     /// Bots as loaded, then as changed; `changed_bots` says which to write.
     pub bots: HashMap<BotId, Bot>,
     pub changed_bots: HashSet<BotId>,
-    /// History rows the batch added, in order.
-    pub history: Vec<HistoryEntry>,
+    /// History rows the batch added, in order; `None` where a later event of
+    /// the batch took the row out again (see [`Fold::history`]).
+    history: Vec<Option<HistoryEntry>>,
     history_index: HashMap<String, usize>,
     /// Status changes of rows added before this batch, by message id.
     pub history_status: HashMap<String, MessageStatus>,
+    /// Messages added before this batch that wait for a later attempt.
+    pub history_attempts: HashMap<String, i32>,
+    /// Messages whose outcomes from before this batch are withdrawn (regenerated).
+    pub withdrawn: HashSet<String>,
+    /// Conversations cleared by the batch, with the version of their last clear:
+    /// their rows before it go.
+    pub cleared: HashMap<ConversationKey, i64>,
     /// The latest message of each conversation the batch touched; `None` removes it.
     pub chat_list: HashMap<ConversationKey, Option<ChatListEntry>>,
     /// Bots renamed by the batch, with their new names, for the chat list's rows
@@ -188,6 +207,29 @@ impl Fold {
                 self.message(event, decoded, e.user_id, e.bot_id, &e.reason);
                 self.set_status(e.reply_to.to_string(), MessageStatus::Failed);
             }
+            DomainEvent::BotReplyStopped(e) => {
+                self.message(event, decoded, e.user_id, e.bot_id, &e.content);
+                self.set_status(e.reply_to.to_string(), MessageStatus::Stopped);
+            }
+            DomainEvent::ReplyRegenerationRequested(e) => self.reopen(e),
+            DomainEvent::ConversationCleared(e) => {
+                let key = (e.user_id, e.bot_id);
+                let before = event.stream_version;
+                for slot in &mut self.history {
+                    let gone = slot.as_ref().is_some_and(|entry| {
+                        (entry.user_id, entry.chatbot_id) == key && entry.row.seq < before
+                    });
+                    if gone {
+                        *slot = None;
+                    }
+                }
+                let latest = self.cleared.entry(key).or_insert(before);
+                *latest = (*latest).max(before);
+                self.chat_list.insert(key, None);
+                if e.forget_memory {
+                    self.erase_memory(key, event.stream_version, at);
+                }
+            }
             DomainEvent::SessionStarted(e) => {
                 let id = e.session_id.to_string();
                 if !self.sessions.contains_key(&id) {
@@ -237,12 +279,46 @@ impl Fold {
                 at,
             ),
             DomainEvent::MemoryErased(e) => {
-                let row = self.memory_row((e.user_id, e.bot_id));
-                row.memory = ConversationMemory {
-                    erased_through: row.memory.erased_through.max(event.stream_version),
-                    updated_at: Some(at),
-                    ..ConversationMemory::default()
-                };
+                self.erase_memory((e.user_id, e.bot_id), event.stream_version, at);
+            }
+        }
+    }
+
+    /// Nothing remembered through `version` is kept.
+    fn erase_memory(&mut self, key: ConversationKey, version: i64, at: NaiveDateTime) {
+        let row = self.memory_row(key);
+        row.memory = ConversationMemory {
+            erased_through: row.memory.erased_through.max(version),
+            updated_at: Some(at),
+            ..ConversationMemory::default()
+        };
+    }
+
+    /// A regeneration: the message's outcome leaves the history, and the
+    /// message waits for the new attempt.
+    fn reopen(&mut self, e: &event::ReplyRegenerationRequested) {
+        let message_id = e.message_id.to_string();
+        for slot in &mut self.history {
+            if slot
+                .as_ref()
+                .is_some_and(|entry| entry.row.reply_to.as_deref() == Some(message_id.as_str()))
+            {
+                *slot = None;
+            }
+        }
+        self.withdrawn.insert(message_id.clone());
+        let attempt = i32::try_from(e.attempt).unwrap_or(i32::MAX);
+        match self.history_index.get(&message_id) {
+            Some(&index) => {
+                if let Some(entry) = self.history[index].as_mut() {
+                    entry.row.status = MessageStatus::Pending.as_str().to_string();
+                    entry.row.attempt = attempt;
+                }
+            }
+            None => {
+                self.history_status
+                    .insert(message_id.clone(), MessageStatus::Pending);
+                self.history_attempts.insert(message_id, attempt);
             }
         }
     }
@@ -284,11 +360,16 @@ impl Fold {
         if let Some(row) = super::ChatHistoryProjection::row_of(event, decoded) {
             self.history_index
                 .insert(row.message_id.clone(), self.history.len());
-            self.history.push(HistoryEntry {
+            self.history.push(Some(HistoryEntry {
                 user_id,
                 chatbot_id: bot_id,
                 row,
-            });
+            }));
+        }
+        // A stop before the model wrote anything leaves the user's message as
+        // the conversation's latest words.
+        if text.is_empty() && matches!(decoded, DomainEvent::BotReplyStopped(_)) {
+            return;
         }
         // Only a live bot's conversation is listed; a late reply to a deleted bot's
         // message must not bring it back.
@@ -308,11 +389,20 @@ impl Fold {
 
     fn set_status(&mut self, message_id: String, status: MessageStatus) {
         match self.history_index.get(&message_id) {
-            Some(&index) => self.history[index].row.status = status.as_str().to_string(),
+            Some(&index) => {
+                if let Some(entry) = self.history[index].as_mut() {
+                    entry.row.status = status.as_str().to_string();
+                }
+            }
             None => {
                 self.history_status.insert(message_id, status);
             }
         }
+    }
+
+    /// The history rows the batch added and left in place, in order.
+    pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.history.iter().flatten()
     }
 
     /// The conversation's memory row, created empty if it has none, and marked to
@@ -329,7 +419,11 @@ impl Fold {
     /// A conversation's rows after folding all of its events from nothing, oldest
     /// first: what `GET /chat/history` would have served.
     pub fn into_history(self) -> Vec<HistoryRow> {
-        self.history.into_iter().map(|entry| entry.row).collect()
+        self.history
+            .into_iter()
+            .flatten()
+            .map(|entry| entry.row)
+            .collect()
     }
 }
 
@@ -464,10 +558,14 @@ mod tests {
                 bot_id: 2,
                 content: "hello".into(),
                 model: "m".into(),
+                attempt: 1,
             })
         };
         fold.apply(&stamp(3), &reply(message_id));
-        assert_eq!(fold.history[0].row.status, "done");
+        assert_eq!(
+            fold.history().next().map(|e| e.row.status.as_str()),
+            Some("done")
+        );
         assert_eq!(
             fold.chat_list[&(1, 2)]
                 .as_ref()

@@ -1,14 +1,23 @@
 //! The `chat_history` read model: one row per message in a conversation.
 //!
 //! A user's message starts `pending`; its reply row is `done` and turns the message
-//! `done`; a failure adds a bot row that says what went wrong, and both are `failed`.
+//! `done`; a failure adds a bot row that says what went wrong, and both are
+//! `failed`; a stop adds a bot row with the text written before it, and both are
+//! `stopped`.
+//!
+//! Two controls take rows out again (the log keeps their events): a regeneration
+//! removes the last message's outcome and makes the message `pending` for its next
+//! attempt, whose reply gets a new `seq` (so that clients following the
+//! conversation with `after=<seq>` see it arrive); a clear removes every row
+//! before it. Neither can strand a pending message: a regeneration is refused
+//! while a reply is being written, and a clear stops what is pending first.
 
 use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
 use super::page::{Page, RowText};
 use super::Tables;
-use crate::event::{BotId, DomainEvent, UserId};
+use crate::event::{self, BotId, DomainEvent, UserId};
 use crate::store::{EventStamp, RecordedEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +25,7 @@ pub enum MessageStatus {
     Pending,
     Done,
     Failed,
+    Stopped,
 }
 
 impl MessageStatus {
@@ -24,6 +34,7 @@ impl MessageStatus {
             MessageStatus::Pending => "pending",
             MessageStatus::Done => "done",
             MessageStatus::Failed => "failed",
+            MessageStatus::Stopped => "stopped",
         }
     }
 }
@@ -37,6 +48,9 @@ pub struct HistoryRow {
     pub content: String,
     pub status: String,
     pub created_at: NaiveDateTime,
+    /// A user message: the attempt it waits for or was last answered by; a
+    /// reply: the attempt it is.
+    pub attempt: i32,
 }
 
 /// A page of a conversation (see [`super::page`]).
@@ -58,18 +72,36 @@ pub struct Exchange {
     pub reply_status: Option<String>,
 }
 
+/// What a user message got, as far as a prompt is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// The bot's reply.
+    Given(&'a str),
+    /// The user stopped the reply after this much of it.
+    CutOff(&'a str),
+    /// Nothing to show the model: no outcome yet, or a failure (which is not
+    /// part of the conversation).
+    None,
+}
+
 impl Exchange {
-    /// The bot's answer, if it gave one (a failure is not part of the conversation).
-    pub fn answer(&self) -> Option<&str> {
+    pub fn answer(&self) -> Answer<'_> {
+        let reply = self.reply.as_deref().unwrap_or_default();
         match self.reply_status.as_deref() {
-            Some(status) if status == MessageStatus::Done.as_str() => self.reply.as_deref(),
-            _ => None,
+            Some(status) if status == MessageStatus::Done.as_str() => Answer::Given(reply),
+            Some(status) if status == MessageStatus::Stopped.as_str() => Answer::CutOff(reply),
+            _ => Answer::None,
         }
+    }
+
+    /// Whether the message has an outcome.
+    pub fn is_settled(&self) -> bool {
+        self.reply_status.is_some()
     }
 }
 
 const SELECT_HISTORY: &str = "SELECT seq, message_id, reply_to, by_user, content, status, \
-    created_at FROM chat_history";
+    created_at, attempt FROM chat_history";
 
 pub struct ChatHistoryProjection;
 
@@ -79,16 +111,22 @@ impl ChatHistoryProjection {
     /// readers without a database read. (The answered message's own status change
     /// is not in it.)
     pub fn row_of(event: &EventStamp, decoded: &DomainEvent) -> Option<HistoryRow> {
-        let (message_id, reply_to, by_user, content, status) = match decoded {
-            DomainEvent::UserMessagePosted(e) => {
-                (e.message_id, None, 1, &e.content, MessageStatus::Pending)
-            }
+        let (message_id, reply_to, by_user, content, status, attempt) = match decoded {
+            DomainEvent::UserMessagePosted(e) => (
+                e.message_id,
+                None,
+                1,
+                &e.content,
+                MessageStatus::Pending,
+                event::FIRST_ATTEMPT,
+            ),
             DomainEvent::BotReplyGenerated(e) => (
                 e.message_id,
                 Some(e.reply_to),
                 0,
                 &e.content,
                 MessageStatus::Done,
+                e.attempt,
             ),
             DomainEvent::BotReplyFailed(e) => (
                 e.message_id,
@@ -96,6 +134,15 @@ impl ChatHistoryProjection {
                 0,
                 &e.reason,
                 MessageStatus::Failed,
+                e.attempt,
+            ),
+            DomainEvent::BotReplyStopped(e) => (
+                e.message_id,
+                Some(e.reply_to),
+                0,
+                &e.content,
+                MessageStatus::Stopped,
+                e.attempt,
             ),
             _ => return None,
         };
@@ -107,6 +154,7 @@ impl ChatHistoryProjection {
             content: content.clone(),
             status: status.as_str().to_string(),
             created_at: event.recorded_at,
+            attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
         })
     }
 
@@ -120,6 +168,22 @@ impl ChatHistoryProjection {
             DomainEvent::UserMessagePosted(e) => (e.user_id, e.bot_id),
             DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id),
             DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id),
+            DomainEvent::BotReplyStopped(e) => (e.user_id, e.bot_id),
+            DomainEvent::ReplyRegenerationRequested(e) => {
+                return Self::reopen(conn, tables, e).await;
+            }
+            DomainEvent::ConversationCleared(e) => {
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE user_id = ? AND chatbot_id = ? AND seq < ?",
+                    tables.chat_history
+                ))
+                .bind(e.user_id)
+                .bind(e.bot_id)
+                .bind(event.stream_version)
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
             _ => return Ok(()),
         };
         let Some(row) = Self::row_of(&event.stamp(), decoded) else {
@@ -127,7 +191,7 @@ impl ChatHistoryProjection {
         };
         sqlx::query(&format!(
             "INSERT INTO {} (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
-             content, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             content, status, created_at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             tables.chat_history
         ))
         .bind(user_id)
@@ -139,6 +203,7 @@ impl ChatHistoryProjection {
         .bind(&row.content)
         .bind(&row.status)
         .bind(row.created_at)
+        .bind(row.attempt)
         .execute(&mut *conn)
         .await?;
         // An outcome gives the message it answers the same status.
@@ -152,6 +217,33 @@ impl ChatHistoryProjection {
             .execute(&mut *conn)
             .await?;
         }
+        Ok(())
+    }
+
+    /// A regeneration: the message's earlier outcome leaves the history, and the
+    /// message waits for its next attempt.
+    async fn reopen(
+        conn: &mut MySqlConnection,
+        tables: &Tables,
+        e: &event::ReplyRegenerationRequested,
+    ) -> Result<(), sqlx::Error> {
+        let message_id = e.message_id.to_string();
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE reply_to = ?",
+            tables.chat_history
+        ))
+        .bind(&message_id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "UPDATE {} SET status = ?, attempt = ? WHERE message_id = ?",
+            tables.chat_history
+        ))
+        .bind(MessageStatus::Pending.as_str())
+        .bind(e.attempt)
+        .bind(&message_id)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 
@@ -200,6 +292,44 @@ impl ChatHistoryProjection {
         let mut page = Page::collect(rows, limit, max_bytes).await?;
         page.rows.reverse();
         Ok(page)
+    }
+
+    /// The conversation's last row from `by_user` (1: the user, 0: the bot).
+    pub async fn last_by(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        by_user: i8,
+    ) -> Result<Option<HistoryRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND by_user = ? \
+             ORDER BY seq DESC LIMIT 1"
+        ))
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(by_user)
+        .fetch_optional(pool)
+        .await
+    }
+
+    /// The conversation's messages with no outcome yet, oldest first, at most
+    /// `limit` of them.
+    pub async fn pending(
+        pool: &MySqlPool,
+        user_id: UserId,
+        bot_id: BotId,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "{SELECT_HISTORY} WHERE user_id = ? AND chatbot_id = ? AND status = ? \
+             ORDER BY seq LIMIT ?"
+        ))
+        .bind(user_id)
+        .bind(bot_id)
+        .bind(MessageStatus::Pending.as_str())
+        .bind(limit)
+        .fetch_all(pool)
+        .await
     }
 
     /// A user message's row, by its id.

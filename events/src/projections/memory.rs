@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use sqlx::mysql::{MySqlConnection, MySqlPool};
 
 use super::Tables;
-use crate::event::{BotId, DomainEvent, UserId};
+use crate::event::{self, BotId, DomainEvent, UserId};
 use crate::store::RecordedEvent;
 
 #[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
@@ -58,7 +58,13 @@ impl MemoryProjection {
                 Text::Profile(&e.profile),
                 e.covers_version,
             ),
-            DomainEvent::MemoryErased(e) => {
+            // A clear that forgets erases as `MemoryErased` does.
+            DomainEvent::MemoryErased(event::MemoryErased { user_id, bot_id })
+            | DomainEvent::ConversationCleared(event::ConversationCleared {
+                user_id,
+                bot_id,
+                forget_memory: true,
+            }) => {
                 sqlx::query(&format!(
                     "INSERT INTO {} (user_id, chatbot_id, erased_through, updated_at) \
                      VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE summary = NULL, \
@@ -66,8 +72,8 @@ impl MemoryProjection {
                      erased_through = GREATEST(erased_through, ?), updated_at = ?",
                     tables.memory
                 ))
-                .bind(e.user_id)
-                .bind(e.bot_id)
+                .bind(user_id)
+                .bind(bot_id)
                 .bind(event.stream_version)
                 .bind(event.recorded_at)
                 .bind(event.stream_version)

@@ -50,9 +50,12 @@ pub fn history_rows(rows: Vec<HistoryRow>, format: RowFormat) -> Value {
     Value::Array(rows.into_iter().map(|r| history_row(r, format)).collect())
 }
 
-/// One history row, in either shape.
+/// One history row, in either shape. As an object, a bot's row also says which
+/// message it answers (`reply_to`) and which attempt it is (`attempt`: 1, then
+/// one more per regeneration).
 pub fn history_row(r: HistoryRow, format: RowFormat) -> Value {
-    shape(
+    let answer = (r.by_user == 0).then(|| (r.reply_to.clone(), r.attempt));
+    let mut row = shape(
         HISTORY_FIELDS,
         [
             json!(r.content),
@@ -63,5 +66,10 @@ pub fn history_row(r: HistoryRow, format: RowFormat) -> Value {
             json!(r.status),
         ],
         format,
-    )
+    );
+    if let (Value::Object(fields), Some((reply_to, attempt))) = (&mut row, answer) {
+        fields.insert("reply_to".into(), json!(reply_to));
+        fields.insert("attempt".into(), json!(attempt));
+    }
+    row
 }

@@ -506,7 +506,35 @@ async fn clearing_while_a_reply_is_written_stops_it_first() -> anyhow::Result<()
     assert_eq!(count_events(&stack, "BotReplyGenerated").await?, 0);
     assert_eq!(stack.model.calls(), 1, "the queued message was never sent");
     let _ = (first, second);
+    stack.model.set_latency(Duration::ZERO);
     client.chat(&token, bot, "a fresh start").await?;
     assert_eq!(history(&client, &token, bot).await?.len(), 2);
+
+    // Every new event in one log: verify rebuilds the same read models, and
+    // the export holds them all.
+    post(
+        &client,
+        "/chat/regenerate",
+        json!({ "chatbot_id": bot }),
+        &token,
+    )
+    .await?;
+    post(
+        &client,
+        "/bots/update",
+        json!({ "chatbot_id": bot, "chatbot_name": "Renamed" }),
+        &token,
+    )
+    .await?;
+    replay(&stack, &["verify"]).await?;
+    let exported = replay(&stack, &["export"]).await?;
+    for event_type in [
+        "BotUpdated",
+        "BotReplyStopped",
+        "ReplyRegenerationRequested",
+        "ConversationCleared",
+    ] {
+        assert!(exported.contains(event_type), "{event_type} is exported");
+    }
     stack.teardown().await
 }

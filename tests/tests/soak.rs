@@ -1,8 +1,11 @@
 //! The soak: two apis and two workers (answering and keeping memory) under steady
-//! load while processes are killed (one user flooding a bot, or all their bots,
-//! among them) and stopped, the broker and the database are cut away, and the model fails in
-//! bursts, all at random; then a checker proves that nothing was lost, doubled,
-//! reordered or left pending.
+//! load, with users stopping replies and asking for them again, while processes
+//! are killed (one user flooding a bot, or all their bots, among them) and
+//! stopped, the broker and the database are cut away, and the model fails in
+//! bursts, all at random; then a checker proves that every message ended as
+//! exactly one of done, failed or stopped, that nothing was lost, doubled,
+//! reordered or left pending, that every model call is accounted for, and that
+//! `worker replay verify` rebuilds the same read models from the log.
 //!
 //! Run on demand, with a seed (to replay a run) and a duration:
 //!
@@ -51,6 +54,14 @@ struct Ledger {
     accepted: Mutex<HashMap<String, (i64, i64)>>,
     posts: AtomicU64,
     retries: AtomicU64,
+    /// Stops that ended a reply (200 with a `stopped` row of this stop), and
+    /// those that found nothing to stop.
+    stops: AtomicU64,
+    idle_stops: AtomicU64,
+    /// Regenerations recorded (202), and those refused (409: a reply was
+    /// being written; 400: no message yet).
+    regenerations: AtomicU64,
+    refused_regenerations: AtomicU64,
 }
 
 #[derive(Default)]
@@ -108,7 +119,8 @@ fn start_worker(stack: &Stack, slot: usize, n: usize) -> anyhow::Result<Process>
 }
 
 /// One client: posts to random conversations through random apis, each message with
-/// its own `client_msg_id`, retried until accepted.
+/// its own `client_msg_id`, retried until accepted; now and then it stops the
+/// reply being written, or asks for the last one again, instead.
 async fn client_loop(
     seed: u64,
     ports: Vec<u16>,
@@ -120,11 +132,48 @@ async fn client_loop(
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
         let conversation = &conversations[rng.gen_range(0..conversations.len())];
-        let key = format!("soak-{seed}-{n}");
-        n += 1;
-        post_until_accepted(&mut rng, &ports, conversation, key, &ledger).await;
+        match rng.gen_range(0..100) {
+            0..=5 => control(&mut rng, &ports, conversation, "/chat/stop", &ledger).await,
+            6..=9 => {
+                let path = "/chat/regenerate?wait=false";
+                control(&mut rng, &ports, conversation, path, &ledger).await
+            }
+            _ => {
+                let key = format!("soak-{seed}-{n}");
+                n += 1;
+                post_until_accepted(&mut rng, &ports, conversation, key, &ledger).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..120))).await;
     }
+}
+
+/// One stop or regeneration through a random api, counted by how it was
+/// answered; one that gets no answer (an api down) is not retried, as a person
+/// would not.
+async fn control(
+    rng: &mut StdRng,
+    ports: &[u16],
+    (_, token, bot): &(i64, String, i64),
+    path: &str,
+    ledger: &Ledger,
+) {
+    let port = ports[rng.gen_range(0..ports.len())];
+    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.post_json(path, &json!({ "chatbot_id": bot }), Some(token)),
+    )
+    .await;
+    let Ok(Ok(reply)) = answer else { return };
+    let counter = match (path, reply.status) {
+        ("/chat/stop", 200) if reply.body["data"]["status"] == "stopped" => &ledger.stops,
+        ("/chat/stop", 200) => &ledger.idle_stops,
+        (_, 202) => &ledger.regenerations,
+        (_, 400 | 409) => &ledger.refused_regenerations,
+        _ => return,
+    };
+    counter.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Posts one message (`wait=false`) under `key` until an api accepts it, and
@@ -468,7 +517,40 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
     let messages = posted_ids.len();
     assert!(
         posted_ids.iter().all(|(_, n)| *n == 1),
-        "every message has exactly one outcome"
+        "every message has exactly one outcome in history"
+    );
+    // Each ended as exactly one of done, failed or stopped, the outcome of its
+    // last attempt; in the log, no attempt has two outcomes, and only the last
+    // attempt's outcome is shown.
+    let ends: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, COUNT(*) FROM chat_history WHERE by_user = 1 GROUP BY status",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let ends: HashMap<String, i64> = ends.into_iter().collect();
+    assert!(
+        ends.keys()
+            .all(|s| ["done", "failed", "stopped"].contains(&s.as_str())),
+        "every message ended as done, failed or stopped: {ends:?}"
+    );
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT JSON_UNQUOTE(JSON_EXTRACT(payload, '$.reply_to')) AS m, \
+         COALESCE(JSON_EXTRACT(payload, '$.attempt'), 1) AS a FROM events \
+         WHERE event_type IN ('BotReplyGenerated', 'BotReplyFailed', 'BotReplyStopped') \
+         GROUP BY m, a HAVING COUNT(*) > 1) AS twice",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(doubled, 0, "no attempt has two outcomes in the log");
+    let shown_attempts_match: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM chat_history m JOIN chat_history r ON r.reply_to = m.message_id \
+         WHERE m.by_user = 1 AND (r.attempt <> m.attempt OR r.status <> m.status)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        shown_attempts_match, 0,
+        "each message shows its last attempt's outcome, with that outcome's status"
     );
 
     // Each accepted client_msg_id was recorded exactly once.
@@ -531,15 +613,26 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
     })
     .await?;
 
-    // Model calls: one answer per message, plus the injected failures; a worker
-    // stopped mid-call can waste at most the calls it was making (one per
-    // conversation it was answering).
-    let done: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM chat_history WHERE by_user = 0 AND status = 'done'",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let failed_outcomes = messages as i64 - done;
+    // Model calls: one answer per reply recorded (a regenerated one included),
+    // plus the injected failures. A worker stopped mid-call can waste at most
+    // the calls it was making (one per conversation it was answering); a user's
+    // stop, at most the call it cancels (the caller hangs up) or the one whose
+    // answer it beat to the record.
+    let count_events = |event_type: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM events WHERE event_type = ?")
+                .bind(event_type)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    let generated = count_events("BotReplyGenerated").await?;
+    let stopped_events = count_events("BotReplyStopped").await?;
+    let regenerated = count_events("ReplyRegenerationRequested").await?;
+    let done = ends.get("done").copied().unwrap_or(0);
+    let stopped = ends.get("stopped").copied().unwrap_or(0);
+    let failed_outcomes = messages as i64 - done - stopped;
     let injected = faults.injected.load(Ordering::SeqCst) as i64;
     let handed_out = injected - stack.model.failures_queued() as i64;
     // Memory refreshes share the model; the replies' count leaves them out.
@@ -549,6 +642,17 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
     let answered = stack.model.answered() as i64 - memory_answered;
     let stops = faults.worker_stops.load(Ordering::SeqCst) as i64;
     let in_flight_at_stops = faults.in_flight_at_stops.load(Ordering::SeqCst) as i64;
+    let hung_up = stack.model.hang_ups().len() as i64;
+    println!(
+        "soak: seed {seed}: {} stops answered with a stopped row ({} with a finished one), \
+         regenerated {} ({} refused); {stopped_events} stops and {regenerated} \
+         regenerations recorded, {generated} replies generated, {hung_up} model calls \
+         hung up on; messages ended {done} done, {stopped} stopped",
+        ledger.stops.load(Ordering::SeqCst),
+        ledger.idle_stops.load(Ordering::SeqCst),
+        ledger.regenerations.load(Ordering::SeqCst),
+        ledger.refused_regenerations.load(Ordering::SeqCst),
+    );
     println!(
         "soak: seed {seed}: {messages} messages accepted ({} posts, {} retried), {} faults; \
          model: {} calls = {answered} answered replies + {memory_answered} answered memory \
@@ -571,10 +675,41 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
         handed_out,
         "every model failure was an injected one"
     );
+    assert_eq!(stack.model.in_flight(), 0, "no model call is still open");
+    assert_eq!(
+        stack.model.calls() as i64,
+        stack.model.answered() as i64 + stack.model.failed() as i64 + hung_up,
+        "every model call was answered, failed, or hung up on"
+    );
     assert!(
-        answered >= done && answered - done <= in_flight_at_stops,
-        "model answers {answered} = replies {done} + at most the calls in flight at the \
-         {stops} worker stops ({in_flight_at_stops})"
+        answered >= generated && answered - generated <= in_flight_at_stops + stopped_events,
+        "model answers {answered} = replies recorded {generated} + at most the calls in \
+         flight at the {stops} worker stops ({in_flight_at_stops}) and one per user stop \
+         ({stopped_events})"
+    );
+    assert!(
+        hung_up <= in_flight_at_stops + stopped_events,
+        "calls hung up on ({hung_up}): at most one per user stop ({stopped_events}) and the \
+         calls in flight at worker stops ({in_flight_at_stops})"
+    );
+    // An api killed between recording a regeneration and answering it leaves
+    // one its client never heard of.
+    assert!(
+        regenerated >= ledger.regenerations.load(Ordering::SeqCst) as i64,
+        "every regeneration a client got accepted was recorded"
+    );
+
+    // The log rebuilds the same read models, stops and regenerations included.
+    let verify = tokio::process::Command::new(system_tests::binary("worker")?)
+        .args(["replay", "verify"])
+        .envs(stack.env())
+        .output()
+        .await?;
+    assert!(
+        verify.status.success(),
+        "replay verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
     );
     drop(processes);
     stack.teardown().await

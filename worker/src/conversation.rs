@@ -50,8 +50,10 @@ impl ConversationId {
     }
 
     /// The turns after `after` (the last memory erasure) up to and including the
-    /// message at `seq`, oldest first; `None` when that message is no longer
-    /// waiting (it was stopped, answered by another holder, or cleared).
+    /// message at `seq`, oldest first; `None` when the read shows that message
+    /// settled meanwhile (stopped, or answered by another holder). A message
+    /// the read leaves out (one older than an erasure) is answered all the same:
+    /// it is still waiting, and skipping it would leave it waiting forever.
     pub async fn turns_through(
         &self,
         pool: &MySqlPool,
@@ -66,10 +68,10 @@ impl ConversationId {
             RECENT_EXCHANGES,
         )
         .await?;
-        let waiting = exchanges
+        let settled = exchanges
             .last()
-            .is_some_and(|last| last.seq == seq && !last.is_settled());
-        Ok(waiting.then(|| turns(&exchanges, seq)))
+            .is_some_and(|last| last.seq == seq && last.is_settled());
+        Ok((!settled).then(|| turns(&exchanges, seq)))
     }
 }
 

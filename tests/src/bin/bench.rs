@@ -7,7 +7,10 @@
 //! - `chat/history` of 50 messages, 64 clients;
 //! - `chat/list` of 100 conversations, 64 clients;
 //! - `new_chat` with an instant model, 16 clients;
-//! - `new_chat` with a 500 ms model, 64 clients (the limit is 64 / 0.5 s = 128/s).
+//! - `new_chat` with a 500 ms model, 64 clients (the limit is 64 / 0.5 s = 128/s);
+//! - `stop`: with 2 apis and 2 workers, how long from a `POST /chat/stop` (on the
+//!   other api than the one that took the message) to the model's connection
+//!   closing (the target is 300 ms at p99).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -95,7 +98,7 @@ fn report(name: &str, figures: &Figures, original: f64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // BENCH_SCENARIOS=history,healthz,uncached,list,chat,fanout,slow picks scenarios
+    // BENCH_SCENARIOS=history,healthz,uncached,list,chat,fanout,slow,stop picks scenarios
     // (all by default).
     let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
@@ -260,6 +263,10 @@ async fn main() -> anyhow::Result<()> {
         let figures = load(64, duration, post).await;
         report("new_chat, 500 ms model, 64 clients", &figures, 8.5);
         println!("  (the model's own limit at 64 clients and 500 ms is 128/s)");
+        stack.model.set_latency(Duration::ZERO);
+    }
+    if wanted("stop") {
+        stop_latency(&mut stack).await?;
     }
 
     stack.teardown().await
@@ -290,6 +297,65 @@ fn api_figures(pid: u32) -> anyhow::Result<(u64, u64, Duration)> {
         kib("VmHWM:") / 1024,
         Duration::from_millis(ticks * 10),
     ))
+}
+
+/// Stops, one at a time, each sent to the second api while the first api's
+/// message is being answered (by either worker): from the stop's request to the
+/// fake model seeing its caller hang up.
+async fn stop_latency(stack: &mut Stack) -> anyhow::Result<()> {
+    const STOPS: usize = 200;
+    stack.spawn_api().await?;
+    stack.spawn_worker().await?;
+    let (taker, stopper) = (stack.client(0), stack.client(stack.apis.len() - 1));
+    let (_, token, _) = taker.signup("stopper", "pass word").await?;
+    let mut bots = Vec::new();
+    for n in 0..20 {
+        bots.push(taker.create_bot(&token, &format!("s{n}"), 0, "").await?);
+    }
+    // Long answers, written steadily: ~300 words, 10 ms apart.
+    stack.model.pad_answers(300 * 1024);
+    stack.model.set_chunk_delay(Duration::from_millis(10));
+    let mut latencies = Vec::with_capacity(STOPS);
+    for i in 0..STOPS {
+        let bot = bots[i % bots.len()];
+        let marker = format!("stop bench {i}");
+        taker.post_later(&token, bot, &marker).await?;
+        system_tests::eventually(Duration::from_secs(10), "the model call", || {
+            let started = stack
+                .model
+                .requests()
+                .iter()
+                .any(|r| r.to_string().contains(&marker));
+            async move { Ok(started.then_some(())) }
+        })
+        .await?;
+        // A few words in, the way a person stops a reply.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = Instant::now();
+        let stopped = stopper
+            .post_json("/chat/stop", &json!({ "chatbot_id": bot }), Some(&token))
+            .await?;
+        anyhow::ensure!(
+            stopped.body["data"]["status"] == "stopped",
+            "the stop landed: {stopped:?}"
+        );
+        let hung_up = stack
+            .model
+            .wait_for_hang_up(&marker, Duration::from_secs(10))
+            .await?;
+        latencies.push(hung_up.saturating_duration_since(sent));
+    }
+    stack.model.pad_answers(0);
+    stack.model.set_chunk_delay(Duration::ZERO);
+    latencies.sort();
+    println!(
+        "stop, 2 apis and 2 workers: {STOPS} stops, request → model connection closed: \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target: p99 under 300 ms)",
+        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -76,6 +76,9 @@ pub struct ApiConfig {
     /// message gets 429; `0` turns a cap off.
     pub conversation_max_unanswered: u32,
     pub user_max_unanswered: u32,
+    /// `USER_DAILY_TOKEN_BUDGET`: tokens a user's model calls may use per UTC
+    /// day; past it `new_chat` and `regenerate` answer 429. Unset: no budget.
+    pub token_budget: events::budget::DailyBudget,
     /// `USER_MAX_BOTS`: live bots per user; `0` turns the cap off.
     pub user_max_bots: u32,
     /// `HEAVY_READS_AT_ONCE`: uncached history pages and lists read and
@@ -167,6 +170,7 @@ impl ApiConfig {
             max_streams_per_user: env_or("SSE_MAX_STREAMS_PER_USER", 5)?,
             conversation_max_unanswered: env_or("CONVERSATION_MAX_UNANSWERED", 50)?,
             user_max_unanswered: env_or("USER_MAX_UNANSWERED", 200)?,
+            token_budget: events::budget::DailyBudget::from_env()?,
             user_max_bots: env_or("USER_MAX_BOTS", 1000)?,
             heavy_reads_at_once: env_or("HEAVY_READS_AT_ONCE", 8)?,
             rate_limits: RateLimitSettings {

@@ -390,6 +390,35 @@ described!(
     ]))
 );
 described!(
+    /// `GET /chat/usage`: tokens paid for in the period, replies (per bot too)
+    /// and memory refreshes apart.
+    UsageReport => envelope(object(vec![
+        ("replies", integer()),
+        ("prompt_tokens", integer()),
+        ("completion_tokens", integer()),
+        (
+            "memory",
+            object(vec![
+                ("refreshes", integer()),
+                ("prompt_tokens", integer()),
+                ("completion_tokens", integer()),
+            ]),
+        ),
+        ("from", string()),
+        ("to", string()),
+    ])
+    .property(
+        "by_bot",
+        ArrayBuilder::new().items(object(vec![
+            ("chatbot_id", integer()),
+            ("replies", integer()),
+            ("prompt_tokens", integer()),
+            ("completion_tokens", integer()),
+        ])),
+    )
+    .required("by_bot"))
+);
+described!(
     /// `POST /chat/stream/ticket`.
     StreamTicket => envelope(object(vec![
         ("ticket", string()),

@@ -132,6 +132,76 @@ pub enum MessageSource {
     Unrecorded,
 }
 
+/// What one model call cost, and how long it took: the model, the tokens of the
+/// attempt that answered (as the provider reported them, or counted here when it
+/// reported none), and the attempts that failed before it, which are paid too.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub model: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Counted by the worker's tokenizer: the provider reported no usage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    /// The whole call, from its first attempt to its last answer, retries
+    /// and their pauses included.
+    pub latency_ms: u64,
+    /// From the last attempt's start to its first text (a streamed call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+    /// Attempts made: 1, or more after retries.
+    pub attempts: u32,
+    /// What the failed attempts before the last one used.
+    #[serde(default)]
+    pub failed_prompt_tokens: u32,
+    #[serde(default)]
+    pub failed_completion_tokens: u32,
+}
+
+impl Usage {
+    /// Every token paid for: the last attempt's and the failed ones'.
+    pub fn billed(&self) -> (u64, u64) {
+        (
+            u64::from(self.prompt_tokens) + u64::from(self.failed_prompt_tokens),
+            u64::from(self.completion_tokens) + u64::from(self.failed_completion_tokens),
+        )
+    }
+}
+
+/// What produced a reply's prompt, enough to build the very same prompt again
+/// from the log (`worker replay explain`): the bot as of a version of its
+/// stream, the memory texts by what they covered, the turns by their range in
+/// the conversation, the settings, the time, and digests of what was sent.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PromptSnapshot {
+    /// The bot's stream version its name, persona and settings were read at.
+    pub bot_version: i64,
+    /// The `covers_version` of the summary and the profile in the prompt.
+    pub summary_covers: Option<i64>,
+    pub profile_covers: Option<i64>,
+    /// The conversation's turns came from after `after_seq` (an erasure or a
+    /// clear) up to `last_seq`, the message answered, from `first_seq` on.
+    pub after_seq: i64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    /// Turns read, and how many of the oldest the context budget left out.
+    pub turns_read: u32,
+    pub turns_trimmed: u32,
+    pub context_budget_chars: u64,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The "now" the prompt was built with.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// SHA-256 (hex) of the messages sent, of the system message alone, and of
+    /// the turns alone.
+    pub sha256: String,
+    pub system_sha256: String,
+    pub turns_sha256: String,
+}
+
 /// Which answer to a message an outcome is: 1 for the first, one more for each
 /// regeneration. Events written before regeneration existed read as 1, and an
 /// outcome of attempt 1 is stored without the field.
@@ -159,6 +229,11 @@ pub struct BotReplyGenerated {
     pub model: String,
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: Attempt,
+    /// Schema v2; `None`: unrecorded (written before usage was).
+    pub usage: Option<Usage>,
+    /// Schema v2; `None`: unrecorded.
+    #[serde(default)]
+    pub prompt: Option<Box<PromptSnapshot>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +246,9 @@ pub struct BotReplyFailed {
     pub reason: String,
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: Attempt,
+    /// What the failed attempts used (schema v2; `None`: no model call, or
+    /// unrecorded).
+    pub usage: Option<Usage>,
 }
 
 /// The user stopped the reply to `reply_to` while it was being written, or
@@ -186,6 +264,19 @@ pub struct BotReplyStopped {
     pub content: String,
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: Attempt,
+}
+
+/// A worker dropped its model call for a reply the user stopped (the api
+/// recorded the stop, `BotReplyStopped`, at once): what the call had cost by
+/// then, which only the worker knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCallStopped {
+    pub reply_to: Uuid,
+    pub user_id: UserId,
+    pub bot_id: BotId,
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: Attempt,
+    pub usage: Usage,
 }
 
 /// The user asked again for a reply to `message_id`, the conversation's last
@@ -218,6 +309,8 @@ pub struct ConversationSummarized {
     pub bot_id: BotId,
     pub summary: String,
     pub covers_version: i64,
+    /// Schema v2; `None`: unrecorded.
+    pub usage: Option<Usage>,
 }
 
 /// A short description of the user, through `covers_version` of the chat stream.
@@ -227,6 +320,8 @@ pub struct UserProfileUpdated {
     pub bot_id: BotId,
     pub profile: String,
     pub covers_version: i64,
+    /// Schema v2; `None`: unrecorded.
+    pub usage: Option<Usage>,
 }
 
 /// The user asked the bot to forget: nothing at or before this event's own stream
@@ -273,6 +368,7 @@ pub enum DomainEvent {
     BotReplyGenerated(BotReplyGenerated),
     BotReplyFailed(BotReplyFailed),
     BotReplyStopped(BotReplyStopped),
+    ModelCallStopped(ModelCallStopped),
     ReplyRegenerationRequested(ReplyRegenerationRequested),
     ConversationCleared(ConversationCleared),
     SessionStarted(SessionStarted),
@@ -304,6 +400,7 @@ impl DomainEvent {
     pub const BOT_REPLY_GENERATED: &'static str = "BotReplyGenerated";
     pub const BOT_REPLY_FAILED: &'static str = "BotReplyFailed";
     pub const BOT_REPLY_STOPPED: &'static str = "BotReplyStopped";
+    pub const MODEL_CALL_STOPPED: &'static str = "ModelCallStopped";
     pub const REPLY_REGENERATION_REQUESTED: &'static str = "ReplyRegenerationRequested";
     pub const CONVERSATION_CLEARED: &'static str = "ConversationCleared";
     pub const BOT_DELETED: &'static str = "BotDeleted";
@@ -324,6 +421,7 @@ impl DomainEvent {
             DomainEvent::BotReplyGenerated(_) => Self::BOT_REPLY_GENERATED,
             DomainEvent::BotReplyFailed(_) => Self::BOT_REPLY_FAILED,
             DomainEvent::BotReplyStopped(_) => Self::BOT_REPLY_STOPPED,
+            DomainEvent::ModelCallStopped(_) => Self::MODEL_CALL_STOPPED,
             DomainEvent::ReplyRegenerationRequested(_) => Self::REPLY_REGENERATION_REQUESTED,
             DomainEvent::ConversationCleared(_) => Self::CONVERSATION_CLEARED,
             DomainEvent::SessionStarted(_) => Self::SESSION_STARTED,
@@ -350,6 +448,9 @@ impl DomainEvent {
             DomainEvent::BotReplyGenerated(e) => Some(reply_key(e.reply_to, e.attempt)),
             DomainEvent::BotReplyFailed(e) => Some(reply_key(e.reply_to, e.attempt)),
             DomainEvent::BotReplyStopped(e) => Some(reply_key(e.reply_to, e.attempt)),
+            DomainEvent::ModelCallStopped(e) => {
+                Some(format!("stopped-call:{}:{}", e.reply_to, e.attempt))
+            }
             // Two regenerations racing for the same attempt: one is recorded.
             DomainEvent::ReplyRegenerationRequested(e) => {
                 Some(format!("regenerate:{}:{}", e.message_id, e.attempt))
@@ -387,6 +488,7 @@ impl DomainEvent {
             DomainEvent::BotReplyGenerated(e) => serde_json::to_value(e),
             DomainEvent::BotReplyFailed(e) => serde_json::to_value(e),
             DomainEvent::BotReplyStopped(e) => serde_json::to_value(e),
+            DomainEvent::ModelCallStopped(e) => serde_json::to_value(e),
             DomainEvent::ReplyRegenerationRequested(e) => serde_json::to_value(e),
             DomainEvent::ConversationCleared(e) => serde_json::to_value(e),
             DomainEvent::SessionStarted(e) => serde_json::to_value(e),
@@ -482,6 +584,9 @@ impl DomainEvent {
             }
             Self::BOT_REPLY_STOPPED => {
                 DomainEvent::BotReplyStopped(Deserialize::deserialize(payload)?)
+            }
+            Self::MODEL_CALL_STOPPED => {
+                DomainEvent::ModelCallStopped(Deserialize::deserialize(payload)?)
             }
             Self::REPLY_REGENERATION_REQUESTED => {
                 DomainEvent::ReplyRegenerationRequested(Deserialize::deserialize(payload)?)

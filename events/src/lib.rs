@@ -15,9 +15,10 @@
 //!   projector it calls), and group commit: concurrent appends share one
 //!   transaction.
 //! - [`projections`]: the read models (`bots`, `chat_history`, `chat_list`,
-//!   `sessions`, `conversation_memory`) and the queries the GET routes and the
+//!   `sessions`, `conversation_memory`, `usage_daily`) and the queries the GET routes and the
 //!   worker use; and replaying the log into them in bulk (`fold`, `bulk`, `shadow`,
 //!   `rebuild`, `verify`).
+//! - [`budget`]: daily token budgets, checked and reserved before a model call.
 //! - [`bus`]: RabbitMQ topology, a confirming publisher, and a consumer supervisor that
 //!   reconnects with backoff.
 //! - [`shutdown`]: SIGTERM/Ctrl-C as a future and a cancellation token.
@@ -36,6 +37,7 @@
 
 pub mod appender;
 pub mod backoff;
+pub mod budget;
 pub mod bus;
 pub mod config;
 pub mod db;

@@ -18,6 +18,13 @@ use serde_json::Value;
 // Type names as the log stores them; they never change once written, so this module
 // names them itself rather than borrow them from the types it reads old shapes for.
 const USER_MESSAGE_POSTED: &str = "UserMessagePosted";
+/// The events of a model call, which record its usage from v2 on.
+const METERED: [&str; 4] = [
+    "BotReplyGenerated",
+    "BotReplyFailed",
+    "ConversationSummarized",
+    "UserProfileUpdated",
+];
 
 /// The schema version this release writes, and that [`upcast`] brings every older
 /// event of the type up to.
@@ -25,6 +32,8 @@ pub fn current_version(event_type: &str) -> u16 {
     match event_type {
         // v2 records where the message came from (`source`).
         USER_MESSAGE_POSTED => 2,
+        // v2 records what the model call cost (`usage`).
+        metered if METERED.contains(&metered) => 2,
         _ => 1,
     }
 }
@@ -77,6 +86,13 @@ fn step(event_type: &str, from: u16, payload: &mut Value) -> Result<(), UpcastEr
             }
             Ok(())
         }
+        (metered, 1) if METERED.contains(&metered) => {
+            // Releases before v2 did not record usage: it reads as unrecorded.
+            if let Value::Object(fields) = payload {
+                fields.entry("usage").or_insert(Value::Null);
+            }
+            Ok(())
+        }
         _ => Err(UpcastError::Missing {
             event_type: event_type.to_string(),
             version: from,
@@ -99,6 +115,21 @@ mod tests {
             current.map(|p| p["source"].clone()),
             Ok(json!("unrecorded"))
         );
+    }
+
+    #[test]
+    fn a_v1_model_event_reads_with_its_usage_unrecorded() {
+        let v1 = json!({"message_id": "0190b3c4-0000-7000-8000-000000000002",
+            "reply_to": "0190b3c4-0000-7000-8000-000000000001", "user_id": 7, "bot_id": 42,
+            "content": "hello", "model": "gpt-4o-mini"});
+        let current = upcast("BotReplyGenerated", 1, &v1).map(Cow::into_owned);
+        assert_eq!(
+            current.as_ref().map(|p| p["usage"].clone()),
+            Ok(Value::Null)
+        );
+        assert_eq!(current.map(|p| p["content"].clone()), Ok(json!("hello")));
+        assert_eq!(current_version("UserProfileUpdated"), 2);
+        assert_eq!(current_version("BotReplyStopped"), 1);
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! (429, 500, 400, `insufficient_quota`) for the next calls. Asked to stream, it
 //! sends the answer word by word as server-sent events, with an optional pause
 //! between words, and notes when a caller hangs up before the answer is over.
+//!
+//! It reports usage as OpenAI does (in the response, or, streamed with
+//! `stream_options.include_usage`, in a last chunk of its own): a prompt token
+//! per word of the messages plus 4 per message, a completion token per word
+//! sent. It honours `max_completion_tokens` (in words, ending with
+//! `finish_reason: "length"`). [`FakeOpenAi::report_usage`] turns usage off, as
+//! some OpenAI-compatible servers do.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +65,8 @@ struct Inner {
     /// Calls whose caller closed the connection before the answer was over:
     /// their position in `requests`, and when the close was seen.
     hung_up: Mutex<Vec<(usize, std::time::Instant)>>,
+    /// Answers carry no usage.
+    no_usage: std::sync::atomic::AtomicBool,
 }
 
 /// One call in flight, until dropped: when its answer ends, or when its caller
@@ -158,6 +167,28 @@ impl FakeOpenAi {
         if let Ok(mut watched) = self.inner.watched.lock() {
             *watched = Some(marker.to_string());
         }
+    }
+
+    /// Whether answers report usage (they do by default).
+    pub fn report_usage(&self, report: bool) {
+        self.inner.no_usage.store(!report, Ordering::SeqCst);
+    }
+
+    /// The prompt tokens this fake reports for `request`.
+    pub fn prompt_tokens(request: &Value) -> u64 {
+        request["messages"]
+            .as_array()
+            .map(|messages| {
+                messages
+                    .iter()
+                    .map(|m| {
+                        4 + m["content"]
+                            .as_str()
+                            .map_or(0, |c| c.split_whitespace().count() as u64)
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Calls whose caller closed the connection before the answer was over: the
@@ -383,8 +414,36 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
             content.push_str(&word);
         }
     }
+    let cap = request["max_completion_tokens"]
+        .as_u64()
+        .map(|c| c as usize);
+    let mut capped = false;
+    if let Some(cap) = cap {
+        let words: Vec<&str> = content.split_inclusive(' ').collect();
+        if words.len() > cap {
+            content = words[..cap.max(1)].concat();
+            capped = true;
+        }
+    }
+    let usage = (!inner.no_usage.load(Ordering::SeqCst)).then(|| {
+        json!({
+            "prompt_tokens": FakeOpenAi::prompt_tokens(&request),
+            "completion_tokens": content.split_inclusive(' ').count(),
+            "total_tokens": 0,
+        })
+    });
+    let finish = if capped { "length" } else { "stop" };
     if request["stream"] == json!(true) {
-        return streamed(inner, in_flight, position, n, model, content);
+        let usage = usage.filter(|_| request["stream_options"]["include_usage"] == json!(true));
+        return streamed(
+            inner,
+            in_flight,
+            position,
+            n,
+            model,
+            content,
+            (finish, usage),
+        );
     }
     answered(&inner, position);
     Json(json!({
@@ -395,9 +454,9 @@ async fn completions(State(inner): State<Arc<Inner>>, Json(request): Json<Value>
         "choices": [{
             "index": 0,
             "message": { "role": "assistant", "content": content },
-            "finish_reason": "stop",
+            "finish_reason": finish,
         }],
-        "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 },
+        "usage": usage,
     }))
     .into_response()
 }
@@ -427,15 +486,28 @@ fn streamed(
     n: u64,
     model: String,
     content: String,
+    (finish_reason, usage): (&'static str, Option<Value>),
 ) -> Response {
     let chunk = move |delta: Value, finish: Value| {
-        let body = json!({
-            "id": format!("chatcmpl-{n}"),
-            "object": "chat.completion.chunk",
-            "created": 1_700_000_000,
-            "model": model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-        });
+        // The usage chunk has no choices; every other chunk has no usage.
+        let body = if delta == json!("usage") {
+            json!({
+                "id": format!("chatcmpl-{n}"),
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [],
+                "usage": finish,
+            })
+        } else {
+            json!({
+                "id": format!("chatcmpl-{n}"),
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            })
+        };
         axum::body::Bytes::from(format!("data: {body}\n\n"))
     };
     let mut words: Vec<String> = content.split_inclusive(' ').map(str::to_string).collect();
@@ -465,7 +537,14 @@ fn streamed(
     } else {
         Ending::Done
     };
-    let stream = async_stream(inner, position, words, ending, chunk).map(move |bytes| {
+    let stream = async_stream(
+        inner,
+        position,
+        words,
+        (ending, finish_reason, usage),
+        chunk,
+    )
+    .map(move |bytes| {
         // The call is in flight for as long as its body lives.
         let _ = &in_flight;
         bytes
@@ -493,7 +572,7 @@ fn async_stream(
     inner: Arc<Inner>,
     position: Option<usize>,
     words: Vec<String>,
-    ending: Ending,
+    (ending, finish_reason, usage): (Ending, &'static str, Option<Value>),
     chunk: impl Fn(Value, Value) -> axum::body::Bytes + Send + 'static,
 ) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send {
     futures::stream::unfold(0usize, move |i| {
@@ -505,7 +584,7 @@ fn async_stream(
             )))
         } else if i <= words.len() {
             Some(Ok(chunk(json!({ "content": words[i - 1] }), Value::Null)))
-        } else if ending == Ending::Cut || i > words.len() + 2 {
+        } else if ending == Ending::Cut || i > words.len() + 3 {
             None
         } else if ending == Ending::Break {
             (i == words.len() + 1).then(|| Err(std::io::Error::other("connection reset")))
@@ -513,13 +592,17 @@ fn async_stream(
             if ending == Ending::HoldOpen {
                 answered(&inner, position);
             }
-            Some(Ok(chunk(json!({}), json!("stop"))))
+            Some(Ok(chunk(json!({}), json!(finish_reason))))
+        } else if i == words.len() + 2 && usage.is_some() {
+            Some(Ok(chunk(json!("usage"), usage.clone().unwrap_or_default())))
         } else if ending == Ending::HoldOpen {
             // Never `[DONE]`, never the end of the body.
             return futures::future::Either::Left(std::future::pending());
-        } else {
+        } else if i == words.len() + 2 || (i == words.len() + 3 && usage.is_some()) {
             answered(&inner, position);
             Some(Ok(axum::body::Bytes::from_static(b"data: [DONE]\n\n")))
+        } else {
+            None
         };
         futures::future::Either::Right(async move {
             let pause = inner.chunk_delay_ms.load(Ordering::SeqCst);

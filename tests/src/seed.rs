@@ -149,6 +149,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
                 bot_id: bot,
                 reason: "The model is unavailable right now. Please try again.".into(),
                 attempt: 1,
+                usage: None,
             })
         } else {
             DomainEvent::BotReplyGenerated(BotReplyGenerated {
@@ -162,6 +163,8 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
                 ),
                 model: "fake".into(),
                 attempt: 1,
+                usage: None,
+                prompt: None,
             })
         };
         events.push(packed(reply)?);
@@ -173,6 +176,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
                     bot_id: bot,
                     summary: format!("The user cooks noodles; {exchange} exchanges so far."),
                     covers_version: covers,
+                    usage: None,
                 },
             ))?);
             events.push(packed(DomainEvent::UserProfileUpdated(
@@ -181,6 +185,7 @@ fn conversation(user: i64, bot: i64, count: u64) -> anyhow::Result<Vec<NewEvent>
                     bot_id: bot,
                     profile: "Likes spicy food; cooks in the evening.".into(),
                     covers_version: covers,
+                    usage: None,
                 },
             ))?);
         }
@@ -252,6 +257,8 @@ pub async fn seed_conversation(
                     content: reply,
                     model: "seed".into(),
                     attempt: 1,
+                    usage: None,
+                    prompt: None,
                 }),
             ] {
                 batch.push(event.to_new_event(EventMetadata::default())?);

@@ -354,6 +354,7 @@ async fn a_stale_memory_event_changes_nothing() -> anyhow::Result<()> {
             bot_id: bot,
             summary: "stale summary".into(),
             covers_version: 2,
+            usage: None,
         });
     store
         .append_to_stream(

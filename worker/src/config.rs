@@ -24,6 +24,9 @@ pub struct ModelSettings {
     pub max_attempts: u32,
     /// `MODEL_RETRY_BASE_MS`: first backoff; it doubles per attempt.
     pub retry_base: Duration,
+    /// `MAX_REPLY_TOKENS`: the cap on a reply's tokens, unless its bot sets its
+    /// own (`max_reply_tokens`).
+    pub max_reply_tokens: u32,
 }
 
 /// Long-term memory (see `memory`).
@@ -38,6 +41,10 @@ pub struct MemorySettings {
     pub max_chars: usize,
     /// `MEMORY_PREFETCH`: memory jobs handled at once by this process.
     pub prefetch: u16,
+    /// `MEMORY_MAX_TOKENS`: the cap on each memory call's answer.
+    pub max_tokens: u32,
+    /// `USER_DAILY_TOKEN_BUDGET`, which memory refreshes count against too.
+    pub token_budget: events::budget::DailyBudget,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +73,9 @@ pub struct WorkerConfig {
     /// unset, it serves none.
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub memory: MemorySettings,
+    /// `USER_DAILY_TOKEN_BUDGET`: tokens a user's model calls (replies and memory
+    /// refreshes) may use per UTC day. Unset: no budget.
+    pub token_budget: events::budget::DailyBudget,
 }
 
 impl WorkerConfig {
@@ -78,6 +88,8 @@ impl WorkerConfig {
                 idle: Duration::from_secs(env_or("MEMORY_IDLE_SECS", 60u64)?.max(1)),
                 max_chars: env_or("MEMORY_MAX_CHARS", 2000)?.max(1),
                 prefetch: env_or("MEMORY_PREFETCH", 8)?,
+                max_tokens: env_or("MEMORY_MAX_TOKENS", 1024u32)?.max(1),
+                token_budget: events::budget::DailyBudget::from_env()?,
             },
             bus,
             model: ModelSettings {
@@ -90,7 +102,9 @@ impl WorkerConfig {
                 max_reply_bytes: env_or("MAX_REPLY_BYTES", 256 * 1024)?.max(1),
                 max_attempts: env_or("MODEL_MAX_ATTEMPTS", 4)?.max(1),
                 retry_base: Duration::from_millis(env_or("MODEL_RETRY_BASE_MS", 500)?),
+                max_reply_tokens: env_or("MAX_REPLY_TOKENS", 2048u32)?.max(1),
             },
+            token_budget: events::budget::DailyBudget::from_env()?,
             prefetch: env_or("WORKER_PREFETCH", 64)?,
             user_max_model_calls: env_or("USER_MAX_MODEL_CALLS", 8)?,
             delivery_hold: Duration::from_secs(env_or("DELIVERY_HOLD_SECS", 600u64)?.max(1)),

@@ -59,7 +59,7 @@ impl ConversationId {
         pool: &MySqlPool,
         after: i64,
         seq: i64,
-    ) -> Result<Option<Vec<Turn>>, sqlx::Error> {
+    ) -> Result<Option<Recent>, sqlx::Error> {
         let exchanges = ChatHistoryProjection::exchanges_through(
             pool,
             self.user_id,
@@ -71,8 +71,19 @@ impl ConversationId {
         let settled = exchanges
             .last()
             .is_some_and(|last| last.seq == seq && last.is_settled());
-        Ok((!settled).then(|| turns(&exchanges, seq)))
+        Ok((!settled).then(|| Recent {
+            first_seq: exchanges.first().map_or(seq, |first| first.seq),
+            turns: turns(&exchanges, seq),
+        }))
     }
+}
+
+/// The turns a prompt is built from, and the seq of the first message among
+/// them (what a reply's prompt snapshot records).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recent {
+    pub first_seq: i64,
+    pub turns: Vec<Turn>,
 }
 
 /// What the model is told after a reply the user stopped.
@@ -81,7 +92,7 @@ pub const CUT_OFF_NOTE: &str = "[The user stopped this reply here; it was cut of
 /// Each message followed by its answer; the message at `seq` is the last turn.
 /// A stopped reply goes in with the text written before the stop, and a note
 /// that it was cut off, so the model neither repeats nor continues it unasked.
-fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
+pub fn turns(exchanges: &[Exchange], seq: i64) -> Vec<Turn> {
     let mut turns = Vec::with_capacity(exchanges.len() * 2);
     for exchange in exchanges {
         turns.push(Turn {

@@ -12,6 +12,8 @@
 //!   sees for it.
 //! - [`prompt`]: the one function that builds what the model sees, from (bot,
 //!   memory, recent turns, now).
+//! - [`meter`]: what a model call costs (tokens, attempts, time), reported or
+//!   counted with a tokenizer.
 //! - [`model`]: the model behind async-openai, or the offline responder, and the
 //!   single retry layer around it.
 //! - [`responder`]: answers a message: load, prompt, call (streaming), append,
@@ -31,6 +33,7 @@ pub mod deltas;
 pub mod lease;
 pub mod memory;
 pub mod memory_prompt;
+pub mod meter;
 pub mod model;
 pub mod prompt;
 pub mod replay;

@@ -3,12 +3,13 @@
 
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Parser, Subcommand};
 
 use events::config::DatabaseSettings;
 use events::projections::rows::RowFormat;
 use worker::config::WorkerConfig;
+use worker::replay::billing::{self, BillingFormat};
 use worker::replay::export::{ExportFilter, ExportFormat};
 use worker::startup::{Roles, Worker};
 
@@ -111,6 +112,29 @@ enum Replay {
         /// `array` (the app's positional rows) or `object`.
         #[arg(long, default_value = "array")]
         format: String,
+    },
+    /// Sum the usage the log records, per user, UTC day and model: replies and
+    /// memory refreshes, prompt and completion tokens (failed and stopped calls'
+    /// included: they are paid too).
+    Usage {
+        /// The first UTC day, e.g. `2026-12-01`.
+        #[arg(long)]
+        from: NaiveDate,
+        /// The last UTC day, included.
+        #[arg(long)]
+        to: NaiveDate,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<i64>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: BillingFormat,
+    },
+    /// Rebuild the prompt of a reply from the log, print it turn by turn, and
+    /// check it against the digest the reply recorded. Exits 1 when it differs.
+    Explain {
+        /// The reply's id, or its message's (the latest attempt's reply).
+        #[arg(long)]
+        message: String,
     },
 }
 
@@ -234,6 +258,27 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             let rows =
                 worker::replay::as_of::history_as_of(&pool, user, bot, as_of, format).await?;
             println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Replay::Usage {
+            from,
+            to,
+            user,
+            format,
+        } => {
+            if from > to {
+                return Err("--from must not be after --to".into());
+            }
+            let lines = billing::usage_lines(&pool, (from, to), user).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            billing::write_lines(&lines, format, &mut out)?;
+            tracing::info!(lines = lines.len(), "usage summed from the log");
+        }
+        Replay::Explain { message } => {
+            let explanation = worker::replay::explain::explain(&pool, &message).await?;
+            print!("{}", worker::replay::explain::describe(&explanation));
+            if !explanation.matches() {
+                return Err("the prompt rebuilt from the log differs from what was sent".into());
+            }
         }
     }
     Ok(())

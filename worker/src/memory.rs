@@ -24,7 +24,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use events::event::{
-    stream, BotId, ConversationSummarized, DomainEvent, EventMetadata, UserId, UserProfileUpdated,
+    stream, BotId, ConversationSummarized, DomainEvent, EventMetadata, Usage, UserId,
+    UserProfileUpdated,
 };
 use events::outbox::OutboxRelay;
 use events::projections::{BotsProjection, ChatHistoryProjection, MemoryProjection, MessageStatus};
@@ -33,8 +34,9 @@ use events::store::{AppendError, EventStore, ExpectedVersion};
 use crate::config::MemorySettings;
 use crate::lease::ConversationLeases;
 use crate::memory_prompt::{capped, profile_prompt, summary_prompt};
+use crate::meter::Meter;
 use crate::model::{CallSettings, Model, ModelFailure};
-use crate::prompt::{Role, Turn};
+use crate::prompt::{Prompt, Role, Turn};
 
 /// Most history rows one refresh reads (the context budget usually binds first).
 const MAX_ROWS: u32 = 400;
@@ -236,34 +238,63 @@ impl MemoryKeeper {
             return Ok(());
         };
         let max = self.settings.max_chars;
-        let summary = self
-            .model
-            .complete(
-                &summary_prompt(memory.summary.as_deref(), &messages, max),
-                &CallSettings::default(),
-                None,
-            )
-            .await?;
-        let profile = self
-            .model
-            .complete(
-                &profile_prompt(memory.profile.as_deref(), &messages, max),
-                &CallSettings::default(),
-                None,
-            )
-            .await?;
+        let prompts = [
+            summary_prompt(memory.summary.as_deref(), &messages, max),
+            profile_prompt(memory.profile.as_deref(), &messages, max),
+        ];
+        // Memory is spent on the user's behalf: it counts against their budget,
+        // and a user past it keeps the memory they have.
+        let tokens = prompts
+            .iter()
+            .map(|p| crate::meter::prompt_tokens(p) as u64)
+            .sum::<u64>();
+        let caps = 2 * u64::from(self.settings.max_tokens);
+        let reservation = match self
+            .settings
+            .token_budget
+            .reserve(self.store.pool(), job.user_id, (tokens, caps))
+            .await?
+        {
+            Ok(reservation) => reservation,
+            Err(_) => {
+                tracing::info!(
+                    user_id = job.user_id,
+                    bot_id = job.bot_id,
+                    "the user's daily token budget is used up; the memory stays as it is"
+                );
+                return Ok(());
+            }
+        };
+        let [summary_prompt, profile_prompt] = &prompts;
+        let called = async {
+            let summary = self.call(summary_prompt).await?;
+            let profile = self.call(profile_prompt).await?;
+            Ok::<_, ModelFailure>((summary, profile))
+        }
+        .await;
+        let ((summary, summary_usage), (profile, profile_usage)) = match called {
+            Ok(answers) => answers,
+            Err(failure) => {
+                if let Some(reservation) = reservation {
+                    let _ = events::budget::release(self.store.pool(), reservation).await;
+                }
+                return Err(failure.into());
+            }
+        };
         let events = [
             DomainEvent::ConversationSummarized(ConversationSummarized {
                 user_id: job.user_id,
                 bot_id: job.bot_id,
                 summary: capped(&summary, max),
                 covers_version: covers,
+                usage: Some(summary_usage),
             }),
             DomainEvent::UserProfileUpdated(UserProfileUpdated {
                 user_id: job.user_id,
                 bot_id: job.bot_id,
                 profile: capped(&profile, max),
                 covers_version: covers,
+                usage: Some(profile_usage),
             }),
         ]
         .iter()
@@ -275,7 +306,27 @@ impl MemoryKeeper {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-        self.record(job, covers, &events).await
+        let recorded = self.record(job, covers, &events).await;
+        if let Some(reservation) = reservation {
+            if let Err(e) = events::budget::release(self.store.pool(), reservation).await {
+                tracing::debug!(error = %e, "could not release a budget reservation; it expires on its own");
+            }
+        }
+        recorded
+    }
+
+    /// One metered call, capped at `MEMORY_MAX_TOKENS`.
+    async fn call(&self, prompt: &Prompt) -> Result<(String, Usage), ModelFailure> {
+        let settings = CallSettings {
+            max_tokens: Some(self.settings.max_tokens),
+            ..CallSettings::default()
+        };
+        let mut meter = Meter::new(prompt);
+        let text = self
+            .model
+            .complete(prompt, &settings, None, &mut meter)
+            .await?;
+        Ok((text, meter.usage(self.model.name_for(&settings))))
     }
 
     /// Appends the refresh at the stream's current version, unless something newer

@@ -18,6 +18,10 @@
 //! a `[DONE]` follows: several OpenAI-compatible servers keep the connection open.
 //! An answer longer than `MAX_REPLY_BYTES` fails at once, without a retry: asking
 //! again would cost as much and end the same way.
+//!
+//! Every call is metered (see [`crate::meter`]): streamed calls ask for the
+//! provider's usage (`stream_options.include_usage`), which comes in a chunk of
+//! its own after the one that finishes the answer.
 
 use std::time::Duration;
 
@@ -27,7 +31,7 @@ use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    CreateChatCompletionRequest,
+    ChatCompletionStreamOptions, CreateChatCompletionRequest,
 };
 use async_openai::Client;
 use events::config::ExposeSecret;
@@ -35,7 +39,12 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::config::ModelSettings;
+use crate::meter::Meter;
 use crate::prompt::{Prompt, Role};
+
+/// How long the usage chunk may follow the chunk that finishes an answer; a
+/// server that sends none (or holds the connection open) gets an estimate.
+const USAGE_GRACE: Duration = Duration::from_millis(500);
 
 /// How one attempt failed. The text is safe to show a user and to store in the
 /// history: it names the kind of failure and the HTTP status, never the provider's
@@ -148,15 +157,17 @@ impl Model {
     }
 
     /// Calls the model, retrying transient failures with exponential backoff; with
-    /// `deltas`, the reply streams into it as it is written.
+    /// `deltas`, the reply streams into it as it is written. `meter` keeps the
+    /// call's account, whatever becomes of it.
     pub async fn complete(
         &self,
         prompt: &Prompt,
         settings: &CallSettings,
         deltas: Option<&DeltaSink>,
+        meter: &mut Meter,
     ) -> Result<String, ModelFailure> {
         let started = std::time::Instant::now();
-        let outcome = self.complete_untimed(prompt, settings, deltas).await;
+        let outcome = self.complete_untimed(prompt, settings, deltas, meter).await;
         let label = match &outcome {
             Ok(_) => "answered",
             Err(failure) if failure.0.starts_with("The model is unavailable") => "unavailable",
@@ -173,20 +184,20 @@ impl Model {
         prompt: &Prompt,
         settings: &CallSettings,
         deltas: Option<&DeltaSink>,
+        meter: &mut Meter,
     ) -> Result<String, ModelFailure> {
         let mut delay = self.retry_base;
         let mut attempt = 1;
         loop {
-            let outcome =
-                match tokio::time::timeout(self.timeout, self.attempt(prompt, settings, deltas))
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(AttemptError::Transient(format!(
-                        "no answer within {}s",
-                        self.timeout.as_secs()
-                    ))),
-                };
+            meter.attempt();
+            let attempted = self.attempt(prompt, settings, deltas, &mut *meter);
+            let outcome = match tokio::time::timeout(self.timeout, attempted).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(AttemptError::Transient(format!(
+                    "no answer within {}s",
+                    self.timeout.as_secs()
+                ))),
+            };
             match outcome {
                 Ok(text) => return Ok(text),
                 Err(AttemptError::Permanent(reason)) => {
@@ -218,6 +229,7 @@ impl Model {
         prompt: &Prompt,
         settings: &CallSettings,
         deltas: Option<&DeltaSink>,
+        meter: &mut Meter,
     ) -> Result<String, AttemptError> {
         if let Some(sink) = deltas {
             let _ = sink.send(Streamed::Attempt);
@@ -225,6 +237,7 @@ impl Model {
         match (&self.backend, deltas) {
             (Backend::Offline, deltas) => {
                 let reply = offline_reply(prompt);
+                meter.wrote(&reply);
                 if let Some(sink) = deltas {
                     let _ = sink.send(Streamed::Text(reply.clone()));
                 }
@@ -236,6 +249,10 @@ impl Model {
                     messages: to_messages(prompt),
                     temperature: settings.temperature,
                     max_completion_tokens: settings.max_tokens,
+                    stream_options: Some(ChatCompletionStreamOptions {
+                        include_usage: Some(true),
+                        include_obfuscation: None,
+                    }),
                     ..Default::default()
                 };
                 let started = tokio::time::Instant::now();
@@ -265,6 +282,9 @@ impl Model {
                             )))
                         }
                     };
+                    if let Some(usage) = &chunk.usage {
+                        meter.reported(usage.prompt_tokens, usage.completion_tokens);
+                    }
                     let Some(choice) = chunk.choices.into_iter().next() else {
                         continue;
                     };
@@ -277,11 +297,26 @@ impl Model {
                             return Err(self.too_long());
                         }
                         reply.push_str(&text);
+                        meter.wrote(&text);
                         let _ = sink.send(Streamed::Text(text));
                     }
                     if choice.finish_reason.is_some() {
                         finished = true;
                         break;
+                    }
+                }
+                // The usage chunk follows the one that finished the answer.
+                if finished {
+                    let usage_chunk = tokio::time::timeout(USAGE_GRACE, async {
+                        while let Some(Ok(chunk)) = stream.next().await {
+                            if chunk.usage.is_some() {
+                                return chunk.usage;
+                            }
+                        }
+                        None
+                    });
+                    if let Ok(Some(usage)) = usage_chunk.await {
+                        meter.reported(usage.prompt_tokens, usage.completion_tokens);
                     }
                 }
                 // A stream cut off before the model said it was done is a failed
@@ -307,6 +342,9 @@ impl Model {
                     ..Default::default()
                 };
                 let response = client.chat().create(request).await.map_err(classify)?;
+                if let Some(usage) = &response.usage {
+                    meter.reported(usage.prompt_tokens, usage.completion_tokens);
+                }
                 let text = response
                     .choices
                     .into_iter()
@@ -319,6 +357,7 @@ impl Model {
                 if text.len() > self.max_reply_bytes {
                     return Err(self.too_long());
                 }
+                meter.wrote(&text);
                 Ok(text)
             }
         }
@@ -351,18 +390,18 @@ fn classify_mid_stream(error: OpenAIError) -> AttemptError {
     }
 }
 
+/// The request's messages: exactly [`Prompt::messages`], whose digests a reply
+/// records.
 fn to_messages(prompt: &Prompt) -> Vec<ChatCompletionRequestMessage> {
-    let mut messages = Vec::with_capacity(prompt.turns.len() + 1);
-    messages.push(ChatCompletionRequestSystemMessage::from(prompt.system.as_str()).into());
-    for turn in &prompt.turns {
-        messages.push(match turn.role {
-            Role::User => ChatCompletionRequestUserMessage::from(turn.rendered()).into(),
-            Role::Assistant => {
-                ChatCompletionRequestAssistantMessage::from(turn.content.as_str()).into()
-            }
-        });
-    }
-    messages
+    prompt
+        .messages()
+        .into_iter()
+        .map(|(role, text)| match role {
+            "system" => ChatCompletionRequestSystemMessage::from(text).into(),
+            "assistant" => ChatCompletionRequestAssistantMessage::from(text).into(),
+            _ => ChatCompletionRequestUserMessage::from(text).into(),
+        })
+        .collect()
 }
 
 /// Sorts an async-openai error into "try again" or "give up", with a reason safe

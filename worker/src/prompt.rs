@@ -105,6 +105,55 @@ pub fn build_prompt(
     }
 }
 
+/// SHA-256 digests (hex) of a prompt as it is sent: the whole, the system
+/// message alone, and the turns alone. What a reply records, and what `worker
+/// replay explain` compares a rebuilt prompt against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub all: String,
+    pub system: String,
+    pub turns: String,
+}
+
+impl Prompt {
+    /// The messages as the model receives them, system first: `(role, text)`.
+    pub fn messages(&self) -> Vec<(&'static str, String)> {
+        let mut messages = Vec::with_capacity(self.turns.len() + 1);
+        messages.push(("system", self.system.clone()));
+        for turn in &self.turns {
+            let role = match turn.role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            messages.push((role, turn.rendered()));
+        }
+        messages
+    }
+
+    pub fn digests(&self) -> Digests {
+        use sha2::{Digest, Sha256};
+        let hex = |messages: &[(&str, String)]| {
+            // Length-prefixed, so no two different lists hash alike.
+            let mut hasher = Sha256::new();
+            for (role, text) in messages {
+                hasher.update(format!("{}:{role}:{}:", role.len(), text.len()));
+                hasher.update(text.as_bytes());
+            }
+            hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let messages = self.messages();
+        Digests {
+            all: hex(&messages),
+            system: hex(&messages[..1]),
+            turns: hex(&messages[1..]),
+        }
+    }
+}
+
 /// The most recent turns that fit in `budget_chars`; the last turn always stays.
 fn trim_to_budget(turns: &[Turn], budget_chars: usize) -> Vec<Turn> {
     let mut used = 0;

@@ -32,11 +32,12 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use events::budget::{self, DailyBudget, Reservation};
 use events::bus::Backoff;
 use events::db::{is_lock_contention, is_unavailable};
 use events::event::{
-    stream, Attempt, BotId, BotReplyFailed, BotReplyGenerated, DomainEvent, EventMetadata, UserId,
-    FIRST_ATTEMPT,
+    stream, Attempt, BotId, BotReplyFailed, BotReplyGenerated, DomainEvent, EventMetadata,
+    ModelCallStopped, PromptSnapshot, Usage, UserId, FIRST_ATTEMPT,
 };
 use events::outbox::OutboxRelay;
 use events::projections::{
@@ -46,6 +47,7 @@ use events::store::{AppendError, EventStore, ExpectedVersion};
 
 use crate::conversation::ConversationId;
 use crate::lease::{ConversationLeases, Lease, Release};
+use crate::meter::Meter;
 use crate::model::{CallSettings, Model};
 use crate::prompt::{build_prompt, BotProfile, Memory, Turn};
 use crate::share::{ShareSlot, UserShares};
@@ -143,6 +145,8 @@ struct Answering {
     reply_to: Uuid,
     attempt: Attempt,
     seq: i64,
+    /// The seq of the first message the prompt's turns were read from.
+    first_seq: i64,
 }
 
 /// What the sender of a message given up on is told.
@@ -183,6 +187,10 @@ pub struct ResponderSettings {
     pub delivery_hold: Duration,
     /// How much of the conversation goes into a prompt (`CONTEXT_BUDGET_CHARS`).
     pub context_budget_chars: usize,
+    /// The cap on a reply's tokens when its bot sets none (`MAX_REPLY_TOKENS`).
+    pub max_reply_tokens: u32,
+    /// `USER_DAILY_TOKEN_BUDGET`.
+    pub token_budget: DailyBudget,
 }
 
 impl Responder {
@@ -495,7 +503,7 @@ impl Responder {
                     Ok((memory, turns))
                 })
                 .await?;
-            let Some(turns) = turns else {
+            let Some(recent) = turns else {
                 tracing::info!(%reply_to, "the message got its outcome meanwhile (stopped, or answered elsewhere)");
                 continue;
             };
@@ -504,14 +512,11 @@ impl Responder {
                 reply_to,
                 attempt,
                 seq: next.seq,
+                first_seq: recent.first_seq,
             };
-            let Some(outcome) = self
-                .outcome_for(&answering, &watch, &memory, &turns)
-                .await?
-            else {
-                tracing::info!(%reply_to, "the reply was stopped; its model call is cancelled");
-                continue;
-            };
+            let (outcome, reservation) = self
+                .outcome_for(&answering, &watch, &memory, &recent.turns)
+                .await?;
             drop(watch);
             let metadata = EventMetadata {
                 correlation_id: correlation_id.clone(),
@@ -547,25 +552,36 @@ impl Responder {
                     tracing::info!(%reply_to, "another delivery answered this message first");
                 }
             }
+            // The call's usage is recorded (or was refused as a repeat): its
+            // reservation goes back to the budget.
+            if let Some(reservation) = reservation {
+                if let Err(e) = budget::release(pool, reservation).await {
+                    tracing::debug!(error = %e, "could not release a budget reservation; it expires on its own");
+                }
+            }
         }
     }
 
-    /// Calls the model (or explains why not) for one message; `None` when the
-    /// user stopped the reply meanwhile, which the api has recorded.
+    /// Calls the model (or explains why not) for one message: the reply or the
+    /// failure to record, or, when the user stopped the reply meanwhile (the api
+    /// recorded that), what the dropped call had cost; with the budget
+    /// reservation the call held, to give back once that is recorded. A user
+    /// whose daily budget is used up gets a failure, and no call.
     async fn outcome_for(
         &self,
         answering: &Answering,
         watch: &Watch,
         memory: &ConversationMemory,
         turns: &[Turn],
-    ) -> Result<Option<DomainEvent>, RespondError> {
+    ) -> Result<(DomainEvent, Option<Reservation>), RespondError> {
         let Answering {
             conversation,
             reply_to,
             attempt,
             seq,
+            first_seq,
         } = *answering;
-        let failed = |reason: String| {
+        let failed = |reason: String, usage: Option<Usage>| {
             DomainEvent::BotReplyFailed(BotReplyFailed {
                 message_id: Uuid::now_v7(),
                 reply_to,
@@ -573,6 +589,7 @@ impl Responder {
                 bot_id: conversation.bot_id,
                 reason,
                 attempt,
+                usage,
             })
         };
         let pool = self.store.pool();
@@ -585,9 +602,13 @@ impl Responder {
             Some(bot) if bot.deleted_at.is_none() && bot.user_id == conversation.user_id => bot,
             // Posted just as the bot was deleted: answered without calling the model.
             _ => {
-                return Ok(Some(failed(
-                    "This chatbot has been deleted, so it cannot reply.".into(),
-                )))
+                return Ok((
+                    failed(
+                        "This chatbot has been deleted, so it cannot reply.".into(),
+                        None,
+                    ),
+                    None,
+                ))
             }
         };
         // Read once, at the start: a reply keeps the settings it started with,
@@ -595,7 +616,9 @@ impl Responder {
         let settings = CallSettings {
             model: bot.model.clone(),
             temperature: bot.temperature.map(|t| t as f32),
-            max_tokens: bot.max_reply_tokens,
+            max_tokens: bot
+                .max_reply_tokens
+                .or(Some(self.settings.max_reply_tokens)),
         };
         let profile = BotProfile {
             kind: bot.kind(),
@@ -606,13 +629,56 @@ impl Responder {
             summary: memory.summary.clone(),
             user_profile: memory.profile.clone(),
         };
+        let now = Utc::now();
         let prompt = build_prompt(
             &profile,
             Some(&remembered),
             turns,
-            Utc::now(),
+            now,
             self.settings.context_budget_chars,
         );
+        let digests = prompt.digests();
+        let snapshot = PromptSnapshot {
+            bot_version: bot.version,
+            summary_covers: memory.summary.as_ref().and(memory.summary_covers),
+            profile_covers: memory.profile.as_ref().and(memory.profile_covers),
+            after_seq: memory.erased_through,
+            first_seq,
+            last_seq: seq,
+            turns_read: u32::try_from(turns.len()).unwrap_or(u32::MAX),
+            turns_trimmed: u32::try_from(turns.len().saturating_sub(prompt.turns.len()))
+                .unwrap_or(u32::MAX),
+            context_budget_chars: u64::try_from(self.settings.context_budget_chars)
+                .unwrap_or(u64::MAX),
+            model: self.model.name_for(&settings).to_string(),
+            temperature: settings.temperature,
+            max_tokens: settings.max_tokens,
+            now,
+            sha256: digests.all,
+            system_sha256: digests.system,
+            turns_sha256: digests.turns,
+        };
+        let mut meter = Meter::new(&prompt);
+        let cap = settings
+            .max_tokens
+            .unwrap_or(self.settings.max_reply_tokens);
+        let reserved = self
+            .persist("reserve the user's budget", || async {
+                let tokens = (u64::from(meter.prompt_tokens()), u64::from(cap));
+                Ok(self
+                    .settings
+                    .token_budget
+                    .reserve(pool, conversation.user_id, tokens)
+                    .await?)
+            })
+            .await?;
+        let reservation = match reserved {
+            Ok(reservation) => reservation,
+            Err(exhausted) => {
+                tracing::info!(%reply_to, "the user's daily token budget is used up; no model call");
+                return Ok((failed(exhausted.reason(), None), None));
+            }
+        };
         tracing::debug!(seq, "calling the model");
         let (sink, forwarding) = crate::deltas::forward(
             self.relay.publisher().clone(),
@@ -622,29 +688,44 @@ impl Responder {
         );
         // A stop drops the call, which closes its connection to the model.
         let completed = tokio::select! {
-            completed = self.model.complete(&prompt, &settings, Some(&sink)) => completed,
-            () = watch.stopped() => {
-                metrics::counter!(events::metrics::MODEL_CALLS, "outcome" => "stopped").increment(1);
-                return Ok(None);
+            completed = self.model.complete(&prompt, &settings, Some(&sink), &mut meter) => {
+                Some(completed)
             }
+            () = watch.stopped() => None,
+        };
+        let model = self.model.name_for(&settings);
+        let Some(completed) = completed else {
+            metrics::counter!(events::metrics::MODEL_CALLS, "outcome" => "stopped").increment(1);
+            tracing::info!(%reply_to, "the reply was stopped; its model call is dropped");
+            let stopped = DomainEvent::ModelCallStopped(ModelCallStopped {
+                reply_to,
+                user_id: conversation.user_id,
+                bot_id: conversation.bot_id,
+                attempt,
+                usage: meter.usage(model),
+            });
+            return Ok((stopped, reservation));
         };
         // The forwarding finishes on its own (each delta publish is bounded): the
         // reply is recorded without waiting for deltas, and the apis ignore any
         // delta that arrives after the final event.
         drop(sink);
         drop(forwarding);
-        Ok(Some(match completed {
+        let outcome = match completed {
             Ok(content) => DomainEvent::BotReplyGenerated(BotReplyGenerated {
                 message_id: Uuid::now_v7(),
                 reply_to,
                 user_id: conversation.user_id,
                 bot_id: conversation.bot_id,
                 content,
-                model: self.model.name_for(&settings).to_string(),
+                model: model.to_string(),
                 attempt,
+                usage: Some(meter.usage(model)),
+                prompt: Some(Box::new(snapshot)),
             }),
-            Err(failure) => failed(failure.0),
-        }))
+            Err(failure) => failed(failure.0, Some(meter.failed_usage(model))),
+        };
+        Ok((outcome, reservation))
     }
 
     /// Records that `message` was given up on (dead-lettered), unless it already has
@@ -668,6 +749,7 @@ impl Responder {
             bot_id: message.bot_id,
             reason: reason.to_string(),
             attempt,
+            usage: None,
         })
         .to_new_event(EventMetadata {
             correlation_id: None,

@@ -94,6 +94,8 @@ impl Worker {
             let settings = ResponderSettings {
                 delivery_hold: self.config.delivery_hold,
                 context_budget_chars: self.config.context_budget_chars,
+                max_reply_tokens: self.config.model.max_reply_tokens,
+                token_budget: self.config.token_budget,
             };
             let stops = StopSignals::default();
             tasks.spawn("stop listener", {

@@ -106,6 +106,7 @@ pub async fn new_chat(
         body.client_msg_id,
         state.config.max_input_chars,
     )?;
+    within_budget(&state, user).await?;
     // Subscribe before appending, so the reply's notice cannot slip past.
     let notices = state.feed.subscribe();
     let caps = chat::UnansweredCaps {
@@ -128,6 +129,21 @@ pub async fn new_chat(
         just_posted,
     };
     reply_or_pending(&state, notices, awaited, wait).await
+}
+
+/// Refuses a model call (a new message, a regeneration) once the user's daily
+/// token budget is used up, before anything is recorded.
+pub(super) async fn within_budget(
+    state: &AppState,
+    user: events::event::UserId,
+) -> Result<(), ApiError> {
+    match state.config.token_budget.check(&state.pool, user).await? {
+        Ok(()) => Ok(()),
+        Err(exhausted) => Err(ApiError::TooManyRequests {
+            message: exhausted.reason(),
+            retry_after_secs: exhausted.retry_after_secs(),
+        }),
+    }
 }
 
 /// A message whose outcome a request waits for.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use events::projections::rows::{history_row, RowFormat};
 
-use super::chat::{reply_or_pending, Awaited, WaitParams};
+use super::chat::{reply_or_pending, within_budget, Awaited, WaitParams};
 use super::{metadata, publish_in_background};
 use crate::auth::Caller;
 use crate::domain::{controls, required};
@@ -94,6 +94,7 @@ pub async fn regenerate(
     state.limits.new_chat(user)?;
     let wait = params.wait()?;
     let bot = required(body.chatbot_id, "chatbot_id")?;
+    within_budget(&state, user).await?;
     let notices = state.feed.subscribe();
     let (message_id, events) =
         controls::regenerate(&state.store, (user, bot), metadata(correlation, user)).await?;

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod page;
 pub mod stream;
 pub mod stream_ticket;
+pub mod usage;
 pub mod users;
 
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub fn described() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(stream_ticket::issue))
         .routes(routes!(memory::show))
         .routes(routes!(memory::forget))
+        .routes(routes!(usage::usage))
         .routes(routes!(health::healthz))
         .routes(routes!(crate::http_metrics::render))
         .routes(routes!(health::readyz))

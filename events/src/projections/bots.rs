@@ -20,6 +20,8 @@ pub struct Bot {
     pub model: Option<String>,
     pub temperature: Option<f64>,
     pub max_reply_tokens: Option<u32>,
+    /// The bot stream's version this row reflects.
+    pub version: i64,
 }
 
 impl Bot {
@@ -55,7 +57,8 @@ impl Bot {
 }
 
 const SELECT_BOTS: &str = "SELECT chatbot_id, user_id, chatbot_name, chatbot_type, \
-    chatbot_persona, created_at, deleted_at, model, temperature, max_reply_tokens FROM bots";
+    chatbot_persona, created_at, deleted_at, model, temperature, max_reply_tokens, version \
+    FROM bots";
 
 pub struct BotsProjection;
 
@@ -70,7 +73,7 @@ impl BotsProjection {
             DomainEvent::BotCreated(e) => {
                 sqlx::query(&format!(
                     "INSERT INTO {} (chatbot_id, user_id, chatbot_name, chatbot_type, \
-                     chatbot_persona, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                     chatbot_persona, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     tables.bots
                 ))
                 .bind(e.bot_id)
@@ -79,6 +82,7 @@ impl BotsProjection {
                 .bind(u8::from(e.kind))
                 .bind(&e.persona)
                 .bind(event.recorded_at)
+                .bind(event.stream_version)
                 .execute(conn)
                 .await?;
             }
@@ -88,7 +92,8 @@ impl BotsProjection {
                      chatbot_type = COALESCE(?, chatbot_type), \
                      chatbot_persona = COALESCE(?, chatbot_persona), model = COALESCE(?, model), \
                      temperature = COALESCE(?, temperature), \
-                     max_reply_tokens = COALESCE(?, max_reply_tokens) WHERE chatbot_id = ?",
+                     max_reply_tokens = COALESCE(?, max_reply_tokens), version = ? \
+                     WHERE chatbot_id = ?",
                     tables.bots
                 ))
                 .bind(&e.name)
@@ -97,16 +102,18 @@ impl BotsProjection {
                 .bind(&e.model)
                 .bind(e.temperature)
                 .bind(e.max_reply_tokens)
+                .bind(event.stream_version)
                 .bind(e.bot_id)
                 .execute(conn)
                 .await?;
             }
             DomainEvent::BotDeleted(e) => {
                 sqlx::query(&format!(
-                    "UPDATE {} SET deleted_at = ? WHERE chatbot_id = ?",
+                    "UPDATE {} SET deleted_at = ?, version = ? WHERE chatbot_id = ?",
                     tables.bots
                 ))
                 .bind(event.recorded_at)
+                .bind(event.stream_version)
                 .bind(e.bot_id)
                 .execute(conn)
                 .await?;

@@ -17,6 +17,7 @@ use sqlx::QueryBuilder;
 
 use super::fold::{Fold, Touched};
 use super::history::MessageStatus;
+use super::usage::{self, UsageRow};
 use super::Tables;
 use crate::event::DomainEvent;
 use crate::store::EventStamp;
@@ -50,7 +51,7 @@ async fn load(
     if !touched.bots.is_empty() {
         let mut query = QueryBuilder::<MySql>::new(format!(
             "SELECT chatbot_id, user_id, chatbot_name, chatbot_type, chatbot_persona, \
-             created_at, deleted_at, model, temperature, max_reply_tokens FROM {} \
+             created_at, deleted_at, model, temperature, max_reply_tokens, version FROM {} \
              WHERE chatbot_id IN ",
             tables.bots
         ));
@@ -102,6 +103,36 @@ async fn load(
             .map(|m| ((m.user_id, m.chatbot_id), m))
             .collect();
     }
+    if !touched.usage.is_empty() {
+        let mut query = QueryBuilder::<MySql>::new(format!(
+            "SELECT user_id, day, chatbot_id, kind, model, calls, prompt_tokens, \
+             completion_tokens FROM {} WHERE (user_id, day, chatbot_id, kind, model) IN ",
+            tables.usage
+        ));
+        query.push_tuples(&touched.usage, |mut b, (user, day, bot, kind, model)| {
+            b.push_bind(*user)
+                .push_bind(*day)
+                .push_bind(*bot)
+                .push_bind(*kind)
+                .push_bind(model);
+        });
+        let rows: Vec<UsageRow> = query
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in rows {
+            let kind = if row.kind == usage::MEMORY {
+                usage::MEMORY
+            } else {
+                usage::REPLY
+            };
+            fold.usage.insert(
+                (row.user_id, row.day, row.chatbot_id, kind, row.model),
+                row.amounts,
+            );
+        }
+    }
     Ok(fold)
 }
 
@@ -110,7 +141,39 @@ async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Resul
     write_history(conn, tables, &fold).await?;
     write_chat_list(conn, tables, &fold).await?;
     write_sessions(conn, tables, &fold).await?;
-    write_memory(conn, tables, &fold).await
+    write_memory(conn, tables, &fold).await?;
+    write_usage(conn, tables, &fold).await
+}
+
+async fn write_usage(
+    conn: &mut MySqlConnection,
+    tables: &Tables,
+    fold: &Fold,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<_> = fold.usage.iter().collect();
+    insert_rows(
+        conn,
+        &format!(
+            "INSERT INTO {} (user_id, day, chatbot_id, kind, model, calls, prompt_tokens, \
+             completion_tokens) ",
+            tables.usage
+        ),
+        " ON DUPLICATE KEY UPDATE calls = VALUES(calls), \
+         prompt_tokens = VALUES(prompt_tokens), completion_tokens = VALUES(completion_tokens)",
+        &rows,
+        |((.., model), _)| model.len(),
+        |b, ((user, day, bot, kind, model), amounts)| {
+            b.push_bind(*user)
+                .push_bind(*day)
+                .push_bind(*bot)
+                .push_bind(*kind)
+                .push_bind(model)
+                .push_bind(amounts.calls)
+                .push_bind(amounts.prompt_tokens)
+                .push_bind(amounts.completion_tokens);
+        },
+    )
+    .await
 }
 
 async fn write_bots(
@@ -127,13 +190,15 @@ async fn write_bots(
         conn,
         &format!(
             "INSERT INTO {} (chatbot_id, user_id, chatbot_name, chatbot_type, \
-             chatbot_persona, created_at, deleted_at, model, temperature, max_reply_tokens) ",
+             chatbot_persona, created_at, deleted_at, model, temperature, max_reply_tokens, \
+             version) ",
             tables.bots
         ),
         " ON DUPLICATE KEY UPDATE chatbot_name = VALUES(chatbot_name), \
          chatbot_type = VALUES(chatbot_type), chatbot_persona = VALUES(chatbot_persona), \
          deleted_at = VALUES(deleted_at), model = VALUES(model), \
-         temperature = VALUES(temperature), max_reply_tokens = VALUES(max_reply_tokens)",
+         temperature = VALUES(temperature), max_reply_tokens = VALUES(max_reply_tokens), \
+         version = VALUES(version)",
         &bots,
         |bot| bot.chatbot_name.len() + bot.chatbot_persona.len(),
         |b, bot| {
@@ -146,7 +211,8 @@ async fn write_bots(
                 .push_bind(bot.deleted_at)
                 .push_bind(&bot.model)
                 .push_bind(bot.temperature)
-                .push_bind(bot.max_reply_tokens);
+                .push_bind(bot.max_reply_tokens)
+                .push_bind(bot.version);
         },
     )
     .await

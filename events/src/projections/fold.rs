@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::NaiveDateTime;
 
 use super::history::{HistoryRow, MessageStatus};
+use super::usage::{UsageAmounts, UsageKey, UsageProjection};
 use super::{Bot, ConversationMemory};
 use crate::event::{self, BotId, DomainEvent, UserId};
 use crate::store::EventStamp;
@@ -71,13 +72,17 @@ pub struct Touched {
     pub bots: HashSet<BotId>,
     pub sessions: HashSet<String>,
     pub memory: HashSet<ConversationKey>,
+    pub usage: HashSet<UsageKey>,
 }
 
 impl Touched {
     pub fn of(events: &[(EventStamp, DomainEvent)]) -> Self {
         use DomainEvent::*;
         let mut touched = Touched::default();
-        for (_, decoded) in events {
+        for (stamp, decoded) in events {
+            if let Some((key, _)) = UsageProjection::contribution(stamp, decoded) {
+                touched.usage.insert(key);
+            }
             match decoded {
                 BotCreated(event::BotCreated { bot_id, .. })
                 | BotUpdated(event::BotUpdated { bot_id, .. })
@@ -88,6 +93,7 @@ impl Touched {
                 | BotReplyStopped(event::BotReplyStopped { bot_id, .. }) => {
                     touched.bots.insert(*bot_id);
                 }
+                ModelCallStopped(_) => {}
                 ReplyRegenerationRequested(_) => {}
                 ConversationCleared(event::ConversationCleared {
                     user_id,
@@ -148,11 +154,17 @@ pub struct Fold {
     pub changed_sessions: HashSet<String>,
     pub memory: HashMap<ConversationKey, MemoryRow>,
     pub changed_memory: HashSet<ConversationKey>,
+    /// Usage rows as loaded, then with the batch's calls added: every one is
+    /// written back.
+    pub usage: HashMap<UsageKey, UsageAmounts>,
 }
 
 impl Fold {
     pub fn apply(&mut self, event: &EventStamp, decoded: &DomainEvent) {
         let at = event.recorded_at;
+        if let Some((key, add)) = UsageProjection::contribution(event, decoded) {
+            self.usage.entry(key).or_default().add(&add);
+        }
         match decoded {
             DomainEvent::BotCreated(e) => {
                 self.bots.insert(
@@ -168,6 +180,7 @@ impl Fold {
                         model: None,
                         temperature: None,
                         max_reply_tokens: None,
+                        version: event.stream_version,
                     },
                 );
                 self.changed_bots.insert(e.bot_id);
@@ -175,6 +188,7 @@ impl Fold {
             DomainEvent::BotUpdated(e) => {
                 if let Some(bot) = self.bots.get_mut(&e.bot_id) {
                     bot.update(e);
+                    bot.version = event.stream_version;
                     self.changed_bots.insert(e.bot_id);
                 }
                 if let Some(name) = &e.name {
@@ -192,6 +206,7 @@ impl Fold {
             DomainEvent::BotDeleted(e) => {
                 if let Some(bot) = self.bots.get_mut(&e.bot_id) {
                     bot.deleted_at = Some(at);
+                    bot.version = event.stream_version;
                     self.changed_bots.insert(e.bot_id);
                 }
                 self.chat_list.insert((e.user_id, e.bot_id), None);
@@ -211,6 +226,7 @@ impl Fold {
                 self.message(event, decoded, e.user_id, e.bot_id, &e.content);
                 self.set_status(e.reply_to.to_string(), MessageStatus::Stopped);
             }
+            DomainEvent::ModelCallStopped(_) => {}
             DomainEvent::ReplyRegenerationRequested(e) => self.reopen(e),
             DomainEvent::ConversationCleared(e) => {
                 let key = (e.user_id, e.bot_id);
@@ -452,6 +468,7 @@ mod tests {
             bot_id: 2,
             summary: text.into(),
             covers_version: covers,
+            usage: None,
         })
     }
 
@@ -559,6 +576,8 @@ mod tests {
                 content: "hello".into(),
                 model: "m".into(),
                 attempt: 1,
+                usage: None,
+                prompt: None,
             })
         };
         fold.apply(&stamp(3), &reply(message_id));

@@ -3,7 +3,7 @@
 //! [`ReadModels`] is the [`InlineProjector`] the store calls inside every append, so a
 //! read model and its checkpoint always move together with the events (exactly once,
 //! and a request that appended can read its own write at once). Each of `bots`,
-//! `history`, `chat_list`, `sessions` and `memory` owns one table: how events change
+//! `history`, `chat_list`, `sessions`, `memory` and `usage` owns one table: how events change
 //! it, and how it is read; `rows` is how history is shaped for clients, and `page` bounds what one
 //! read holds.
 //!
@@ -22,6 +22,7 @@ pub mod rebuild;
 pub mod rows;
 pub mod sessions;
 pub mod shadow;
+pub mod usage;
 pub mod verify;
 
 use futures::future::BoxFuture;
@@ -48,6 +49,7 @@ pub struct Tables {
     pub chat_list: &'static str,
     pub sessions: &'static str,
     pub memory: &'static str,
+    pub usage: &'static str,
 }
 
 impl Tables {
@@ -57,6 +59,7 @@ impl Tables {
         chat_list: "chat_list",
         sessions: "sessions",
         memory: "conversation_memory",
+        usage: "usage_daily",
     };
     pub const SHADOW: Tables = Tables {
         bots: "bots_rebuild",
@@ -64,16 +67,18 @@ impl Tables {
         chat_list: "chat_list_rebuild",
         sessions: "sessions_rebuild",
         memory: "conversation_memory_rebuild",
+        usage: "usage_daily_rebuild",
     };
 
     /// `(live, shadow)` name pairs.
-    pub fn pairs() -> [(&'static str, &'static str); 5] {
+    pub fn pairs() -> [(&'static str, &'static str); 6] {
         [
             (Self::LIVE.bots, Self::SHADOW.bots),
             (Self::LIVE.chat_history, Self::SHADOW.chat_history),
             (Self::LIVE.chat_list, Self::SHADOW.chat_list),
             (Self::LIVE.sessions, Self::SHADOW.sessions),
             (Self::LIVE.memory, Self::SHADOW.memory),
+            (Self::LIVE.usage, Self::SHADOW.usage),
         ]
     }
 }
@@ -94,6 +99,7 @@ impl ReadModels {
         ChatListProjection::apply(conn, tables, event, &decoded).await?;
         SessionsProjection::apply(conn, tables, event, &decoded).await?;
         MemoryProjection::apply(conn, tables, event, &decoded).await?;
+        usage::UsageProjection::apply(conn, tables, &event.stamp(), &decoded).await?;
         Ok(())
     }
 

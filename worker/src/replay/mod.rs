@@ -5,12 +5,17 @@
 //! - `verify`: the same replay, compared row by row with the live tables instead of
 //!   swapped in;
 //! - `export`: events as JSON Lines or CSV, filtered, for audit;
-//! - `history --as-of`: one conversation as it stood at an instant.
+//! - `history --as-of`: one conversation as it stood at an instant;
+//! - `usage`: what each user's model calls cost per day and model, for billing;
+//! - `explain --message`: a reply's prompt rebuilt from the log and checked
+//!   against the digest the reply recorded.
 //!
 //! The replay machinery itself lives in `events::projections` (`shadow`, `rebuild`,
 //! `verify`); this module drives it and reports.
 
 pub mod as_of;
+pub mod billing;
+pub mod explain;
 pub mod export;
 pub mod progress;
 
@@ -33,6 +38,8 @@ pub enum ReplayError {
     Upcast(#[from] events::upcast::UpcastError),
     #[error("{0}")]
     NoSuchBot(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("cannot write the export: {0}")]
     Write(#[from] std::io::Error),
     #[error("cannot write the CSV export: {0}")]

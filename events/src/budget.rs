@@ -1,0 +1,210 @@
+//! Daily token budgets, enforced before a model call.
+//!
+//! What a user's calls have used today is the `usage_daily` read model (replies
+//! and memory refreshes alike: both are spent on the user's behalf, so one
+//! budget bounds what a user can cost a day). A call about to start reserves
+//! its prompt and its cap; it is admitted only while what is used, what is
+//! reserved and its own prompt fit the budget, so concurrent calls, admitted one
+//! after another under a per-user row lock, overshoot by at most one call's cap.
+//! The reservation is given back once the call's usage is recorded; one whose
+//! worker died expires on its own.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use sqlx::mysql::MySqlPool;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::config::{env_opt, ConfigError};
+use crate::event::UserId;
+use crate::projections::usage::UsageProjection;
+
+/// How long a reservation outlives a worker that died holding it.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// `USER_DAILY_TOKEN_BUDGET`: tokens per user per UTC day; `None`, unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DailyBudget(pub Option<u64>);
+
+/// A budget used up: when it starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted {
+    pub budget: u64,
+    pub resets_at: DateTime<Utc>,
+}
+
+impl Exhausted {
+    /// Seconds from `now` until the budget starts again.
+    pub fn retry_after_secs(&self) -> u64 {
+        (self.resets_at - Utc::now())
+            .num_seconds()
+            .max(1)
+            .unsigned_abs()
+    }
+
+    /// Worded for the user.
+    pub fn reason(&self) -> String {
+        format!(
+            "Your daily token budget ({} tokens) is used up; it resets at {}.",
+            self.budget,
+            self.resets_at.format("%Y-%m-%d %H:%M UTC")
+        )
+    }
+}
+
+/// Tokens held for a call in progress, until [`release`]d.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation(String);
+
+/// The next UTC midnight after `now`.
+pub fn resets_at(now: NaiveDateTime) -> DateTime<Utc> {
+    let tomorrow = now.date() + TimeDelta::days(1);
+    tomorrow.and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+impl DailyBudget {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let Some(value) = env_opt("USER_DAILY_TOKEN_BUDGET") else {
+            return Ok(Self(None));
+        };
+        value
+            .trim()
+            .parse::<u64>()
+            .map(|tokens| Self(Some(tokens)))
+            .map_err(|e| ConfigError::Invalid {
+                name: "USER_DAILY_TOKEN_BUDGET",
+                value: value.clone(),
+                reason: format!("{e}; give a number of tokens, or leave it unset for no budget"),
+            })
+    }
+
+    /// `Err` when the user's budget for today is used up (used and reserved).
+    pub async fn check(
+        &self,
+        pool: &MySqlPool,
+        user: UserId,
+    ) -> Result<Result<(), Exhausted>, sqlx::Error> {
+        let Some(budget) = self.0 else {
+            return Ok(Ok(()));
+        };
+        let now: NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+            .fetch_one(pool)
+            .await?;
+        let spent = UsageProjection::tokens_on(pool, user, now.date()).await?;
+        let reserved = reserved(pool, user).await?;
+        Ok(if spent.saturating_add(reserved) >= to_i64(budget) {
+            Err(Exhausted {
+                budget,
+                resets_at: resets_at(now),
+            })
+        } else {
+            Ok(())
+        })
+    }
+
+    /// Reserves `prompt + cap` tokens for a call, if its prompt still fits the
+    /// budget; `Ok(None)` with no budget set.
+    pub async fn reserve(
+        &self,
+        pool: &MySqlPool,
+        user: UserId,
+        (prompt, cap): (u64, u64),
+    ) -> Result<Result<Option<Reservation>, Exhausted>, sqlx::Error> {
+        let Some(budget) = self.0 else {
+            return Ok(Ok(None));
+        };
+        let mut conn = pool.acquire().await?;
+        sqlx::query("INSERT IGNORE INTO token_budget_locks (user_id) VALUES (?)")
+            .bind(user)
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = conn.begin().await?;
+        let now: NaiveDateTime = sqlx::query_scalar(
+            "SELECT UTC_TIMESTAMP(6) FROM token_budget_locks WHERE user_id = ? FOR UPDATE",
+        )
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+        let spent: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS SIGNED) \
+             FROM usage_daily WHERE user_id = ? AND day = ?",
+        )
+        .bind(user)
+        .bind(now.date())
+        .fetch_one(&mut *tx)
+        .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(tokens), 0) AS SIGNED) FROM token_reservations \
+             WHERE user_id = ? AND expires_at > ?",
+        )
+        .bind(user)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        if spent.saturating_add(held).saturating_add(to_i64(prompt)) >= to_i64(budget) {
+            tx.rollback().await?;
+            return Ok(Err(Exhausted {
+                budget,
+                resets_at: resets_at(now),
+            }));
+        }
+        let id = Uuid::now_v7().to_string();
+        let ttl = TimeDelta::from_std(RESERVATION_TTL).unwrap_or(TimeDelta::minutes(15));
+        sqlx::query(
+            "INSERT INTO token_reservations (reservation_id, user_id, tokens, expires_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(user)
+        .bind(to_i64(prompt.saturating_add(cap)))
+        .bind(now + ttl)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(Some(Reservation(id))))
+    }
+}
+
+/// Gives a reservation back (its call's usage is recorded, or it made none).
+pub async fn release(pool: &MySqlPool, reservation: Reservation) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM token_reservations WHERE reservation_id = ? OR expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 DAY")
+        .bind(reservation.0)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn reserved(pool: &MySqlPool, user: UserId) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(tokens), 0) AS SIGNED) FROM token_reservations \
+         WHERE user_id = ? AND expires_at > UTC_TIMESTAMP(6)",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_resets_at_the_next_utc_midnight() {
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 5)
+            .and_then(|d| d.and_hms_opt(23, 59, 59))
+            .unwrap_or_default();
+        assert_eq!(resets_at(now).to_rfc3339(), "2026-12-06T00:00:00+00:00");
+        let exhausted = Exhausted {
+            budget: 1000,
+            resets_at: resets_at(now),
+        };
+        assert!(exhausted
+            .reason()
+            .contains("resets at 2026-12-06 00:00 UTC"));
+    }
+}

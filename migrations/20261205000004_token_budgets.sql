@@ -11,7 +11,11 @@ CREATE TABLE token_reservations (
 ) ENGINE=InnoDB;
 
 -- One row per user with a budget, locked while a reservation is weighed, so
--- that concurrent calls are admitted one after another.
-CREATE TABLE token_budget_locks (
-    user_id BIGINT NOT NULL PRIMARY KEY
+-- that concurrent calls are admitted one after another; it also records the day
+-- a call was refused for the budget (and the budget then), which the api then
+-- refuses new messages for.
+CREATE TABLE token_budgets (
+    user_id BIGINT NOT NULL PRIMARY KEY,
+    exhausted_on DATE NULL,
+    exhausted_budget BIGINT NULL
 ) ENGINE=InnoDB;

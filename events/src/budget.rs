@@ -3,11 +3,18 @@
 //! What a user's calls have used today is the `usage_daily` read model (replies
 //! and memory refreshes alike: both are spent on the user's behalf, so one
 //! budget bounds what a user can cost a day). A call about to start reserves
-//! its prompt and its cap; it is admitted only while what is used, what is
-//! reserved and its own prompt fit the budget, so concurrent calls, admitted one
-//! after another under a per-user row lock, overshoot by at most one call's cap.
-//! The reservation is given back once the call's usage is recorded; one whose
-//! worker died expires on its own.
+//! its prompt and its cap, under a per-user row lock, so concurrent calls are
+//! weighed one after another:
+//! - its prompt fits beside what is used and what others hold: it goes ahead;
+//! - it fits beside what is used, not beside what others hold: it waits for
+//!   them to settle (they may use less than they hold);
+//! - it does not fit beside what is used: the budget is exhausted for the day,
+//!   the call is refused, and the day is marked, so the api refuses new
+//!   messages until the budget resets.
+//!
+//! So calls overshoot the budget by at most one call's cap. The reservation is
+//! given back once the call's usage is recorded; one whose worker died expires
+//! on its own.
 
 use std::time::Duration;
 
@@ -35,7 +42,7 @@ pub struct Exhausted {
 }
 
 impl Exhausted {
-    /// Seconds from `now` until the budget starts again.
+    /// Seconds from now until the budget starts again.
     pub fn retry_after_secs(&self) -> u64 {
         (self.resets_at - Utc::now())
             .num_seconds()
@@ -56,6 +63,17 @@ impl Exhausted {
 /// Tokens held for a call in progress, until [`release`]d.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation(String);
+
+/// What a call about to start may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Go ahead, holding this (`None`: no budget is set).
+    Admitted(Option<Reservation>),
+    /// Wait for the calls in progress to settle, then ask again.
+    Wait,
+    /// No: the budget is used up for the day.
+    Refused(Exhausted),
+}
 
 /// The next UTC midnight after `now`.
 pub fn resets_at(now: NaiveDateTime) -> DateTime<Utc> {
@@ -79,7 +97,8 @@ impl DailyBudget {
             })
     }
 
-    /// `Err` when the user's budget for today is used up (used and reserved).
+    /// `Err` when the user's budget for today is used up: what is used and held
+    /// reaches it, or a call was refused for it today.
     pub async fn check(
         &self,
         pool: &MySqlPool,
@@ -88,40 +107,47 @@ impl DailyBudget {
         let Some(budget) = self.0 else {
             return Ok(Ok(()));
         };
-        let now: NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
-            .fetch_one(pool)
-            .await?;
+        let (now, refused_today): (NaiveDateTime, i64) = sqlx::query_as(
+            "SELECT UTC_TIMESTAMP(6), CAST((SELECT COUNT(*) FROM token_budgets WHERE user_id = ? \
+             AND exhausted_on = UTC_DATE() AND exhausted_budget >= ?) AS SIGNED)",
+        )
+        .bind(user)
+        .bind(to_i64(budget))
+        .fetch_one(pool)
+        .await?;
         let spent = UsageProjection::tokens_on(pool, user, now.date()).await?;
-        let reserved = reserved(pool, user).await?;
-        Ok(if spent.saturating_add(reserved) >= to_i64(budget) {
-            Err(Exhausted {
-                budget,
-                resets_at: resets_at(now),
-            })
-        } else {
-            Ok(())
-        })
+        let held = reserved(pool, user).await?;
+        Ok(
+            if refused_today > 0 || spent.saturating_add(held) >= to_i64(budget) {
+                Err(Exhausted {
+                    budget,
+                    resets_at: resets_at(now),
+                })
+            } else {
+                Ok(())
+            },
+        )
     }
 
-    /// Reserves `prompt + cap` tokens for a call, if its prompt still fits the
-    /// budget; `Ok(None)` with no budget set.
+    /// Weighs a call of `prompt` tokens capped at `cap` (see the module's doc),
+    /// and reserves `prompt + cap` for one admitted.
     pub async fn reserve(
         &self,
         pool: &MySqlPool,
         user: UserId,
         (prompt, cap): (u64, u64),
-    ) -> Result<Result<Option<Reservation>, Exhausted>, sqlx::Error> {
+    ) -> Result<Admission, sqlx::Error> {
         let Some(budget) = self.0 else {
-            return Ok(Ok(None));
+            return Ok(Admission::Admitted(None));
         };
         let mut conn = pool.acquire().await?;
-        sqlx::query("INSERT IGNORE INTO token_budget_locks (user_id) VALUES (?)")
+        sqlx::query("INSERT IGNORE INTO token_budgets (user_id) VALUES (?)")
             .bind(user)
             .execute(&mut *conn)
             .await?;
         let mut tx = conn.begin().await?;
         let now: NaiveDateTime = sqlx::query_scalar(
-            "SELECT UTC_TIMESTAMP(6) FROM token_budget_locks WHERE user_id = ? FOR UPDATE",
+            "SELECT UTC_TIMESTAMP(6) FROM token_budgets WHERE user_id = ? FOR UPDATE",
         )
         .bind(user)
         .fetch_one(&mut *tx)
@@ -142,12 +168,25 @@ impl DailyBudget {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        if spent.saturating_add(held).saturating_add(to_i64(prompt)) >= to_i64(budget) {
-            tx.rollback().await?;
-            return Ok(Err(Exhausted {
+        let prompt_i = to_i64(prompt);
+        if spent.saturating_add(prompt_i) >= to_i64(budget) {
+            sqlx::query(
+                "UPDATE token_budgets SET exhausted_on = ?, exhausted_budget = ? WHERE user_id = ?",
+            )
+            .bind(now.date())
+            .bind(to_i64(budget))
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Admission::Refused(Exhausted {
                 budget,
                 resets_at: resets_at(now),
             }));
+        }
+        if spent.saturating_add(held).saturating_add(prompt_i) >= to_i64(budget) {
+            tx.rollback().await?;
+            return Ok(Admission::Wait);
         }
         let id = Uuid::now_v7().to_string();
         let ttl = TimeDelta::from_std(RESERVATION_TTL).unwrap_or(TimeDelta::minutes(15));
@@ -162,16 +201,20 @@ impl DailyBudget {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Ok(Some(Reservation(id))))
+        Ok(Admission::Admitted(Some(Reservation(id))))
     }
 }
 
-/// Gives a reservation back (its call's usage is recorded, or it made none).
+/// Gives a reservation back (its call's usage is recorded, or it made none),
+/// and clears long-expired ones.
 pub async fn release(pool: &MySqlPool, reservation: Reservation) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM token_reservations WHERE reservation_id = ? OR expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 DAY")
-        .bind(reservation.0)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "DELETE FROM token_reservations WHERE reservation_id = ? \
+         OR expires_at < UTC_TIMESTAMP(6) - INTERVAL 1 DAY",
+    )
+    .bind(reservation.0)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

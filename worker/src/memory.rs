@@ -37,6 +37,7 @@ use crate::memory_prompt::{capped, profile_prompt, summary_prompt};
 use crate::meter::Meter;
 use crate::model::{CallSettings, Model, ModelFailure};
 use crate::prompt::{Prompt, Role, Turn};
+use events::budget::Admission;
 
 /// Most history rows one refresh reads (the context budget usually binds first).
 const MAX_ROWS: u32 = 400;
@@ -255,13 +256,10 @@ impl MemoryKeeper {
             .reserve(self.store.pool(), job.user_id, (tokens, caps))
             .await?
         {
-            Ok(reservation) => reservation,
-            Err(_) => {
-                tracing::info!(
-                    user_id = job.user_id,
-                    bot_id = job.bot_id,
-                    "the user's daily token budget is used up; the memory stays as it is"
-                );
+            Admission::Admitted(reservation) => reservation,
+            Admission::Wait | Admission::Refused(_) => {
+                tracing::info!(user_id = job.user_id, bot_id = job.bot_id,
+                    "the user's daily token budget has no room for a refresh now; the memory stays as it is");
                 return Ok(());
             }
         };

@@ -32,7 +32,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use events::budget::{self, DailyBudget, Reservation};
+use events::budget::{self, Admission, DailyBudget, Reservation};
 use events::bus::Backoff;
 use events::db::{is_lock_contention, is_unavailable};
 use events::event::{
@@ -164,6 +164,8 @@ const SWEEP_DRAINS: usize = 8;
 /// How long a drain the sweep started answers before it gives the next
 /// conversation in line a turn.
 const SWEEP_TURN: Duration = Duration::from_secs(30);
+/// How often a call waiting for the user's other calls to settle asks again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(200);
 /// Holders that may give up on a conversation in a row before its oldest
 /// unanswered message is recorded as failed (as the delivery limit would).
 const DRAIN_FAILURES: i64 = 5;
@@ -662,21 +664,44 @@ impl Responder {
         let cap = settings
             .max_tokens
             .unwrap_or(self.settings.max_reply_tokens);
-        let reserved = self
-            .persist("reserve the user's budget", || async {
-                let tokens = (u64::from(meter.prompt_tokens()), u64::from(cap));
-                Ok(self
-                    .settings
-                    .token_budget
-                    .reserve(pool, conversation.user_id, tokens)
-                    .await?)
+        let stopped = |usage: Usage| {
+            DomainEvent::ModelCallStopped(ModelCallStopped {
+                reply_to,
+                user_id: conversation.user_id,
+                bot_id: conversation.bot_id,
+                attempt,
+                usage,
             })
-            .await?;
-        let reservation = match reserved {
-            Ok(reservation) => reservation,
-            Err(exhausted) => {
-                tracing::info!(%reply_to, "the user's daily token budget is used up; no model call");
-                return Ok((failed(exhausted.reason(), None), None));
+        };
+        let reservation = loop {
+            let admission = self
+                .persist("weigh the call against the user's budget", || async {
+                    let tokens = (u64::from(meter.prompt_tokens()), u64::from(cap));
+                    Ok(self
+                        .settings
+                        .token_budget
+                        .reserve(pool, conversation.user_id, tokens)
+                        .await?)
+                })
+                .await?;
+            match admission {
+                Admission::Admitted(reservation) => break reservation,
+                Admission::Refused(exhausted) => {
+                    tracing::info!(%reply_to, "the user's daily token budget is used up; no model call");
+                    return Ok((failed(exhausted.reason(), None), None));
+                }
+                // The user's other calls hold the rest of the budget: wait for
+                // them to settle (or for this reply to be stopped meanwhile).
+                Admission::Wait => {
+                    tokio::select! {
+                        () = tokio::time::sleep(BUDGET_RECHECK) => {}
+                        () = watch.stopped() => {
+                            let usage = meter.usage(self.model.name_for(&settings));
+                            return Ok((stopped(usage), None));
+                        }
+                        () = self.shutdown.cancelled() => return Err(RespondError::Stopping),
+                    }
+                }
             }
         };
         tracing::debug!(seq, "calling the model");
@@ -697,14 +722,7 @@ impl Responder {
         let Some(completed) = completed else {
             metrics::counter!(events::metrics::MODEL_CALLS, "outcome" => "stopped").increment(1);
             tracing::info!(%reply_to, "the reply was stopped; its model call is dropped");
-            let stopped = DomainEvent::ModelCallStopped(ModelCallStopped {
-                reply_to,
-                user_id: conversation.user_id,
-                bot_id: conversation.bot_id,
-                attempt,
-                usage: meter.usage(model),
-            });
-            return Ok((stopped, reservation));
+            return Ok((stopped(meter.usage(model)), reservation));
         };
         // The forwarding finishes on its own (each delta publish is bounded): the
         // reply is recorded without waiting for deltas, and the apis ignore any

@@ -28,7 +28,7 @@ struct Route {
     bot_module: bool,
 }
 
-const ROUTES: [Route; 13] = [
+const ROUTES: [Route; 16] = [
     route("POST", "/users/register", ("username", true), false),
     route("POST", "/login", ("username", true), false),
     route("POST", "/login/refresh", ("refresh", true), false),
@@ -42,6 +42,9 @@ const ROUTES: [Route; 13] = [
     route("POST", "/chat/new_chat", ("chatbot_id", false), false),
     route("POST", "/chat/stream/ticket", ("chatbot_id", false), false),
     route("POST", "/chat/memory/forget", ("chatbot_id", false), false),
+    route("POST", "/chat/stop", ("chatbot_id", false), false),
+    route("POST", "/chat/regenerate", ("chatbot_id", false), false),
+    route("POST", "/chat/clear", ("chatbot_id", false), false),
 ];
 
 const fn route(
@@ -62,11 +65,12 @@ const fn route(
 const BODY_LIMIT: usize = 64 * 1024;
 
 /// The GET routes, and a query parameter that must be an integer.
-const QUERIES: [(&str, &str); 4] = [
+const QUERIES: [(&str, &str); 5] = [
     ("/chat/history", "chatbot_id"),
     ("/chat/list", "limit"),
     ("/chat/memory", "chatbot_id"),
     ("/chat/stream", "chatbot_id"),
+    ("/chat/usage", "chatbot_id"),
 ];
 
 /// What attackers type into ids, names and paths.

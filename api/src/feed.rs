@@ -85,6 +85,8 @@ pub enum Notice {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub reply_to: Uuid,
+    /// Which attempt at answering it (1, then one more per regeneration).
+    pub attempt: u32,
     /// `Done`, `Failed` or `Stopped`.
     pub status: MessageStatus,
     /// The reply, what went wrong, or the text written before a stop.
@@ -94,14 +96,21 @@ pub struct Reply {
 impl Reply {
     /// Notices carry the committed event itself, so the reply needs no read.
     fn from_event(decoded: &DomainEvent) -> Option<Self> {
-        let (reply_to, status, content) = match decoded {
-            DomainEvent::BotReplyGenerated(r) => (r.reply_to, MessageStatus::Done, &r.content),
-            DomainEvent::BotReplyFailed(f) => (f.reply_to, MessageStatus::Failed, &f.reason),
-            DomainEvent::BotReplyStopped(s) => (s.reply_to, MessageStatus::Stopped, &s.content),
+        let (reply_to, attempt, status, content) = match decoded {
+            DomainEvent::BotReplyGenerated(r) => {
+                (r.reply_to, r.attempt, MessageStatus::Done, &r.content)
+            }
+            DomainEvent::BotReplyFailed(f) => {
+                (f.reply_to, f.attempt, MessageStatus::Failed, &f.reason)
+            }
+            DomainEvent::BotReplyStopped(s) => {
+                (s.reply_to, s.attempt, MessageStatus::Stopped, &s.content)
+            }
             _ => return None,
         };
         Some(Reply {
             reply_to,
+            attempt,
             status,
             content: content.clone(),
         })
@@ -114,6 +123,7 @@ impl Reply {
             .unwrap_or(MessageStatus::Done);
         Reply {
             reply_to,
+            attempt: u32::try_from(row.attempt).unwrap_or(1),
             status,
             content: row.content,
         }
@@ -267,7 +277,8 @@ impl ChatFeed {
                     Some(DomainEvent::BotUpdated(_)) => return,
                     Some(DomainEvent::ReplyRegenerationRequested(again)) => {
                         // Its deltas are wanted again, and the old text is not.
-                        self.live.restart(again.message_id);
+                        self.live
+                            .restart(again.message_id, again.attempt, event.event_id);
                         let _ = self.sender.send(Notice::Regenerating {
                             stream_id: event.stream_id,
                             reply_to: again.message_id,
@@ -286,7 +297,7 @@ impl ChatFeed {
                 }
                 let reply = decoded.as_ref().and_then(Reply::from_event);
                 if let Some(reply) = &reply {
-                    self.live.finish(reply.reply_to);
+                    self.live.finish(reply.reply_to, reply.attempt);
                 }
                 let row = decoded
                     .as_ref()
@@ -326,12 +337,13 @@ impl ChatFeed {
     }
 }
 
-/// Waits until `message_id` has a reply (or failure), or `timeout` passes.
+/// Waits until `message_id` has an outcome of attempt `attempt` or later (a
+/// regeneration's, not the one it replaced), or `timeout` passes.
 /// `just_posted` skips the first read, which cannot find a reply yet.
 pub async fn wait_for_reply(
     pool: &MySqlPool,
     notices: &mut Waiter,
-    message_id: Uuid,
+    (message_id, attempt): (Uuid, u32),
     just_posted: bool,
     timeout: Duration,
 ) -> Result<Option<Reply>, sqlx::Error> {
@@ -341,7 +353,10 @@ pub async fn wait_for_reply(
     loop {
         if read {
             if let Some(row) = ChatHistoryProjection::find_reply(pool, &id).await? {
-                return Ok(Some(Reply::from_row(message_id, row)));
+                let reply = Reply::from_row(message_id, row);
+                if reply.attempt >= attempt {
+                    return Ok(Some(reply));
+                }
             }
         }
         read = true;
@@ -349,9 +364,9 @@ pub async fn wait_for_reply(
             return Ok(None);
         }
         let relevant = |n: &Notice| match n {
-            Notice::Appended { reply, .. } => {
-                reply.as_ref().is_some_and(|r| r.reply_to == message_id)
-            }
+            Notice::Appended { reply, .. } => reply
+                .as_ref()
+                .is_some_and(|r| r.reply_to == message_id && r.attempt >= attempt),
             Notice::Resync => true,
             Notice::Delta { .. }
             | Notice::BotDeleted { .. }

@@ -7,7 +7,10 @@
 //! older attempt is ignored. A reply's entry goes when its final event arrives, or, if it never
 //! does, after `FORGET_AFTER`. Deltas that arrive after the final event (they
 //! travel on another channel, and the worker never waits for them) are ignored:
-//! the ids of recently finished replies are remembered, a bounded number of them.
+//! the ids of recently finished replies are remembered, a bounded number of them,
+//! with the attempt (regeneration) that finished. A regeneration starts a reply
+//! over: deltas of model attempts from before it, and outcomes of earlier
+//! regeneration attempts heard late, are ignored.
 //!
 //! The map is bounded by bytes as well as by count, whatever the deltas: a reply
 //! keeps at most `MAX_REPLY_BYTES` of text, and all of them at most
@@ -64,10 +67,27 @@ pub struct InProgress {
     pub text: String,
 }
 
+/// A reply written again: which attempt, and the id before which model
+/// attempts' deltas belong to earlier ones (ids are time-ordered v7 UUIDs).
+#[derive(Debug, Clone, Copy)]
+struct Restart {
+    attempt: u32,
+    floor: Uuid,
+}
+
 struct State {
     partials: HashMap<Uuid, Partial>,
     bytes: usize,
-    finished: LruCache<Uuid, ()>,
+    /// Finished replies, with the attempt that finished them.
+    finished: LruCache<Uuid, u32>,
+    restarted: LruCache<Uuid, Restart>,
+}
+
+impl State {
+    /// The attempt being written for `reply_to`: 1 unless it was regenerated.
+    fn current_attempt(&self, reply_to: &Uuid) -> u32 {
+        self.restarted.peek(reply_to).map_or(1, |r| r.attempt)
+    }
 }
 
 pub struct LiveReplies {
@@ -83,6 +103,9 @@ impl Default for LiveReplies {
                 finished: LruCache::new(
                     NonZeroUsize::new(FINISHED_REMEMBERED).unwrap_or(NonZeroUsize::MIN),
                 ),
+                restarted: LruCache::new(
+                    NonZeroUsize::new(FINISHED_REMEMBERED).unwrap_or(NonZeroUsize::MIN),
+                ),
             }),
         }
     }
@@ -94,7 +117,19 @@ impl LiveReplies {
             return Applied::Nothing;
         };
         let state = &mut *state;
-        if state.finished.contains(&delta.reply_to) {
+        let current = state.current_attempt(&delta.reply_to);
+        if state
+            .finished
+            .peek(&delta.reply_to)
+            .is_some_and(|&done| done >= current)
+        {
+            return Applied::Nothing;
+        }
+        if state
+            .restarted
+            .peek(&delta.reply_to)
+            .is_some_and(|r| delta.attempt < r.floor)
+        {
             return Applied::Nothing;
         }
         if state.partials.len() >= MAX_LIVE && !state.partials.contains_key(&delta.reply_to) {
@@ -144,23 +179,35 @@ impl LiveReplies {
     }
 
     /// The reply is final: forget its partial text, and ignore its late deltas.
-    pub fn finish(&self, reply_to: Uuid) {
+    /// (An outcome of an attempt older than the one being written is a late
+    /// echo, and changes nothing.)
+    pub fn finish(&self, reply_to: Uuid, attempt: u32) {
         if let Ok(mut state) = self.state.lock() {
+            if attempt < state.current_attempt(&reply_to) {
+                return;
+            }
             if let Some(partial) = state.partials.remove(&reply_to) {
                 state.bytes -= partial.text.len();
             }
-            state.finished.put(reply_to, ());
+            state.finished.put(reply_to, attempt);
         }
     }
 
-    /// The reply is being written again (a regeneration): its deltas count
-    /// again, from nothing.
-    pub fn restart(&self, reply_to: Uuid) {
+    /// The reply is being written again (a regeneration, attempt `attempt`,
+    /// recorded as event `since`): its deltas count again, from nothing, and
+    /// only those of model attempts started after `since`.
+    pub fn restart(&self, reply_to: Uuid, attempt: u32, since: Uuid) {
         if let Ok(mut state) = self.state.lock() {
             if let Some(partial) = state.partials.remove(&reply_to) {
                 state.bytes -= partial.text.len();
             }
-            state.finished.pop(&reply_to);
+            state.restarted.put(
+                reply_to,
+                Restart {
+                    attempt,
+                    floor: since,
+                },
+            );
         }
     }
 
@@ -272,7 +319,7 @@ mod tests {
             Applied::Nothing
         );
         assert!(live.in_progress("other").is_empty());
-        live.finish(message);
+        live.finish(message, 1);
         assert!(live.is_empty());
         assert_eq!(live.bytes(), 0);
         // A delta that arrives after the final event starts nothing.
@@ -298,7 +345,36 @@ mod tests {
         }
         assert_eq!(live.bytes(), 0, "a reply over the cap keeps no text");
         assert!(live.in_progress("s").is_empty());
-        live.finish(message);
+        live.finish(message, 1);
         assert!(live.is_empty());
+    }
+
+    #[test]
+    fn a_regeneration_starts_over_and_ignores_what_came_before_it() {
+        let live = LiveReplies::default();
+        let message = Uuid::now_v7();
+        let old_attempt = Uuid::now_v7();
+        live.apply("s", &delta(message, old_attempt, 0, "Old"));
+        live.finish(message, 1);
+        let since = Uuid::now_v7();
+        live.restart(message, 2, since);
+        // A late delta of the attempt before the regeneration: ignored.
+        assert_eq!(
+            live.apply("s", &delta(message, old_attempt, 1, " text")),
+            Applied::Nothing
+        );
+        // The first attempt's outcome, heard late: ignored too.
+        live.finish(message, 1);
+        let new_attempt = Uuid::now_v7();
+        assert_eq!(
+            live.apply("s", &delta(message, new_attempt, 0, "New")),
+            Applied::Forward
+        );
+        assert_eq!(live.text_so_far(message).as_deref(), Some("New"));
+        live.finish(message, 2);
+        assert_eq!(
+            live.apply("s", &delta(message, new_attempt, 1, "!")),
+            Applied::Nothing
+        );
     }
 }

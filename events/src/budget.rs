@@ -27,12 +27,25 @@ use crate::config::{env_opt, ConfigError};
 use crate::event::UserId;
 use crate::projections::usage::UsageProjection;
 
-/// How long a reservation outlives a worker that died holding it.
-pub const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a reservation outlives a worker that died holding it, unless the
+/// worker says (a call's longest run: every attempt, to its timeout).
+const RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// `USER_DAILY_TOKEN_BUDGET`: tokens per user per UTC day; `None`, unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DailyBudget(pub Option<u64>);
+/// `USER_DAILY_TOKEN_BUDGET`: tokens per user per UTC day (`None`, unlimited),
+/// and how long a reservation is held for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DailyBudget {
+    tokens: Option<u64>,
+    reservation_ttl: Duration,
+}
+
+/// Who asks for a call: a refused reply ends the user's day (the api refuses
+/// new messages); a refused memory refresh only waits for another day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Reply,
+    Memory,
+}
 
 /// A budget used up: when it starts again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +95,34 @@ pub fn resets_at(now: NaiveDateTime) -> DateTime<Utc> {
 }
 
 impl DailyBudget {
+    pub fn new(tokens: Option<u64>) -> Self {
+        Self {
+            tokens,
+            reservation_ttl: RESERVATION_TTL,
+        }
+    }
+
+    /// Reservations are held at least this long (a call that may run longer
+    /// must not outlive its reservation).
+    pub fn with_reservation_ttl(self, ttl: Duration) -> Self {
+        Self {
+            reservation_ttl: ttl.max(RESERVATION_TTL),
+            ..self
+        }
+    }
+
+    pub fn tokens(&self) -> Option<u64> {
+        self.tokens
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         let Some(value) = env_opt("USER_DAILY_TOKEN_BUDGET") else {
-            return Ok(Self(None));
+            return Ok(Self::new(None));
         };
         value
             .trim()
             .parse::<u64>()
-            .map(|tokens| Self(Some(tokens)))
+            .map(|tokens| Self::new(Some(tokens)))
             .map_err(|e| ConfigError::Invalid {
                 name: "USER_DAILY_TOKEN_BUDGET",
                 value: value.clone(),
@@ -104,7 +137,7 @@ impl DailyBudget {
         pool: &MySqlPool,
         user: UserId,
     ) -> Result<Result<(), Exhausted>, sqlx::Error> {
-        let Some(budget) = self.0 else {
+        let Some(budget) = self.tokens else {
             return Ok(Ok(()));
         };
         let (now, refused_today): (NaiveDateTime, i64) = sqlx::query_as(
@@ -134,10 +167,10 @@ impl DailyBudget {
     pub async fn reserve(
         &self,
         pool: &MySqlPool,
-        user: UserId,
+        (user, purpose): (UserId, Purpose),
         (prompt, cap): (u64, u64),
     ) -> Result<Admission, sqlx::Error> {
-        let Some(budget) = self.0 else {
+        let Some(budget) = self.tokens else {
             return Ok(Admission::Admitted(None));
         };
         let mut conn = pool.acquire().await?;
@@ -169,6 +202,13 @@ impl DailyBudget {
         .fetch_one(&mut *tx)
         .await?;
         let prompt_i = to_i64(prompt);
+        if spent.saturating_add(prompt_i) >= to_i64(budget) && purpose == Purpose::Memory {
+            tx.rollback().await?;
+            return Ok(Admission::Refused(Exhausted {
+                budget,
+                resets_at: resets_at(now),
+            }));
+        }
         if spent.saturating_add(prompt_i) >= to_i64(budget) {
             sqlx::query(
                 "UPDATE token_budgets SET exhausted_on = ?, exhausted_budget = ? WHERE user_id = ?",
@@ -189,7 +229,7 @@ impl DailyBudget {
             return Ok(Admission::Wait);
         }
         let id = Uuid::now_v7().to_string();
-        let ttl = TimeDelta::from_std(RESERVATION_TTL).unwrap_or(TimeDelta::minutes(15));
+        let ttl = TimeDelta::from_std(self.reservation_ttl).unwrap_or(TimeDelta::minutes(15));
         sqlx::query(
             "INSERT INTO token_reservations (reservation_id, user_id, tokens, expires_at) \
              VALUES (?, ?, ?, ?)",

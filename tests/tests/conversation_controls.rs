@@ -538,3 +538,43 @@ async fn clearing_while_a_reply_is_written_stops_it_first() -> anyhow::Result<()
     }
     stack.teardown().await
 }
+
+#[tokio::test]
+async fn a_regeneration_after_forgetting_memory_still_asks_the_message() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions::default()).await?;
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("forgetful").await?;
+    client.chat(&token, bot, "remember the blue door").await?;
+    post(
+        &client,
+        "/chat/memory/forget",
+        json!({ "chatbot_id": bot }),
+        &token,
+    )
+    .await?;
+    let again = post(
+        &client,
+        "/chat/regenerate",
+        json!({ "chatbot_id": bot }),
+        &token,
+    )
+    .await?;
+    assert!(again["data"]
+        .as_str()
+        .is_some_and(|r| r.contains("remember the blue door")));
+    let asked = calls_for(&stack, "remember the blue door");
+    assert_eq!(asked.len(), 2);
+    assert_eq!(
+        turns(&asked[1]),
+        vec![("user".to_string(), "remember the blue door".to_string())],
+        "the message older than the erasure is still the turn answered"
+    );
+    let rows = history(&client, &token, bot).await?;
+    let id = rows[1]["message_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let explained = replay(&stack, &["explain", "--message", &id]).await?;
+    assert!(explained.contains("matches"), "{explained}");
+    stack.teardown().await
+}

@@ -231,6 +231,13 @@ async fn usage_is_recorded_for_every_call_and_summed_alike_by_the_route_and_the_
         .get("/chat/usage?from=yesterday", Some(&token))
         .await?;
     assert_eq!(bad.status, 400, "{bad:?}");
+    let edge = client
+        .get("/chat/usage?to=-262144-01-10", Some(&token))
+        .await?;
+    assert_eq!(
+        edge.status, 400,
+        "the earliest day is refused, not a panic: {edge:?}"
+    );
 
     // The operator's bill, from the log alone, agrees.
     let (ok, csv) = replay(

@@ -27,6 +27,9 @@ pub struct ModelSettings {
     /// `MAX_REPLY_TOKENS`: the cap on a reply's tokens, unless its bot sets its
     /// own (`max_reply_tokens`).
     pub max_reply_tokens: u32,
+    /// `MODEL_STREAM_USAGE`: streamed calls ask for the provider's usage
+    /// (`stream_options.include_usage`); `off` for a server that refuses the field.
+    pub stream_usage: bool,
 }
 
 /// Long-term memory (see `memory`).
@@ -81,6 +84,12 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let bus = BusSettings::from_env()?;
+        // A call's longest run, every attempt to its timeout: its budget
+        // reservation must not run out before it does.
+        let attempts = env_or("MODEL_MAX_ATTEMPTS", 4u32)?.max(1);
+        let call_ttl = Duration::from_secs(env_or("MODEL_TIMEOUT_SECS", 600u64)?)
+            .saturating_mul(attempts)
+            .saturating_add(Duration::from_secs(300));
         Ok(Self {
             database: DatabaseSettings::from_env()?,
             memory: MemorySettings {
@@ -89,7 +98,8 @@ impl WorkerConfig {
                 max_chars: env_or("MEMORY_MAX_CHARS", 2000)?.max(1),
                 prefetch: env_or("MEMORY_PREFETCH", 8)?,
                 max_tokens: env_or("MEMORY_MAX_TOKENS", 1024u32)?.max(1),
-                token_budget: events::budget::DailyBudget::from_env()?,
+                token_budget: events::budget::DailyBudget::from_env()?
+                    .with_reservation_ttl(call_ttl),
             },
             bus,
             model: ModelSettings {
@@ -103,8 +113,9 @@ impl WorkerConfig {
                 max_attempts: env_or("MODEL_MAX_ATTEMPTS", 4)?.max(1),
                 retry_base: Duration::from_millis(env_or("MODEL_RETRY_BASE_MS", 500)?),
                 max_reply_tokens: env_or("MAX_REPLY_TOKENS", 2048u32)?.max(1),
+                stream_usage: env_or("MODEL_STREAM_USAGE", "on".to_string())?.trim() != "off",
             },
-            token_budget: events::budget::DailyBudget::from_env()?,
+            token_budget: events::budget::DailyBudget::from_env()?.with_reservation_ttl(call_ttl),
             prefetch: env_or("WORKER_PREFETCH", 64)?,
             user_max_model_calls: env_or("USER_MAX_MODEL_CALLS", 8)?,
             delivery_hold: Duration::from_secs(env_or("DELIVERY_HOLD_SECS", 600u64)?.max(1)),

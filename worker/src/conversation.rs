@@ -49,8 +49,9 @@ impl ConversationId {
         MemoryProjection::find(pool, self.user_id, self.bot_id).await
     }
 
-    /// The turns after `after` (the last memory erasure) up to and including the
-    /// message at `seq`, oldest first; `None` when the read shows that message
+    /// The turns after `after` (the last memory erasure) up to and including
+    /// `message`, oldest first (the message itself even when it is older than
+    /// the erasure); `None` when the read shows that message
     /// settled meanwhile (stopped, or answered by another holder). A message
     /// the read leaves out (one older than an erasure) is answered all the same:
     /// it is still waiting, and skipping it would leave it waiting forever.
@@ -58,9 +59,10 @@ impl ConversationId {
         &self,
         pool: &MySqlPool,
         after: i64,
-        seq: i64,
+        message: &HistoryRow,
     ) -> Result<Option<Recent>, sqlx::Error> {
-        let exchanges = ChatHistoryProjection::exchanges_through(
+        let seq = message.seq;
+        let mut exchanges = ChatHistoryProjection::exchanges_through(
             pool,
             self.user_id,
             self.bot_id,
@@ -71,6 +73,17 @@ impl ConversationId {
         let settled = exchanges
             .last()
             .is_some_and(|last| last.seq == seq && last.is_settled());
+        // A message from before an erasure (regenerated since, or waiting since)
+        // is still the turn being answered.
+        if exchanges.last().is_none_or(|last| last.seq != seq) {
+            exchanges.push(Exchange {
+                seq,
+                content: message.content.clone(),
+                created_at: message.created_at,
+                reply: None,
+                reply_status: None,
+            });
+        }
         Ok((!settled).then(|| Recent {
             first_seq: exchanges.first().map_or(seq, |first| first.seq),
             turns: turns(&exchanges, seq),

@@ -37,7 +37,7 @@ use crate::memory_prompt::{capped, profile_prompt, summary_prompt};
 use crate::meter::Meter;
 use crate::model::{CallSettings, Model, ModelFailure};
 use crate::prompt::{Prompt, Role, Turn};
-use events::budget::Admission;
+use events::budget::{Admission, Purpose};
 
 /// Most history rows one refresh reads (the context budget usually binds first).
 const MAX_ROWS: u32 = 400;
@@ -253,7 +253,11 @@ impl MemoryKeeper {
         let reservation = match self
             .settings
             .token_budget
-            .reserve(self.store.pool(), job.user_id, (tokens, caps))
+            .reserve(
+                self.store.pool(),
+                (job.user_id, Purpose::Memory),
+                (tokens, caps),
+            )
             .await?
         {
             Admission::Admitted(reservation) => reservation,

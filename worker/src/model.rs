@@ -103,6 +103,7 @@ pub struct Model {
     first_token_timeout: Duration,
     idle_timeout: Duration,
     max_reply_bytes: usize,
+    stream_usage: bool,
 }
 
 pub const OFFLINE_MODEL_NAME: &str = "offline-responder";
@@ -138,6 +139,7 @@ impl Model {
             first_token_timeout: settings.first_token_timeout,
             idle_timeout: settings.idle_timeout,
             max_reply_bytes: settings.max_reply_bytes,
+            stream_usage: settings.stream_usage,
         })
     }
 
@@ -249,7 +251,7 @@ impl Model {
                     messages: to_messages(prompt),
                     temperature: settings.temperature,
                     max_completion_tokens: settings.max_tokens,
-                    stream_options: Some(ChatCompletionStreamOptions {
+                    stream_options: self.stream_usage.then_some(ChatCompletionStreamOptions {
                         include_usage: Some(true),
                         include_obfuscation: None,
                     }),

@@ -32,7 +32,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use events::budget::{self, Admission, DailyBudget, Reservation};
+use events::budget::{self, Admission, DailyBudget, Purpose, Reservation};
 use events::bus::Backoff;
 use events::db::{is_lock_contention, is_unavailable};
 use events::event::{
@@ -136,6 +136,24 @@ enum Drained {
     Done,
     /// Stopped part-way, leaving the rest to the sweep.
     GaveWay,
+}
+
+/// A reply or failure whose append was refused (the message got its outcome
+/// first): the cost of its call, to record on its own.
+fn unrecorded_cost(outcome: &DomainEvent) -> Option<DomainEvent> {
+    let (reply_to, user_id, bot_id, attempt, usage) = match outcome {
+        DomainEvent::BotReplyGenerated(e) => (e.reply_to, e.user_id, e.bot_id, e.attempt, &e.usage),
+        DomainEvent::BotReplyFailed(e) => (e.reply_to, e.user_id, e.bot_id, e.attempt, &e.usage),
+        _ => return None,
+    };
+    let usage = usage.clone().filter(|u| u.billed() != (0, 0))?;
+    Some(DomainEvent::ModelCallStopped(ModelCallStopped {
+        reply_to,
+        user_id,
+        bot_id,
+        attempt,
+        usage,
+    }))
 }
 
 /// The message a drain is answering, and which attempt at it.
@@ -500,7 +518,7 @@ impl Responder {
                 .persist("read the conversation and its memory", || async {
                     let memory = conversation.memory(pool).await?;
                     let turns = conversation
-                        .turns_through(pool, memory.erased_through, next.seq)
+                        .turns_through(pool, memory.erased_through, &next)
                         .await?;
                     Ok((memory, turns))
                 })
@@ -551,7 +569,32 @@ impl Responder {
                     }
                 }
                 None => {
-                    tracing::info!(%reply_to, "another delivery answered this message first");
+                    tracing::info!(%reply_to, "the message got its outcome first (a stop, or another delivery)");
+                    // The call was paid all the same: its usage goes on record.
+                    if let Some(paid) = unrecorded_cost(&outcome) {
+                        let event = paid.to_new_event(EventMetadata {
+                            correlation_id: correlation_id.clone(),
+                            causation_id: Some(reply_to),
+                            user_id: Some(conversation.user_id),
+                        })?;
+                        let recorded = self
+                            .persist("record the call's cost", || async {
+                                match self
+                                    .store
+                                    .append_to_stream(
+                                        &stream_id,
+                                        ExpectedVersion::Any,
+                                        std::slice::from_ref(&event),
+                                    )
+                                    .await
+                                {
+                                    Err(AppendError::Duplicate(_)) => Ok(Vec::new()),
+                                    other => Ok(other?),
+                                }
+                            })
+                            .await?;
+                        self.relay.publish_now(&recorded).await;
+                    }
                 }
             }
             // The call's usage is recorded (or was refused as a repeat): its
@@ -680,7 +723,7 @@ impl Responder {
                     Ok(self
                         .settings
                         .token_budget
-                        .reserve(pool, conversation.user_id, tokens)
+                        .reserve(pool, (conversation.user_id, Purpose::Reply), tokens)
                         .await?)
                 })
                 .await?;

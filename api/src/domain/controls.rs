@@ -104,13 +104,13 @@ fn stop_event(
 }
 
 /// Asks again for a reply to the conversation's last message: returns that
-/// message's id, whose new outcome is awaited like a new message's, and the
-/// events to publish. Refused while a reply is being written.
+/// message's id and the new attempt, whose outcome is awaited like a new
+/// message's, and the events to publish. Refused while a reply is being written.
 pub async fn regenerate(
     store: &EventStore,
     (user_id, bot_id): (UserId, BotId),
     metadata: EventMetadata,
-) -> Result<(Uuid, Vec<RecordedEvent>), DomainError> {
+) -> Result<(Uuid, Attempt, Vec<RecordedEvent>), DomainError> {
     ensure_owned(store, user_id, bot_id).await?;
     let pool = store.pool();
     let stream_id = stream::chat(user_id, bot_id);
@@ -132,11 +132,12 @@ pub async fn regenerate(
             ));
         }
         let message_id = parse_id(&last.message_id)?;
+        let attempt = attempt_of(&last).saturating_add(1);
         let event = DomainEvent::ReplyRegenerationRequested(ReplyRegenerationRequested {
             message_id,
             user_id,
             bot_id,
-            attempt: attempt_of(&last).saturating_add(1),
+            attempt,
         });
         match append_at(
             store,
@@ -146,7 +147,7 @@ pub async fn regenerate(
         )
         .await
         {
-            Ok(events) => return Ok((message_id, events)),
+            Ok(events) => return Ok((message_id, attempt, events)),
             Err(AppendError::Conflict { .. }) => continue,
             Err(AppendError::Duplicate(_)) => {
                 return Err(DomainError::Busy(

@@ -126,6 +126,7 @@ pub async fn new_chat(
     let awaited = Awaited {
         user,
         message_id,
+        attempt: events::event::FIRST_ATTEMPT,
         just_posted,
     };
     reply_or_pending(&state, notices, awaited, wait).await
@@ -150,6 +151,9 @@ pub(super) async fn within_budget(
 pub(super) struct Awaited {
     pub user: events::event::UserId,
     pub message_id: uuid::Uuid,
+    /// The attempt whose outcome is awaited (a regeneration's, not the one it
+    /// replaced).
+    pub attempt: events::event::Attempt,
     /// Recorded by this request: no outcome can be there yet.
     pub just_posted: bool,
 }
@@ -163,6 +167,7 @@ pub(super) async fn reply_or_pending(
     Awaited {
         user,
         message_id,
+        attempt,
         just_posted,
     }: Awaited,
     wait: bool,
@@ -191,7 +196,7 @@ pub(super) async fn reply_or_pending(
         reply = feed::wait_for_reply(
             &state.pool,
             &mut notices,
-            message_id,
+            (message_id, attempt),
             just_posted,
             state.config.reply_wait,
         ) => reply?,

@@ -96,7 +96,7 @@ pub async fn regenerate(
     let bot = required(body.chatbot_id, "chatbot_id")?;
     within_budget(&state, user).await?;
     let notices = state.feed.subscribe();
-    let (message_id, events) =
+    let (message_id, attempt, events) =
         controls::regenerate(&state.store, (user, bot), metadata(correlation, user)).await?;
     tracing::info!(%message_id, "regeneration recorded");
     state.read_cache.invalidate(user);
@@ -104,6 +104,7 @@ pub async fn regenerate(
     let awaited = Awaited {
         user,
         message_id,
+        attempt,
         just_posted: true,
     };
     reply_or_pending(&state, notices, awaited, wait).await

@@ -70,8 +70,12 @@ pub async fn usage(
 ) -> Result<Json<Value>, ApiError> {
     let user = caller.acting_for(params.user_id, &state).await?;
     let to = day(params.to.as_deref(), "to")?.unwrap_or_else(|| Utc::now().date_naive());
-    let from = day(params.from.as_deref(), "from")?
-        .unwrap_or_else(|| to - TimeDelta::days(DEFAULT_DAYS - 1));
+    let from = match day(params.from.as_deref(), "from")? {
+        Some(from) => from,
+        None => to
+            .checked_sub_signed(TimeDelta::days(DEFAULT_DAYS - 1))
+            .ok_or_else(|| ApiError::BadRequest("to is too early a day".into()))?,
+    };
     if from > to {
         return Err(ApiError::BadRequest("from must not be after to".into()));
     }

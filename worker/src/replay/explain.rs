@@ -145,8 +145,10 @@ pub async fn explain(pool: &MySqlPool, id: &str) -> Result<Explanation, ReplayEr
 fn exchanges(rows: &[HistoryRow], snapshot: &PromptSnapshot) -> Vec<Exchange> {
     rows.iter()
         .filter(|r| {
+            // The message answered is a turn even when it is older than an
+            // erasure, as the worker has it.
             r.by_user == 1
-                && r.seq > snapshot.after_seq
+                && (r.seq > snapshot.after_seq || r.seq == snapshot.last_seq)
                 && r.seq >= snapshot.first_seq
                 && r.seq <= snapshot.last_seq
         })

@@ -34,6 +34,8 @@ pub struct ApiConfig {
     pub bind_addr: SocketAddr,
     /// `JWT_SECRET`.
     pub jwt_secret: SecretString,
+    /// `DATA_KEY_ENCRYPTION_KEY`: wraps the data keys that seal personal text.
+    pub kek: events::sealing::Kek,
     /// `AUTH_MODE`: `strict` (default) or `legacy`.
     pub auth_mode: AuthMode,
     /// `ACCESS_TOKEN_TTL_SECS`, `REFRESH_TOKEN_TTL_SECS`.
@@ -149,6 +151,7 @@ impl ApiConfig {
             bus: BusSettings::from_env()?,
             bind_addr: env_or("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?,
             jwt_secret: jwt_secret.into(),
+            kek: events::sealing::Kek::from_env()?,
             auth_mode: env_or("AUTH_MODE", AuthMode::Strict)?,
             access_ttl: Duration::from_secs(env_or("ACCESS_TOKEN_TTL_SECS", 3600)?),
             refresh_ttl,

@@ -225,6 +225,8 @@ impl From<DomainError> for ApiError {
             },
             DomainError::Busy(msg) => ApiError::Conflict(msg),
             DomainError::Append(e) => e.into(),
+            DomainError::Sealed(events::sealing::SealError::Database(e)) => e.into(),
+            DomainError::Sealed(e) => ApiError::Internal(e.to_string()),
             DomainError::Database(e) => e.into(),
             DomainError::Encode(e) => ApiError::Internal(e.to_string()),
         }

@@ -111,6 +111,7 @@ impl Application {
             streams: Arc::new(OpenStreams::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
             draining: CancellationToken::new(),
+            keyring: events::sealing::Keyring::new(pool.clone(), config.kek.clone()),
             config: Arc::new(config),
             pool,
         });

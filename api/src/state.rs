@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use events::outbox::OutboxRelay;
+use events::sealing::Keyring;
 use events::store::EventStore;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
@@ -58,4 +59,6 @@ pub struct Shared {
     pub heavy_reads: Arc<HeavyReads>,
     /// Cancelled when the api starts shutting down: streams and long-polls end.
     pub draining: CancellationToken,
+    /// Opens sealed texts, and destroys keys (`forget`).
+    pub keyring: Keyring,
 }

@@ -11,6 +11,8 @@
 //!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
 //!   append's events to an [`store::InlineProjector`] inside the same transaction.
 //! - [`record`]: what the log stores: new and recorded events, their metadata.
+//! - [`sealing`]: crypto-shredding: personal text sealed under data keys kept
+//!   outside the log, which `forget` destroys.
 //! - [`appender`]: how an append goes (expected versions, the errors, the inline
 //!   projector it calls), and group commit: concurrent appends share one
 //!   transaction.
@@ -47,6 +49,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod projections;
 pub mod record;
+pub mod sealing;
 pub mod shutdown;
 pub mod store;
 pub mod supervisor;

@@ -247,7 +247,22 @@ fn assert_exported(line: &Value, event: &events::store::RecordedEvent) -> anyhow
     assert_eq!(line["version"], json!(event.stream_version));
     assert_eq!(line["type"], json!(event.event_type));
     assert_eq!(line["schema_version"], json!(event.schema_version));
-    assert_eq!(line["payload"], event.payload);
+    // Sealed texts are exported opened, or "[erased]" once their key is gone.
+    match (&line["payload"], &event.payload) {
+        (Value::Object(exported), Value::Object(stored)) => {
+            assert_eq!(exported.len(), stored.len());
+            for (field, value) in stored {
+                match value.as_str() {
+                    Some(sealed) if events::sealing::is_sealed(sealed) => {
+                        let shown = exported[field].as_str().unwrap_or_default();
+                        assert!(!shown.is_empty() && !events::sealing::is_sealed(shown));
+                    }
+                    _ => assert_eq!(&exported[field], value, "{field}"),
+                }
+            }
+        }
+        (exported, stored) => assert_eq!(exported, stored),
+    }
     assert_eq!(line["metadata"], serde_json::to_value(&event.metadata)?);
     let at: DateTime<Utc> = serde_json::from_value(line["recorded_at"].clone())?;
     assert_eq!(at.naive_utc(), event.recorded_at);

@@ -79,6 +79,8 @@ pub struct WorkerConfig {
     /// `USER_DAILY_TOKEN_BUDGET`: tokens a user's model calls (replies and memory
     /// refreshes) may use per UTC day. Unset: no budget.
     pub token_budget: events::budget::DailyBudget,
+    /// `DATA_KEY_ENCRYPTION_KEY`: wraps the data keys that seal personal text.
+    pub kek: events::sealing::Kek,
 }
 
 impl WorkerConfig {
@@ -116,6 +118,7 @@ impl WorkerConfig {
                 stream_usage: env_or("MODEL_STREAM_USAGE", "on".to_string())?.trim() != "off",
             },
             token_budget: events::budget::DailyBudget::from_env()?.with_reservation_ttl(call_ttl),
+            kek: events::sealing::Kek::from_env()?,
             prefetch: env_or("WORKER_PREFETCH", 64)?,
             user_max_model_calls: env_or("USER_MAX_MODEL_CALLS", 8)?,
             delivery_hold: Duration::from_secs(env_or("DELIVERY_HOLD_SECS", 600u64)?.max(1)),

@@ -245,7 +245,11 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
                 upcast,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let written = worker::replay::export::export(&pool, &filter, format, &mut out).await?;
+            let keyring =
+                events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
+            let written =
+                worker::replay::export::export((&pool, &keyring), &filter, format, &mut out)
+                    .await?;
             tracing::info!(events = written, "exported");
         }
         Replay::History {
@@ -274,7 +278,9 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!(lines = lines.len(), "usage summed from the log");
         }
         Replay::Explain { message } => {
-            let explanation = worker::replay::explain::explain(&pool, &message).await?;
+            let keyring =
+                events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
+            let explanation = worker::replay::explain::explain((&pool, &keyring), &message).await?;
             print!("{}", worker::replay::explain::describe(&explanation));
             if !explanation.matches() {
                 return Err("the prompt rebuilt from the log differs from what was sent".into());

@@ -38,6 +38,7 @@ use crate::meter::Meter;
 use crate::model::{CallSettings, Model, ModelFailure};
 use crate::prompt::{Prompt, Role, Turn};
 use events::budget::{Admission, Purpose};
+use events::sealing::{memory_scope, Keyring};
 
 /// Most history rows one refresh reads (the context budget usually binds first).
 const MAX_ROWS: u32 = 400;
@@ -59,6 +60,8 @@ pub enum MemoryError {
     Stopping,
     #[error("cannot schedule the idle check: {0}")]
     Bus(#[from] events::bus::BusError),
+    #[error(transparent)]
+    Sealed(#[from] events::sealing::SealError),
 }
 
 impl MemoryError {
@@ -89,6 +92,7 @@ pub const IDLE_AFTER_HEADER: &str = "x-idle-after-ms";
 #[derive(Clone)]
 pub struct MemoryKeeper {
     store: EventStore,
+    keyring: Keyring,
     relay: OutboxRelay,
     model: Arc<Model>,
     leases: ConversationLeases,
@@ -99,7 +103,7 @@ pub struct MemoryKeeper {
 
 impl MemoryKeeper {
     pub fn new(
-        store: EventStore,
+        (store, keyring): (EventStore, Keyring),
         relay: OutboxRelay,
         model: Arc<Model>,
         leases: ConversationLeases,
@@ -109,6 +113,7 @@ impl MemoryKeeper {
     ) -> Self {
         Self {
             store,
+            keyring,
             relay,
             model,
             leases,
@@ -195,7 +200,8 @@ impl MemoryKeeper {
 
     async fn refresh(&self, job: &MemoryJob) -> Result<(), MemoryError> {
         let pool = self.store.pool();
-        let memory = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
+        let sealed = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
+        let memory = self.keyring.open_memory(sealed).await?;
         let rows = ChatHistoryProjection::rows_after(
             pool,
             job.user_id,
@@ -308,6 +314,13 @@ impl MemoryKeeper {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+        // What is remembered is sealed under the conversation's memory key,
+        // which `forget` destroys.
+        let scope = memory_scope(job.user_id, job.bot_id);
+        let mut events = events;
+        for (event, field) in events.iter_mut().zip(["summary", "profile"]) {
+            self.keyring.seal_field(&scope, event, field).await?;
+        }
         let recorded = self.record(job, covers, &events).await;
         if let Some(reservation) = reservation {
             if let Err(e) = events::budget::release(self.store.pool(), reservation).await {

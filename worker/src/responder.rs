@@ -43,6 +43,7 @@ use events::outbox::OutboxRelay;
 use events::projections::{
     BotsProjection, ChatHistoryProjection, ConversationMemory, MessageStatus,
 };
+use events::sealing::Keyring;
 use events::store::{AppendError, EventStore, ExpectedVersion};
 
 use crate::conversation::ConversationId;
@@ -191,6 +192,7 @@ const DRAIN_FAILURES: i64 = 5;
 #[derive(Clone)]
 pub struct Responder {
     store: EventStore,
+    keyring: Keyring,
     relay: OutboxRelay,
     model: Arc<Model>,
     leases: ConversationLeases,
@@ -215,7 +217,7 @@ pub struct ResponderSettings {
 
 impl Responder {
     pub fn new(
-        store: EventStore,
+        (store, keyring): (EventStore, Keyring),
         relay: OutboxRelay,
         model: Arc<Model>,
         (leases, shares, stops): (ConversationLeases, UserShares, StopSignals),
@@ -224,6 +226,7 @@ impl Responder {
     ) -> Self {
         Self {
             store,
+            keyring,
             relay,
             model,
             leases,
@@ -523,6 +526,19 @@ impl Responder {
                     Ok((memory, turns))
                 })
                 .await?;
+            // The memory's texts are sealed; one that cannot be opened is left
+            // out of the prompt rather than holding the reply.
+            let memory = match self.keyring.open_memory(memory.clone()).await {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the conversation's memory; answering without it");
+                    ConversationMemory {
+                        summary: None,
+                        profile: None,
+                        ..memory
+                    }
+                }
+            };
             let Some(recent) = turns else {
                 tracing::info!(%reply_to, "the message got its outcome meanwhile (stopped, or answered elsewhere)");
                 continue;

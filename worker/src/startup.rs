@@ -10,6 +10,7 @@ use events::bus::{ConsumerSupervisor, Publisher};
 use events::db::{connect_and_migrate_patiently, DbSetupError};
 use events::outbox::OutboxRelay;
 use events::projections::ReadModels;
+use events::sealing::Keyring;
 use events::store::EventStore;
 use events::supervisor::{Supervisor, TaskEnded};
 
@@ -35,6 +36,7 @@ pub enum StartupError {
 
 pub struct Worker {
     config: WorkerConfig,
+    keyring: Keyring,
     relay: OutboxRelay,
     store: EventStore,
     model: Arc<Model>,
@@ -58,6 +60,7 @@ impl Worker {
             "worker ready"
         );
         Ok(Self {
+            keyring: Keyring::new(store.pool().clone(), config.kek.clone()),
             config,
             relay,
             store,
@@ -105,7 +108,7 @@ impl Worker {
                 async move { stops.run(bus, name, token).await }
             });
             let responder = Responder::new(
-                self.store.clone(),
+                (self.store.clone(), self.keyring.clone()),
                 self.relay.clone(),
                 self.model.clone(),
                 (leases.clone(), shares, stops),
@@ -157,7 +160,7 @@ impl Worker {
         }
         if roles.memory {
             let keeper = MemoryKeeper::new(
-                self.store.clone(),
+                (self.store.clone(), self.keyring.clone()),
                 self.relay.clone(),
                 self.model.clone(),
                 leases,

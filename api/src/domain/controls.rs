@@ -21,6 +21,7 @@ use events::event::{
 };
 use events::projections::{ChatHistoryProjection, HistoryRow};
 use events::record::NewEvent;
+use events::sealing::{memory_scope, Keyring};
 use events::store::{AppendError, EventStore, ExpectedVersion, RecordedEvent};
 
 use super::bots::ensure_owned;
@@ -164,7 +165,7 @@ pub async fn regenerate(
 /// `ConversationCleared` (with `forget_memory`, the memory goes too). Returns
 /// the events to publish.
 pub async fn clear(
-    store: &EventStore,
+    (store, keyring): (&EventStore, &Keyring),
     (user_id, bot_id): (UserId, BotId),
     forget_memory: bool,
     text_so_far: impl Fn(Uuid) -> Option<String>,
@@ -196,6 +197,10 @@ pub async fn clear(
         match append_at(store, &stream_id, version, &events).await {
             Ok(recorded) if clears => {
                 published.extend(recorded);
+                // As `chat/memory/forget`: the memory's key goes too.
+                if forget_memory {
+                    keyring.destroy(&memory_scope(user_id, bot_id)).await?;
+                }
                 return Ok(published);
             }
             Ok(recorded) => published.extend(recorded),

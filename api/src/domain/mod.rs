@@ -35,6 +35,8 @@ pub enum DomainError {
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error(transparent)]
+    Sealed(#[from] events::sealing::SealError),
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("cannot encode an event: {0}")]
     Encode(#[from] serde_json::Error),

@@ -140,7 +140,7 @@ pub async fn clear(
     let bot = required(body.chatbot_id, "chatbot_id")?;
     let live = state.feed.live();
     let events = controls::clear(
-        &state.store,
+        (&state.store, &state.keyring),
         (user, bot),
         body.forget_memory.unwrap_or(false),
         |reply_to| live.text_so_far(reply_to),

@@ -38,7 +38,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let user = caller.acting_for(params.user_id, &state).await?;
     let bot = required(params.chatbot_id, "chatbot_id")?;
-    let remembered = memory::recall(&state.store, user, bot).await?;
+    let remembered = memory::recall(&state.store, &state.keyring, user, bot).await?;
     Ok(chat_ok(json!({
         "summary": remembered.summary,
         "profile": remembered.profile,
@@ -62,7 +62,14 @@ pub async fn forget(
 ) -> Result<Json<Value>, ApiError> {
     let user = caller.acting_for(body.user_id, &state).await?;
     let bot = required(body.chatbot_id, "chatbot_id")?;
-    let events = memory::forget(&state.store, user, bot, metadata(correlation, user)).await?;
+    let events = memory::forget(
+        &state.store,
+        &state.keyring,
+        user,
+        bot,
+        metadata(correlation, user),
+    )
+    .await?;
     publish_in_background(&state, events);
     Ok(chat_ok(json!([])))
 }

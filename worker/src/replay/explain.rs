@@ -21,6 +21,7 @@ use events::store::{recorded_from_row, RecordedEvent, SELECT_EVENTS};
 use super::ReplayError;
 use crate::conversation::turns;
 use crate::prompt::{build_prompt, BotProfile, Memory, Prompt};
+use events::sealing::{Keyring, Opened};
 
 /// A reply, and its prompt rebuilt from the log.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub enum Rebuilt {
         prompt: Prompt,
         /// The parts whose digests differ from the recorded ones; empty: a match.
         differs: Vec<&'static str>,
+        /// The memory the prompt carried was forgotten since (its key destroyed):
+        /// only the turns can be checked.
+        memory_erased: bool,
     },
 }
 
@@ -53,7 +57,10 @@ impl Explanation {
 
 /// Explains the reply whose id, or whose message's id, is `id` (the latest
 /// attempt's, for a message).
-pub async fn explain(pool: &MySqlPool, id: &str) -> Result<Explanation, ReplayError> {
+pub async fn explain(
+    (pool, keyring): (&MySqlPool, &Keyring),
+    id: &str,
+) -> Result<Explanation, ReplayError> {
     let event = find_reply(pool, id).await?.ok_or_else(|| {
         ReplayError::NotFound(format!(
             "no reply with id {id}, nor a reply to a message with that id, is in the log"
@@ -93,20 +100,27 @@ pub async fn explain(pool: &MySqlPool, id: &str) -> Result<Explanation, ReplayEr
     .await?;
     let mut conversation = Fold::default();
     let mut memory = Memory::default();
+    let mut memory_erased = false;
     for event in &chat {
         let decoded = decode(event)?;
-        match &decoded {
+        let remembered = match &decoded {
             DomainEvent::ConversationSummarized(e)
                 if Some(e.covers_version) == snapshot.summary_covers =>
             {
-                memory.summary = Some(e.summary.clone());
+                Some((&mut memory.summary, &e.summary, "summary"))
             }
             DomainEvent::UserProfileUpdated(e)
                 if Some(e.covers_version) == snapshot.profile_covers =>
             {
-                memory.user_profile = Some(e.profile.clone());
+                Some((&mut memory.user_profile, &e.profile, "profile"))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some((slot, sealed, field)) = remembered {
+            match keyring.open(sealed, field, Some(event.event_id)).await? {
+                Opened::Text(text) => *slot = Some(text),
+                Opened::Erased => memory_erased = true,
+            }
         }
         conversation.apply(&event.stamp(), &decoded);
     }
@@ -121,13 +135,15 @@ pub async fn explain(pool: &MySqlPool, id: &str) -> Result<Explanation, ReplayEr
     );
     let digests = prompt.digests();
     let mut differs = Vec::new();
-    if digests.system != snapshot.system_sha256 {
+    // Memory forgotten since is unreadable by design: the system message it was
+    // part of cannot be rebuilt, and is not counted as a difference.
+    if digests.system != snapshot.system_sha256 && !memory_erased {
         differs.push("the system message (the bot's persona, the memory, or the time)");
     }
     if digests.turns != snapshot.turns_sha256 {
         differs.push("the conversation's turns");
     }
-    if digests.all != snapshot.sha256 && differs.is_empty() {
+    if digests.all != snapshot.sha256 && differs.is_empty() && !memory_erased {
         differs.push("the messages as a whole");
     }
     Ok(Explanation {
@@ -137,6 +153,7 @@ pub async fn explain(pool: &MySqlPool, id: &str) -> Result<Explanation, ReplayEr
             snapshot,
             prompt,
             differs,
+            memory_erased,
         },
     })
 }
@@ -260,6 +277,7 @@ pub fn describe(explanation: &Explanation) -> String {
             snapshot,
             prompt,
             differs,
+            memory_erased,
         } => {
             text.push_str(&format!(
                 "settings: temperature {}, max tokens {}\nbot: version {} of its stream\n\
@@ -286,7 +304,12 @@ pub fn describe(explanation: &Explanation) -> String {
                 text.push_str(&format!("[{i}] {role}: {content}\n"));
             }
             text.push('\n');
-            if differs.is_empty() {
+            if differs.is_empty() && *memory_erased {
+                text.push_str(
+                    "the memory this prompt carried was erased since (forget): the system \
+                     message cannot be rebuilt; the turns match the digest recorded with the reply\n",
+                );
+            } else if differs.is_empty() {
                 text.push_str(&format!(
                     "sha256 {}: matches the digest recorded with the reply\n",
                     snapshot.sha256

@@ -16,6 +16,7 @@ use sqlx::mysql::{MySql, MySqlPool, MySqlRow};
 use sqlx::QueryBuilder;
 
 use events::event::{EventMetadata, UserId};
+use events::sealing::Keyring;
 use events::store::{recorded_from_row, RecordedEvent, SELECT_EVENTS};
 use events::upcast::upcast;
 
@@ -80,7 +81,7 @@ struct CsvRow<'a> {
 
 /// Writes every event that passes `filter` to `out`. Returns how many.
 pub async fn export(
-    pool: &MySqlPool,
+    (pool, keyring): (&MySqlPool, &Keyring),
     filter: &ExportFilter,
     format: ExportFormat,
     out: &mut impl Write,
@@ -99,13 +100,31 @@ pub async fn export(
         let events = read_batch(pool, filter, streams.as_ref(), position).await?;
         let Some(last) = events.last() else { break };
         position = last.global_position;
-        for event in events {
+        for mut event in events {
+            open_sealed(keyring, &mut event).await?;
             sink.write(&exported(event, filter.upcast)?)?;
             written += 1;
         }
     }
     sink.finish()?;
     Ok(written)
+}
+
+/// Sealed text fields as their readers see them: the text, or `"[erased]"`
+/// when its key was destroyed. One that does not authenticate is refused, by
+/// event and field.
+async fn open_sealed(keyring: &Keyring, event: &mut RecordedEvent) -> Result<(), ReplayError> {
+    let serde_json::Value::Object(fields) = &mut event.payload else {
+        return Ok(());
+    };
+    for (name, value) in fields.iter_mut() {
+        let Some(text) = value.as_str().filter(|t| events::sealing::is_sealed(t)) else {
+            continue;
+        };
+        let opened = keyring.open(text, name, Some(event.event_id)).await?;
+        *value = serde_json::Value::String(opened.into_text());
+    }
+    Ok(())
 }
 
 enum Sink<'w, W: Write> {

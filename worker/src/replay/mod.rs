@@ -46,6 +46,8 @@ pub enum ReplayError {
     Csv(#[from] csv::Error),
     #[error("cannot encode an event: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Sealed(#[from] events::sealing::SealError),
 }
 
 pub async fn rebuild(

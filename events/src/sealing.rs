@@ -1,0 +1,401 @@
+//! Crypto-shredding: personal text sealed in the log under keys kept outside it.
+//!
+//! A text field of an event is stored sealed: AES-256-GCM under a data key,
+//! with a fresh nonce per field and the event's id and the field's name as
+//! associated data, so a ciphertext cannot be moved to another event or field
+//! unnoticed. Data keys live in the `data_keys` table, never in the log, each
+//! wrapped by the key-encryption key (`DATA_KEY_ENCRYPTION_KEY`). Destroying a
+//! data key makes every copy of what it sealed unreadable: in the log, in
+//! replicas, in backups and in exports, which show `"[erased]"` instead.
+//!
+//! Keys belong to a scope; today one: a conversation's memory
+//! (`memory:<user>:<bot>`), which `chat/memory/forget` destroys, so that what
+//! was remembered before is gone, and new memory gets a new key.
+//!
+//! A sealed field is a string `sealed:v1:<key id>:<event id>:<base64 nonce and
+//! ciphertext>`. Read models keep the sealed text as the events have it (a
+//! rebuild or `verify` needs no key); the readers that show or use the text
+//! open it here. Unwrapped keys are cached in memory, bounded, so the hot path
+//! makes no extra query.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use lru::LruCache;
+use rand::RngCore;
+use sqlx::mysql::MySqlPool;
+use uuid::Uuid;
+
+use crate::config::{env_opt, ConfigError};
+use crate::event::{BotId, UserId};
+use crate::projections::ConversationMemory;
+use crate::record::NewEvent;
+
+/// What an erased text reads as.
+pub const ERASED: &str = "[erased]";
+const PREFIX: &str = "sealed:v1:";
+/// Unwrapped keys kept in memory.
+const CACHED_KEYS: usize = 10_000;
+/// The key-encryption key used when none is configured, outside production
+/// only: anyone can read it here, so it protects nothing.
+const DEVELOPMENT_KEK: [u8; 32] = *b"development-only-kek-not-secret!";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The ciphertext does not authenticate: it was changed, or moved from
+    /// another event or field.
+    #[error("event {event_id}, field {field}: the sealed text does not authenticate (it was changed or moved); refusing to show it")]
+    Tampered { event_id: String, field: String },
+    #[error("event {event_id}, field {field}: the sealed text is malformed")]
+    Malformed { event_id: String, field: String },
+    #[error("the data key {0} cannot be unwrapped: is DATA_KEY_ENCRYPTION_KEY the key it was wrapped with?")]
+    Unwrap(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A conversation's memory: the scope `forget` destroys.
+pub fn memory_scope(user: UserId, bot: BotId) -> String {
+    format!("memory:{user}:{bot}")
+}
+
+/// The key-encryption key, from `DATA_KEY_ENCRYPTION_KEY` (base64 of 32 bytes).
+#[derive(Clone)]
+pub struct Kek(Arc<Aes256Gcm>);
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek(..)")
+    }
+}
+
+impl Kek {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let production = std::env::var("APP_ENV").is_ok_and(|env| env == "production");
+        let Some(value) = env_opt("DATA_KEY_ENCRYPTION_KEY") else {
+            // Not yet refused in production: the compose rehearsal sets only
+            // JWT_SECRET. It will be, as JWT_SECRET is (see the README).
+            if production {
+                tracing::error!("DATA_KEY_ENCRYPTION_KEY is not set in production: sealed texts are protected by the development key, which anyone can read; set it (`openssl rand -base64 32`) and back it up");
+            } else {
+                tracing::warn!("DATA_KEY_ENCRYPTION_KEY is not set: using the development key; never do this in production");
+            }
+            return Ok(Self::from_bytes(&DEVELOPMENT_KEK));
+        };
+        let bytes = BASE64
+            .decode(value.trim())
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| ConfigError::Invalid {
+                name: "DATA_KEY_ENCRYPTION_KEY",
+                value: "(hidden)".into(),
+                reason: "must be 32 bytes in base64, e.g. `openssl rand -base64 32`".into(),
+            })?;
+        if production && bytes.as_slice() == DEVELOPMENT_KEK.as_slice() {
+            return Err(ConfigError::Invalid {
+                name: "DATA_KEY_ENCRYPTION_KEY",
+                value: "(hidden)".into(),
+                reason: "is the development key, which anyone can read".into(),
+            });
+        }
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self(Arc::new(cipher(bytes)))
+    }
+}
+
+/// Data keys: made, unwrapped (cached), destroyed.
+#[derive(Clone)]
+pub struct Keyring {
+    pool: MySqlPool,
+    kek: Kek,
+    cache: Arc<Mutex<LruCache<String, Arc<Aes256Gcm>>>>,
+}
+
+/// A text as a reader gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    Text(String),
+    /// Its key was destroyed.
+    Erased,
+}
+
+impl Opened {
+    pub fn into_text(self) -> String {
+        match self {
+            Opened::Text(text) => text,
+            Opened::Erased => ERASED.to_string(),
+        }
+    }
+}
+
+pub fn is_sealed(text: &str) -> bool {
+    text.starts_with(PREFIX)
+}
+
+impl Keyring {
+    pub fn new(pool: MySqlPool, kek: Kek) -> Self {
+        Self {
+            pool,
+            kek,
+            cache: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(CACHED_KEYS).unwrap_or(NonZeroUsize::MIN),
+            ))),
+        }
+    }
+
+    /// Seals `text` as field `field` of event `event_id`, under the scope's
+    /// current key (made if it has none).
+    pub async fn seal(
+        &self,
+        scope: &str,
+        (event_id, field): (Uuid, &str),
+        text: &str,
+    ) -> Result<String, SealError> {
+        let (key_id, key) = self.current_key(scope).await?;
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let aad = associated(&event_id.to_string(), field);
+        let sealed = key
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: text.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Malformed {
+                event_id: event_id.to_string(),
+                field: field.to_string(),
+            })?;
+        let mut body = nonce.to_vec();
+        body.extend_from_slice(&sealed);
+        Ok(format!(
+            "{PREFIX}{key_id}:{event_id}:{}",
+            BASE64.encode(body)
+        ))
+    }
+
+    /// Opens a field: its text, `Erased` when its key is gone, an error naming
+    /// the event and field when it does not authenticate. `of_event` is the
+    /// event read it from the log (the text must have been sealed for it);
+    /// `None` for a read model's copy. A plain text (sealed by nobody) is
+    /// returned as it is.
+    pub async fn open(
+        &self,
+        text: &str,
+        field: &str,
+        of_event: Option<Uuid>,
+    ) -> Result<Opened, SealError> {
+        let Some(rest) = text.strip_prefix(PREFIX) else {
+            return Ok(Opened::Text(text.to_string()));
+        };
+        let malformed = || SealError::Malformed {
+            event_id: of_event.map(|e| e.to_string()).unwrap_or_default(),
+            field: field.to_string(),
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(key_id), Some(event_id), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let tampered = || SealError::Tampered {
+            event_id: event_id.to_string(),
+            field: field.to_string(),
+        };
+        if of_event.is_some_and(|e| e.to_string() != event_id) {
+            return Err(tampered());
+        }
+        let body = BASE64.decode(body).map_err(|_| malformed())?;
+        if body.len() < 12 {
+            return Err(malformed());
+        }
+        let Some(key) = self.key(key_id).await? else {
+            return Ok(Opened::Erased);
+        };
+        let aad = associated(event_id, field);
+        let plain = key
+            .decrypt(
+                &nonce_of(&body[..12]),
+                Payload {
+                    msg: &body[12..],
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| tampered())?;
+        String::from_utf8(plain)
+            .map(Opened::Text)
+            .map_err(|_| tampered())
+    }
+
+    /// Destroys every key of `scope`: what they sealed is unreadable for good.
+    pub async fn destroy(&self, scope: &str) -> Result<u64, SealError> {
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM data_keys WHERE scope = ?")
+            .bind(scope)
+            .fetch_all(&self.pool)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM data_keys WHERE scope = ?")
+            .bind(scope)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if let Ok(mut cache) = self.cache.lock() {
+            for key in &keys {
+                cache.pop(key);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The scope's newest key, made (and stored, wrapped) if it has none.
+    async fn current_key(&self, scope: &str) -> Result<(String, Arc<Aes256Gcm>), SealError> {
+        let existing: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT key_id, wrapped FROM data_keys WHERE scope = ? ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(scope)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((key_id, wrapped)) = existing {
+            if let Some(key) = self.cached(&key_id) {
+                return Ok((key_id, key));
+            }
+            let key = self.unwrap_key(&key_id, &wrapped)?;
+            return Ok((key_id, key));
+        }
+        let mut raw = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let key_id = Uuid::now_v7().simple().to_string();
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend(
+            self.kek
+                .0
+                .encrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: &raw,
+                        aad: key_id.as_bytes(),
+                    },
+                )
+                .map_err(|_| SealError::Unwrap(key_id.clone()))?,
+        );
+        sqlx::query(
+            "INSERT INTO data_keys (key_id, scope, wrapped, created_at) VALUES (?, ?, ?, NOW(6))",
+        )
+        .bind(&key_id)
+        .bind(scope)
+        .bind(&wrapped)
+        .execute(&self.pool)
+        .await?;
+        let key = Arc::new(cipher(&raw));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(key_id.clone(), key.clone());
+        }
+        Ok((key_id, key))
+    }
+
+    /// A key by id; `None` when it was destroyed.
+    async fn key(&self, key_id: &str) -> Result<Option<Arc<Aes256Gcm>>, SealError> {
+        if let Some(key) = self.cached(key_id) {
+            return Ok(Some(key));
+        }
+        let wrapped: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT wrapped FROM data_keys WHERE key_id = ?")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        wrapped
+            .map(|wrapped| self.unwrap_key(key_id, &wrapped))
+            .transpose()
+    }
+
+    fn cached(&self, key_id: &str) -> Option<Arc<Aes256Gcm>> {
+        self.cache.lock().ok()?.get(key_id).cloned()
+    }
+
+    fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<Arc<Aes256Gcm>, SealError> {
+        if wrapped.len() < 12 {
+            return Err(SealError::Unwrap(key_id.to_string()));
+        }
+        let raw = self
+            .kek
+            .0
+            .decrypt(
+                &nonce_of(&wrapped[..12]),
+                Payload {
+                    msg: &wrapped[12..],
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .map_err(|_| SealError::Unwrap(key_id.to_string()))?;
+        if raw.len() != 32 {
+            return Err(SealError::Unwrap(key_id.to_string()));
+        }
+        let key = Arc::new(cipher(&raw));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.put(key_id.to_string(), key.clone());
+        }
+        Ok(key)
+    }
+}
+
+impl Keyring {
+    /// A conversation's memory as its readers use it: its texts opened (the
+    /// read model keeps them sealed); an erased text is no memory.
+    pub async fn open_memory(
+        &self,
+        mut memory: ConversationMemory,
+    ) -> Result<ConversationMemory, SealError> {
+        for (text, field) in [
+            (&mut memory.summary, "summary"),
+            (&mut memory.profile, "profile"),
+        ] {
+            if let Some(sealed) = text.take() {
+                *text = match self.open(&sealed, field, None).await? {
+                    Opened::Text(opened) => Some(opened),
+                    Opened::Erased => None,
+                };
+            }
+        }
+        Ok(memory)
+    }
+
+    /// Seals the string field `field` of `event`'s payload under `scope`.
+    pub async fn seal_field(
+        &self,
+        scope: &str,
+        event: &mut NewEvent,
+        field: &str,
+    ) -> Result<(), SealError> {
+        let Some(text) = event.payload.get(field).and_then(|v| v.as_str()) else {
+            return Ok(());
+        };
+        let sealed = self.seal(scope, (event.event_id, field), text).await?;
+        event.payload[field] = serde_json::Value::String(sealed);
+        Ok(())
+    }
+}
+
+/// An AES-256-GCM cipher of a 32-byte key (the callers check the length; any
+/// other length gets a key of zeros, which opens nothing sealed here).
+fn cipher(key: &[u8]) -> Aes256Gcm {
+    Aes256Gcm::new_from_slice(key).unwrap_or_else(|_| Aes256Gcm::new(&[0u8; 32].into()))
+}
+
+/// The 12-byte nonce at the head of a sealed body (the callers check its length).
+fn nonce_of(bytes: &[u8]) -> Nonce<aes_gcm::aead::consts::U12> {
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&bytes[..12.min(bytes.len())]);
+    Nonce::from(nonce)
+}
+
+fn associated(event_id: &str, field: &str) -> String {
+    format!("{event_id}:{field}")
+}

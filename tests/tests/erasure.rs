@@ -1,0 +1,193 @@
+//! A `forget` that forgets (issue 25, item 3), against the real binaries and
+//! services: what a bot remembers is sealed in the log under the conversation's
+//! memory key, and `chat/memory/forget` destroys that key, so the texts are in
+//! no dump of the database and no export (which shows `"[erased]"`), while
+//! later memory works under a new key, a rebuild and `verify` pass, and a
+//! tampered ciphertext is refused by event and field.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use system_tests::{binary, eventually, Client, Stack, StackOptions};
+
+/// The whole test database, as `mariadb-dump` writes it.
+async fn dump(stack: &Stack) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("mariadb-dump")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+            "--hex-blob",
+            &stack.isolation.bus.namespace,
+        ])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+async fn replay(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let output = tokio::process::Command::new(binary("worker")?)
+        .arg("replay")
+        .args(args)
+        .envs(stack.env())
+        .output()
+        .await?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// The memory's texts once a refresh has covered the conversation's `seq`.
+async fn memory(client: &Client, token: &str, bot: i64, seq: i64) -> anyhow::Result<Value> {
+    eventually(Duration::from_secs(30), "a memory refresh", || {
+        let (client, token) = (client.clone(), token.to_string());
+        async move {
+            let memory = client
+                .get(&format!("/chat/memory?chatbot_id={bot}"), Some(&token))
+                .await?;
+            let data = memory.body["data"].clone();
+            Ok(
+                (data["up_to_seq"].as_i64() >= Some(seq) && data["profile"].is_string())
+                    .then_some(data),
+            )
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn forget_makes_what_was_remembered_unreadable_in_every_copy() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: vec![("MEMORY_EVERY_MESSAGES".into(), "2".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (user, token, bot) = client.user_with_bot("forgetter").await?;
+    client.chat(&token, bot, "I keep bees on the roof").await?;
+    client
+        .chat(&token, bot, "and my cat is called Miso")
+        .await?;
+    let before = memory(&client, &token, bot, 3).await?;
+    let summary = before["summary"].as_str().unwrap_or_default().to_string();
+    let profile = before["profile"].as_str().unwrap_or_default().to_string();
+    assert!(
+        summary.contains("bees"),
+        "the memory is readable: {summary}"
+    );
+    // The fake's answers start with a call number, so this much of each text
+    // is found nowhere else.
+    let marks: Vec<String> = [&summary, &profile]
+        .iter()
+        .map(|t| t.chars().take(30).collect())
+        .collect();
+    // Sealed even before the forget: neither the log nor the read model holds
+    // the texts in the clear.
+    let sealed_dump = dump(&stack).await?;
+    for mark in &marks {
+        assert!(!sealed_dump.contains(mark.as_str()), "{mark} is sealed");
+    }
+
+    let forgot = client
+        .post_json(
+            "/chat/memory/forget",
+            &json!({ "chatbot_id": bot }),
+            Some(&token),
+        )
+        .await?;
+    assert_eq!(forgot.status, 200, "{forgot:?}");
+    let after = client
+        .get(&format!("/chat/memory?chatbot_id={bot}"), Some(&token))
+        .await?;
+    assert_eq!(after.body["data"]["summary"], Value::Null);
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE scope = ?")
+        .bind(format!("memory:{user}:{bot}"))
+        .fetch_one(&stack.pool()?)
+        .await?;
+    assert_eq!(keys, 0, "the memory's key is destroyed");
+
+    // The export shows the old texts as erased, and never their ciphertext.
+    let (ok, exported, err) = replay(&stack, &["export", "--user", &user.to_string()]).await?;
+    assert!(ok, "{err}");
+    let memory_lines: Vec<Value> = exported
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"] == "ConversationSummarized" || l["type"] == "UserProfileUpdated")
+        .collect();
+    assert!(!memory_lines.is_empty());
+    for line in &memory_lines {
+        let text = line["payload"]["summary"]
+            .as_str()
+            .or(line["payload"]["profile"].as_str())
+            .unwrap_or_default();
+        assert_eq!(text, "[erased]", "{line}");
+    }
+    for mark in &marks {
+        assert!(!exported.contains(mark.as_str()));
+        assert!(!dump(&stack).await?.contains(mark.as_str()));
+    }
+
+    // Later memory works, under a new key.
+    client.chat(&token, bot, "I moved to Lyon").await?;
+    client.chat(&token, bot, "and I took up the cello").await?;
+    let later = memory(&client, &token, bot, 11).await?;
+    assert!(
+        later["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("cello")),
+        "{later}"
+    );
+    // The log still rebuilds the same views, with no key needed.
+    for args in [["rebuild"], ["verify"]] {
+        let (ok, out, err) = replay(&stack, &args).await?;
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    assert_eq!(
+        client
+            .get(&format!("/chat/memory?chatbot_id={bot}"), Some(&token))
+            .await?
+            .body["data"]["summary"],
+        later["summary"]
+    );
+
+    // A ciphertext changed in place is refused, by event and field, not shown.
+    let pool = stack.pool()?;
+    let (event_id, sealed): (String, String) = sqlx::query_as(
+        "SELECT CAST(event_id AS CHAR), CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.summary')) AS CHAR) \
+         FROM events WHERE event_type = 'ConversationSummarized' \
+         ORDER BY global_position DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let mut tampered = sealed.clone();
+    let flip = tampered.len() - 6;
+    let replaced = if &tampered[flip..=flip] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    tampered.replace_range(flip..=flip, replaced);
+    sqlx::query(
+        "UPDATE events SET payload = JSON_SET(payload, '$.summary', ?) \
+         WHERE event_type = 'ConversationSummarized' AND JSON_UNQUOTE(JSON_EXTRACT(payload, '$.summary')) = ?",
+    )
+    .bind(&tampered)
+    .bind(&sealed)
+    .execute(&pool)
+    .await?;
+    let (ok, _, err) = replay(&stack, &["export", "--user", &user.to_string()]).await?;
+    assert!(!ok, "a tampered ciphertext is refused");
+    assert!(
+        err.contains(&event_id) && err.contains("summary") && err.contains("does not authenticate"),
+        "{err}"
+    );
+    stack.teardown().await
+}

@@ -180,6 +180,11 @@ impl Stack {
             ("BUS_NAMESPACE", self.isolation.bus.namespace.clone()),
             ("AUTH_MODE", self.options.auth_mode.to_string()),
             ("JWT_SECRET", "system-test-secret".to_string()),
+            // 32 bytes, base64: the key-encryption key of the sealed texts.
+            (
+                "DATA_KEY_ENCRYPTION_KEY",
+                "c3lzdGVtLXRlc3Qta2V5LWVuY3J5cHRpb24ta2V5ISE=".to_string(),
+            ),
             ("OPENAI_API_KEY", "test-key".to_string()),
             ("OPENAI_BASE_URL", self.model.base_url.clone()),
             ("OPENAI_MODEL", "fake-model".to_string()),

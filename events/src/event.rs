@@ -5,11 +5,12 @@
 //! outcomes (`BotReplyGenerated`, `BotReplyFailed`, `BotReplyStopped`), the
 //! user's controls (`ReplyRegenerationRequested`, `ConversationCleared`), and what
 //! the bot remembers of it (`ConversationSummarized`, `UserProfileUpdated`,
-//! `MemoryErased`);
-//! `session-<session_id>` holds one
-//! login's `SessionStarted`, `SessionRefreshed` and `SessionRevoked`.
+//! `MemoryErased`), and the costs of dropped calls (`ModelCallStopped`);
+//! `session-<session_id>` holds one login's `SessionStarted`, `SessionRefreshed`
+//! and `SessionRevoked`; `user-<user_id>` holds `UserErased`.
 //!
-//! Events are immutable once written. Each carries the `schema_version` it was
+//! Events are immutable once written; the one exception is erasure, which blanks
+//! an erased user's plaintext texts in place (see `api::domain::erasure`). Each carries the `schema_version` it was
 //! written with; [`DomainEvent::decode`] brings older shapes up to today's through
 //! [`crate::upcast`], so the whole log still replays after a type changes.
 
@@ -36,6 +37,10 @@ pub mod stream {
 
     pub fn session(session_id: uuid::Uuid) -> String {
         format!("session-{session_id}")
+    }
+
+    pub fn user(user_id: UserId) -> String {
+        format!("user-{user_id}")
     }
 }
 
@@ -332,6 +337,14 @@ pub struct MemoryErased {
     pub bot_id: BotId,
 }
 
+/// The user deleted their account: every read-model row of theirs is gone, and
+/// their texts in the log are unreadable (their keys destroyed, plaintext
+/// blanked). It holds no personal data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserErased {
+    pub user_id: UserId,
+}
+
 /// A login: the refresh token it issued may be spent once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionStarted {
@@ -377,6 +390,7 @@ pub enum DomainEvent {
     ConversationSummarized(ConversationSummarized),
     UserProfileUpdated(UserProfileUpdated),
     MemoryErased(MemoryErased),
+    UserErased(UserErased),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +425,7 @@ impl DomainEvent {
     pub const CONVERSATION_SUMMARIZED: &'static str = "ConversationSummarized";
     pub const USER_PROFILE_UPDATED: &'static str = "UserProfileUpdated";
     pub const MEMORY_ERASED: &'static str = "MemoryErased";
+    pub const USER_ERASED: &'static str = "UserErased";
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -430,6 +445,7 @@ impl DomainEvent {
             DomainEvent::ConversationSummarized(_) => Self::CONVERSATION_SUMMARIZED,
             DomainEvent::UserProfileUpdated(_) => Self::USER_PROFILE_UPDATED,
             DomainEvent::MemoryErased(_) => Self::MEMORY_ERASED,
+            DomainEvent::UserErased(_) => Self::USER_ERASED,
         }
     }
 
@@ -475,7 +491,8 @@ impl DomainEvent {
             | DomainEvent::SessionStarted(_)
             | DomainEvent::SessionRevoked(_)
             | DomainEvent::MemoryErased(_)
-            | DomainEvent::ConversationCleared(_) => None,
+            | DomainEvent::ConversationCleared(_)
+            | DomainEvent::UserErased(_) => None,
         }
     }
 
@@ -497,6 +514,7 @@ impl DomainEvent {
             DomainEvent::ConversationSummarized(e) => serde_json::to_value(e),
             DomainEvent::UserProfileUpdated(e) => serde_json::to_value(e),
             DomainEvent::MemoryErased(e) => serde_json::to_value(e),
+            DomainEvent::UserErased(e) => serde_json::to_value(e),
         }
     }
 
@@ -610,6 +628,7 @@ impl DomainEvent {
                 DomainEvent::UserProfileUpdated(Deserialize::deserialize(payload)?)
             }
             Self::MEMORY_ERASED => DomainEvent::MemoryErased(Deserialize::deserialize(payload)?),
+            Self::USER_ERASED => DomainEvent::UserErased(Deserialize::deserialize(payload)?),
             _ => return Ok(None),
         }))
     }

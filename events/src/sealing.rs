@@ -253,6 +253,28 @@ impl Keyring {
         Ok(deleted)
     }
 
+    /// Destroys every key of every scope that starts with `prefix` (all of a
+    /// user's conversations' memories: `memory:<user>:`).
+    pub async fn destroy_all_under(&self, prefix: &str) -> Result<u64, SealError> {
+        let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT key_id FROM data_keys WHERE scope LIKE ?")
+                .bind(&pattern)
+                .fetch_all(&self.pool)
+                .await?;
+        let deleted = sqlx::query("DELETE FROM data_keys WHERE scope LIKE ?")
+            .bind(&pattern)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if let Ok(mut cache) = self.cache.lock() {
+            for key in &keys {
+                cache.pop(key);
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The scope's newest key, made (and stored, wrapped) if it has none.
     async fn current_key(&self, scope: &str) -> Result<(String, Arc<Aes256Gcm>), SealError> {
         let existing: Option<(String, Vec<u8>)> = sqlx::query_as(

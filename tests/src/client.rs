@@ -124,6 +124,16 @@ impl Client {
         self.send(Self::with_token(request, token)).await
     }
 
+    pub async fn delete_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let request = self.http.delete(format!("{}{path}", self.base)).json(body);
+        self.send(Self::with_token(request, token)).await
+    }
+
     pub async fn get(&self, path_and_query: &str, token: Option<&str>) -> anyhow::Result<Reply> {
         let request = self.http.get(format!("{}{path_and_query}", self.base));
         self.send(Self::with_token(request, token)).await

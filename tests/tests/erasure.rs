@@ -1,9 +1,15 @@
-//! A `forget` that forgets (issue 25, item 3), against the real binaries and
-//! services: what a bot remembers is sealed in the log under the conversation's
-//! memory key, and `chat/memory/forget` destroys that key, so the texts are in
-//! no dump of the database and no export (which shows `"[erased]"`), while
-//! later memory works under a new key, a rebuild and `verify` pass, and a
-//! tampered ciphertext is refused by event and field.
+//! Erasure that is real (issue 25), against the real binaries and services:
+//! - a `forget` that forgets: what a bot remembers is sealed in the log under the
+//!   conversation's memory key, and `chat/memory/forget` destroys that key, so
+//!   the texts are in no dump of the database and no export (which shows
+//!   `"[erased]"`), while later memory works under a new key, a rebuild and
+//!   `verify` pass, and a tampered ciphertext is refused by event and field;
+//! - account deletion: after `DELETE /users/users/<id>/`, a dump holds none of
+//!   the texts the user sent or was answered, nor their memory or their bot's
+//!   name and persona, while another user's are all there; the account cannot
+//!   log in, its name can be registered again, the export shows `"[erased]"`,
+//!   rebuild and verify pass with nothing of the user, and as-of history says
+//!   the user was erased.
 
 use std::time::Duration;
 
@@ -189,5 +195,116 @@ async fn forget_makes_what_was_remembered_unreadable_in_every_copy() -> anyhow::
         err.contains(&event_id) && err.contains("summary") && err.contains("does not authenticate"),
         "{err}"
     );
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: vec![("MEMORY_EVERY_MESSAGES".into(), "2".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (user, token, _) = client.signup("erasable", "pass word").await?;
+    let bot = client
+        .create_bot(&token, "NAME-QX-42", 1, "PERSONA-QX-41")
+        .await?;
+    client.chat(&token, bot, "MARKER-QX-A1 my diary").await?;
+    client.chat(&token, bot, "MARKER-QX-A2 my secrets").await?;
+    memory(&client, &token, bot, 3).await?;
+    let (_, other, other_bot) = client.user_with_bot("bystander").await?;
+    client
+        .chat(&other, other_bot, "MARKER-QX-B1 still mine")
+        .await?;
+
+    // Only the account's user, with its password.
+    let path = format!("/users/users/{user}/");
+    let wrong = client
+        .delete_json(&path, &json!({ "password": "not it" }), Some(&token))
+        .await?;
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    let foreign = client
+        .delete_json(&path, &json!({ "password": "pass word" }), Some(&other))
+        .await?;
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    let erased = client
+        .delete_json(&path, &json!({ "password": "pass word" }), Some(&token))
+        .await?;
+    assert_eq!(erased.status, 200, "{erased:?}");
+    assert_eq!(erased.body, json!({ "code": 200, "msg": "OK" }));
+
+    let dumped = dump(&stack).await?;
+    for gone in ["MARKER-QX-A", "PERSONA-QX-41", "NAME-QX-42"] {
+        assert!(!dumped.contains(gone), "{gone} is in the dump");
+    }
+    assert!(dumped.contains("MARKER-QX-B1"), "another user's texts stay");
+
+    // The account is gone: its token, its login; its name is free again.
+    let stale = client.get("/chat/list", Some(&token)).await?;
+    assert_eq!(stale.status, 401, "{stale:?}");
+    assert!(client.login("erasable", "pass word").await.is_err());
+    let (again, _, _) = client.signup("erasable", "pass word").await?;
+    assert_ne!(again, user);
+
+    // The log keeps the events, with nothing of the user's in them.
+    let (ok, exported, err) = replay(&stack, &["export", "--user", &user.to_string()]).await?;
+    assert!(ok, "{err}");
+    assert!(exported.contains("UserErased"));
+    for line in exported
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        for field in ["content", "summary", "profile", "name", "persona"] {
+            if let Some(text) = line["payload"][field].as_str() {
+                assert_eq!(text, "[erased]", "{line}");
+            }
+        }
+    }
+    for args in [["rebuild"], ["verify"]] {
+        let (ok, out, err) = replay(&stack, &args).await?;
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+    let pool = stack.pool()?;
+    for table in [
+        "bots",
+        "chat_history",
+        "chat_list",
+        "conversation_memory",
+        "usage_daily",
+    ] {
+        let rows: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE user_id = ?"))
+                .bind(user)
+                .fetch_one(&pool)
+                .await?;
+        assert_eq!(
+            rows, 0,
+            "{table} holds nothing of the erased user after a rebuild"
+        );
+    }
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let (ok, _, err) = replay(
+        &stack,
+        &[
+            "history",
+            "--user",
+            &user.to_string(),
+            "--bot",
+            &bot.to_string(),
+            "--as-of",
+            &at,
+        ],
+    )
+    .await?;
+    assert!(!ok && err.contains("erased"), "{err}");
+    // The other user is untouched.
+    let theirs = client
+        .get(
+            &format!("/chat/history?chatbot_id={other_bot}"),
+            Some(&other),
+        )
+        .await?;
+    assert_eq!(theirs.body["data"].as_array().map(Vec::len), Some(2));
     stack.teardown().await
 }

@@ -5,6 +5,7 @@
 pub mod bots;
 pub mod chat;
 pub mod controls;
+pub mod erasure;
 pub mod memory;
 pub mod sessions;
 pub mod users;

@@ -38,7 +38,7 @@ pub fn described() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::login))
         .routes(routes!(users::refresh))
         .routes(routes!(users::logout))
-        .routes(routes!(users::update))
+        .routes(routes!(users::update, users::erase))
         .routes(routes!(bots::create))
         .routes(routes!(bots::detail))
         .routes(routes!(bots::list))

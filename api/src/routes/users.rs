@@ -393,3 +393,57 @@ pub async fn update(
         json!({ "username": user.username, "email": user.email }),
     ))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Erasure {
+    /// The account's password, once more.
+    #[schema(required = true)]
+    password: Option<String>,
+}
+
+/// Deletes the caller's account and everything they wrote: every session is
+/// revoked, their keys destroyed, their texts in the log blanked, their rows
+/// gone from every view. Cannot be undone.
+#[utoipa::path(delete, path = "/users/users/{id}", operation_id = "erase_user", tag = "users", request_body(content((Erasure = "application/json"), (Erasure = "application/x-www-form-urlencoded"))),
+    params(("id" = i64, Path, description = "The caller's own user id.")),
+    responses((status = 200, description = "Erased.", body = LoggedOut)),
+    security(("bearer" = [])))]
+pub async fn erase(
+    State(state): State<AppState>,
+    TokenUser(caller): TokenUser,
+    correlation: CorrelationId,
+    Path(id): Path<String>,
+    Payload(body): Payload<Erasure>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("No such user.".into()))?;
+    if id != caller {
+        return Err(ApiError::PermissionDenied);
+    }
+    let Some(given) = body.password.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::FieldErrors(FieldErrors::from([(
+            "password",
+            vec!["This field is required.".to_string()],
+        )])));
+    };
+    let user = users::find(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("No such user.".into()))?;
+    if !password::verify_once_allowed(given, Some(user.password_hash), || Ok(())).await? {
+        return Err(ApiError::Unauthorized(
+            "The password is wrong; the account is unchanged.".into(),
+        ));
+    }
+    let (sessions, events) = crate::domain::erasure::erase_account(
+        (&state.store, &state.keyring),
+        id,
+        metadata(correlation, id),
+    )
+    .await?;
+    state.read_cache.invalidate(id);
+    tracing::info!(user_id = id, "account erased");
+    let sessions: Vec<String> = sessions.iter().map(ToString::to_string).collect();
+    revoked(&state, events, &sessions);
+    Ok(Json(json!({ "code": 200, "msg": "OK" })))
+}

@@ -137,6 +137,9 @@ async fn load(
 }
 
 async fn write(conn: &mut MySqlConnection, tables: &Tables, fold: Fold) -> Result<(), sqlx::Error> {
+    // What the batch still holds of an erased user came after the erasure.
+    let erased: Vec<_> = fold.erased_users.iter().copied().collect();
+    super::erasure::forget_users(conn, tables, &erased).await?;
     write_bots(conn, tables, &fold).await?;
     write_history(conn, tables, &fold).await?;
     write_chat_list(conn, tables, &fold).await?;

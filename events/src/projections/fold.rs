@@ -93,7 +93,7 @@ impl Touched {
                 | BotReplyStopped(event::BotReplyStopped { bot_id, .. }) => {
                     touched.bots.insert(*bot_id);
                 }
-                ModelCallStopped(_) => {}
+                ModelCallStopped(_) | UserErased(_) => {}
                 ReplyRegenerationRequested(_) => {}
                 ConversationCleared(event::ConversationCleared {
                     user_id,
@@ -157,6 +157,8 @@ pub struct Fold {
     /// Usage rows as loaded, then with the batch's calls added: every one is
     /// written back.
     pub usage: HashMap<UsageKey, UsageAmounts>,
+    /// Users erased by the batch: their rows from earlier batches go first.
+    pub erased_users: HashSet<UserId>,
 }
 
 impl Fold {
@@ -227,6 +229,7 @@ impl Fold {
                 self.set_status(e.reply_to.to_string(), MessageStatus::Stopped);
             }
             DomainEvent::ModelCallStopped(_) => {}
+            DomainEvent::UserErased(e) => self.erase_user(e.user_id),
             DomainEvent::ReplyRegenerationRequested(e) => self.reopen(e),
             DomainEvent::ConversationCleared(e) => {
                 let key = (e.user_id, e.bot_id);
@@ -298,6 +301,27 @@ impl Fold {
                 self.erase_memory((e.user_id, e.bot_id), event.stream_version, at);
             }
         }
+    }
+
+    /// A user erased: nothing of theirs stays, from this batch or before.
+    fn erase_user(&mut self, user: UserId) {
+        self.erased_users.insert(user);
+        self.bots.retain(|_, bot| bot.user_id != user);
+        self.changed_bots.retain(|id| self.bots.contains_key(id));
+        for slot in &mut self.history {
+            if slot.as_ref().is_some_and(|entry| entry.user_id == user) {
+                *slot = None;
+            }
+        }
+        self.cleared.retain(|(u, _), _| *u != user);
+        self.chat_list.retain(|(u, _), _| *u != user);
+        self.renamed.retain(|(u, _), _| *u != user);
+        self.sessions.retain(|_, session| session.user_id != user);
+        self.changed_sessions
+            .retain(|id| self.sessions.contains_key(id));
+        self.memory.retain(|(u, _), _| *u != user);
+        self.changed_memory.retain(|(u, _)| *u != user);
+        self.usage.retain(|(u, ..), _| *u != user);
     }
 
     /// Nothing remembered through `version` is kept.

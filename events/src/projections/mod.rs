@@ -14,6 +14,7 @@
 pub mod bots;
 pub mod bulk;
 pub mod chat_list;
+pub mod erasure;
 pub mod fold;
 pub mod history;
 pub mod memory;
@@ -94,6 +95,9 @@ impl ReadModels {
         event: &RecordedEvent,
     ) -> Result<(), sqlx::Error> {
         let decoded = DomainEvent::decode(event).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if let DomainEvent::UserErased(e) = &decoded {
+            return erasure::forget_users(conn, tables, &[e.user_id]).await;
+        }
         BotsProjection::apply(conn, tables, event, &decoded).await?;
         ChatHistoryProjection::apply(conn, tables, event, &decoded).await?;
         ChatListProjection::apply(conn, tables, event, &decoded).await?;

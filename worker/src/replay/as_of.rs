@@ -26,6 +26,21 @@ pub async fn history_as_of(
     as_of: DateTime<Utc>,
     format: RowFormat,
 ) -> Result<Value, ReplayError> {
+    let erased: Option<chrono::NaiveDateTime> = sqlx::query_scalar(
+        "SELECT recorded_at FROM events WHERE stream_id = ? AND event_type = ? LIMIT 1",
+    )
+    .bind(stream::user(user))
+    .bind(DomainEvent::USER_ERASED)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(at) = erased {
+        return Err(ReplayError::NoSuchBot(format!(
+            "user {user} was erased at {}: their conversations are gone from the log's texts \
+             and from every view",
+            DateTime::<Utc>::from_naive_utc_and_offset(at, Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )));
+    }
     let events = sqlx::query(&format!(
         "{SELECT_EVENTS} WHERE stream_id IN (?, ?) AND recorded_at <= ? ORDER BY global_position"
     ))

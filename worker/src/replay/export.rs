@@ -1,8 +1,8 @@
 //! `worker replay export`: events out of the log for audit, oldest first, as JSON
 //! Lines or CSV, streamed in batches so memory stays flat on any log size.
 //!
-//! Filters combine: one stream, one user's streams (their bots', their chats' and
-//! their sessions'), a time window on the recorded time, a starting position.
+//! Filters combine: one stream, one user's streams (their bots', their chats',
+//! their sessions' and their account's), a time window on the recorded time, a starting position.
 //! Accounts (user names, password hashes) are state in the `users` table, not
 //! events, so nothing of them is in the log; as a second guard, a payload field
 //! whose name mentions a password is blanked before it is written.
@@ -209,7 +209,8 @@ struct UserStreams {
 async fn streams_of_user(pool: &MySqlPool, user: UserId) -> Result<UserStreams, sqlx::Error> {
     let others = sqlx::query_scalar(
         "SELECT stream_id FROM events \
-         WHERE (stream_id LIKE 'bot-%' OR stream_id LIKE 'session-%') AND stream_version = 1 \
+         WHERE (stream_id LIKE 'bot-%' OR stream_id LIKE 'session-%' OR stream_id LIKE 'user-%') \
+         AND stream_version = 1 \
          AND CAST(JSON_UNQUOTE(JSON_EXTRACT(payload, '$.user_id')) AS SIGNED) = ?",
     )
     .bind(user)

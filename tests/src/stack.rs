@@ -91,6 +91,14 @@ pub struct Stack {
     pub isolation: Isolation,
 }
 
+/// What a `worker replay ...` run printed, and whether it succeeded.
+#[derive(Debug, Clone)]
+pub struct ReplayRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// `CHATBOT_BIN_DIR` runs the system tests against other builds of the binaries,
 /// e.g. an older commit's, to see a test fail before its fix. Those binaries then
 /// create and migrate the test database themselves, with their own migrations.
@@ -329,6 +337,21 @@ impl Stack {
         }
         self.workers.push(process);
         Ok(self.workers.len() - 1)
+    }
+
+    /// Runs `worker replay <args>` against this stack's database.
+    pub async fn replay(&self, args: &[&str]) -> anyhow::Result<ReplayRun> {
+        let output = Command::new(binary("worker")?)
+            .arg("replay")
+            .args(args)
+            .envs(self.env())
+            .output()
+            .await?;
+        Ok(ReplayRun {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
     }
 
     /// A client of the `i`th api.

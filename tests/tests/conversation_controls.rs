@@ -22,7 +22,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 use system_tests::fake_openai::turns;
 use system_tests::sse::SseStream;
-use system_tests::{binary, eventually, Client, Stack, StackOptions};
+use system_tests::{eventually, Client, Stack, StackOptions};
 
 /// What the worker tells the model after a reply the user stopped.
 const CUT_OFF_NOTE: &str = "[The user stopped this reply here; it was cut off.]";
@@ -54,19 +54,9 @@ async fn count_events(stack: &Stack, event_type: &str) -> anyhow::Result<i64> {
 
 /// `worker replay <args>`; its stdout, once it succeeded.
 async fn replay(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new(binary("worker")?)
-        .arg("replay")
-        .args(args)
-        .envs(stack.env())
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "replay {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let run = stack.replay(args).await?;
+    anyhow::ensure!(run.ok, "replay {args:?}: {}{}", run.stdout, run.stderr);
+    Ok(run.stdout)
 }
 
 /// The conversation as `history --as-of` shows it at `at`.

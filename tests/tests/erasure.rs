@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use system_tests::{binary, eventually, Client, Stack, StackOptions};
+use system_tests::{eventually, Client, Stack, StackOptions};
 
 /// The whole test database, as `mariadb-dump` writes it.
 async fn dump(stack: &Stack) -> anyhow::Result<String> {
@@ -38,17 +38,8 @@ async fn dump(stack: &Stack) -> anyhow::Result<String> {
 }
 
 async fn replay(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    let output = tokio::process::Command::new(binary("worker")?)
-        .arg("replay")
-        .args(args)
-        .envs(stack.env())
-        .output()
-        .await?;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let run = stack.replay(args).await?;
+    Ok((run.ok, run.stdout, run.stderr))
 }
 
 /// The memory's texts once a refresh has covered the conversation's `seq`.

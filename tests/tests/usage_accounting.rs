@@ -17,24 +17,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use system_tests::sse::SseStream;
-use system_tests::{binary, eventually, FakeOpenAi, Stack, StackOptions};
+use system_tests::{eventually, FakeOpenAi, Stack, StackOptions};
 
 /// `worker replay <args>`: its exit status and output.
 async fn replay(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let output = tokio::process::Command::new(binary("worker")?)
-        .arg("replay")
-        .args(args)
-        .envs(stack.env())
-        .output()
-        .await?;
-    Ok((
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    ))
+    let run = stack.replay(args).await?;
+    Ok((run.ok, format!("{}{}", run.stdout, run.stderr)))
 }
 
 /// The payloads of every event of `event_type`, oldest first.

@@ -29,6 +29,17 @@ pub struct Credentials {
     email: Option<String>,
 }
 
+/// The account a `/users/users/<id>/` path names, which must be the caller's.
+fn own_account(id: &str, caller: i64) -> Result<i64, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::NotFound("No such user.".into()))?;
+    if id != caller {
+        return Err(ApiError::PermissionDenied);
+    }
+    Ok(id)
+}
+
 fn taken() -> ApiError {
     ApiError::FieldErrors(FieldErrors::from([(
         "username",
@@ -321,12 +332,7 @@ pub async fn update(
     Path(id): Path<String>,
     Payload(body): Payload<Credentials>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::NotFound("No such user.".into()))?;
-    if id != caller {
-        return Err(ApiError::PermissionDenied);
-    }
+    let id = own_account(&id, caller)?;
     let mut errors = FieldErrors::new();
     users::check_username(body.username.as_deref(), false, &mut errors);
     users::check_password(body.password.as_deref(), false, &mut errors);
@@ -415,12 +421,7 @@ pub async fn erase(
     Path(id): Path<String>,
     Payload(body): Payload<Erasure>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::NotFound("No such user.".into()))?;
-    if id != caller {
-        return Err(ApiError::PermissionDenied);
-    }
+    let id = own_account(&id, caller)?;
     let Some(given) = body.password.filter(|p| !p.is_empty()) else {
         return Err(ApiError::FieldErrors(FieldErrors::from([(
             "password",

@@ -223,7 +223,7 @@ async fn a_stop_before_any_worker_started_records_it_with_no_model_call() -> any
     })
     .await?;
     let client = stack.client(0);
-    let (_, token, bot) = client.user_with_bot("early").await?;
+    let (user, token, bot) = client.user_with_bot("early").await?;
     let waiting = client.post_later(&token, bot, "never mind").await?;
     let stopped = post(&client, "/chat/stop", json!({ "chatbot_id": bot }), &token).await?;
     assert_eq!(stopped["data"]["status"], "stopped");
@@ -249,6 +249,10 @@ async fn a_stop_before_any_worker_started_records_it_with_no_model_call() -> any
             ("user".to_string(), "hello again".to_string()),
         ]
     );
+    // As-of history shows the stopped turn as it stood.
+    let now = as_of(&stack, (user, bot), Utc::now()).await?;
+    assert_eq!(now, history(&client, &token, bot).await?);
+    assert_eq!(now[1]["status"], "stopped");
     // The list shows the conversation's latest words, not an empty stop.
     let list = client.get("/chat/list?format=object", Some(&token)).await?;
     assert_eq!(list.body["data"][0]["content"], reply.body["data"]);

@@ -63,9 +63,15 @@ pub fn memory_scope(user: UserId, bot: BotId) -> String {
     format!("memory:{user}:{bot}")
 }
 
-/// The key-encryption key, from `DATA_KEY_ENCRYPTION_KEY` (base64 of 32 bytes).
+/// The key-encryption key, from `DATA_KEY_ENCRYPTION_KEY` (base64 of 32 bytes),
+/// and during a rotation the one before it, `DATA_KEY_ENCRYPTION_KEY_PREVIOUS`:
+/// new keys are wrapped with the current one, and keys wrapped with either
+/// open, so the rotation needs no downtime (see `worker replay rotate-kek`).
 #[derive(Clone)]
-pub struct Kek(Arc<Aes256Gcm>);
+pub struct Kek {
+    current: Arc<Aes256Gcm>,
+    previous: Option<Arc<Aes256Gcm>>,
+}
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +81,17 @@ impl std::fmt::Debug for Kek {
 
 impl Kek {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let mut kek = Self::current_from_env()?;
+        if let Some(value) = env_opt("DATA_KEY_ENCRYPTION_KEY_PREVIOUS") {
+            kek.previous = Some(Arc::new(cipher(&decode_key(
+                "DATA_KEY_ENCRYPTION_KEY_PREVIOUS",
+                &value,
+            )?)));
+        }
+        Ok(kek)
+    }
+
+    fn current_from_env() -> Result<Self, ConfigError> {
         let production = std::env::var("APP_ENV").is_ok_and(|env| env == "production");
         let Some(value) = env_opt("DATA_KEY_ENCRYPTION_KEY") else {
             // Not yet refused in production: the compose rehearsal sets only
@@ -86,15 +103,7 @@ impl Kek {
             }
             return Ok(Self::from_bytes(&DEVELOPMENT_KEK));
         };
-        let bytes = BASE64
-            .decode(value.trim())
-            .ok()
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| ConfigError::Invalid {
-                name: "DATA_KEY_ENCRYPTION_KEY",
-                value: "(hidden)".into(),
-                reason: "must be 32 bytes in base64, e.g. `openssl rand -base64 32`".into(),
-            })?;
+        let bytes = decode_key("DATA_KEY_ENCRYPTION_KEY", &value)?;
         if production && bytes.as_slice() == DEVELOPMENT_KEK.as_slice() {
             return Err(ConfigError::Invalid {
                 name: "DATA_KEY_ENCRYPTION_KEY",
@@ -106,8 +115,32 @@ impl Kek {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        Self(Arc::new(cipher(bytes)))
+        Self {
+            current: Arc::new(cipher(bytes)),
+            previous: None,
+        }
     }
+}
+
+fn decode_key(name: &'static str, value: &str) -> Result<Vec<u8>, ConfigError> {
+    BASE64
+        .decode(value.trim())
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| ConfigError::Invalid {
+            name,
+            value: "(hidden)".into(),
+            reason: "must be 32 bytes in base64, e.g. `openssl rand -base64 32`".into(),
+        })
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Keys rewrapped under the current key-encryption key.
+    pub rewrapped: u64,
+    /// Keys already under it.
+    pub current: u64,
 }
 
 /// Data keys: made, unwrapped (cached), destroyed.
@@ -295,19 +328,7 @@ impl Keyring {
         let key_id = Uuid::now_v7().simple().to_string();
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let mut wrapped = nonce.to_vec();
-        wrapped.extend(
-            self.kek
-                .0
-                .encrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: &raw,
-                        aad: key_id.as_bytes(),
-                    },
-                )
-                .map_err(|_| SealError::Unwrap(key_id.clone()))?,
-        );
+        let wrapped = self.wrap(&key_id, &raw)?;
         sqlx::query(
             "INSERT INTO data_keys (key_id, scope, wrapped, created_at) VALUES (?, ?, ?, NOW(6))",
         )
@@ -342,21 +363,93 @@ impl Keyring {
         self.cache.lock().ok()?.get(key_id).cloned()
     }
 
-    fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<Arc<Aes256Gcm>, SealError> {
+    /// A data key wrapped with the current key-encryption key: a fresh nonce,
+    /// then the sealed key, bound to its id.
+    fn wrap(&self, key_id: &str, raw: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut wrapped = nonce.to_vec();
+        wrapped.extend(
+            self.kek
+                .current
+                .encrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: raw,
+                        aad: key_id.as_bytes(),
+                    },
+                )
+                .map_err(|_| SealError::Unwrap(key_id.to_string()))?,
+        );
+        Ok(wrapped)
+    }
+
+    /// A data key's raw bytes, and whether the current key-encryption key
+    /// wrapped it (rather than the previous one).
+    fn unwrap_raw(&self, key_id: &str, wrapped: &[u8]) -> Result<(Vec<u8>, bool), SealError> {
         if wrapped.len() < 12 {
             return Err(SealError::Unwrap(key_id.to_string()));
         }
-        let raw = self
-            .kek
-            .0
-            .decrypt(
+        let open = |kek: &Aes256Gcm| {
+            kek.decrypt(
                 &nonce_of(&wrapped[..12]),
                 Payload {
                     msg: &wrapped[12..],
                     aad: key_id.as_bytes(),
                 },
             )
-            .map_err(|_| SealError::Unwrap(key_id.to_string()))?;
+            .ok()
+        };
+        if let Some(raw) = open(&self.kek.current) {
+            return Ok((raw, true));
+        }
+        self.kek
+            .previous
+            .as_deref()
+            .and_then(open)
+            .map(|raw| (raw, false))
+            .ok_or_else(|| SealError::Unwrap(key_id.to_string()))
+    }
+
+    /// Rewraps every data key under the current key-encryption key (those
+    /// under the previous one), a batch at a time, telling `progress` after
+    /// each. Safe to run again, or to interrupt: a key is either under the old
+    /// key or the new, and both open while the rotation runs.
+    pub async fn rotate(&self, mut progress: impl FnMut(Rotation)) -> Result<Rotation, SealError> {
+        let mut done = Rotation::default();
+        let mut after = String::new();
+        loop {
+            let batch: Vec<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT key_id, wrapped FROM data_keys WHERE key_id > ? ORDER BY key_id LIMIT 500",
+            )
+            .bind(&after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after.clone_from(last);
+            for (key_id, wrapped) in batch {
+                let (raw, current) = self.unwrap_raw(&key_id, &wrapped)?;
+                if current {
+                    done.current += 1;
+                    continue;
+                }
+                sqlx::query("UPDATE data_keys SET wrapped = ? WHERE key_id = ? AND wrapped = ?")
+                    .bind(self.wrap(&key_id, &raw)?)
+                    .bind(&key_id)
+                    .bind(&wrapped)
+                    .execute(&self.pool)
+                    .await?;
+                done.rewrapped += 1;
+            }
+            progress(done);
+        }
+        Ok(done)
+    }
+
+    fn unwrap_key(&self, key_id: &str, wrapped: &[u8]) -> Result<Arc<Aes256Gcm>, SealError> {
+        let (raw, _) = self.unwrap_raw(key_id, wrapped)?;
         if raw.len() != 32 {
             return Err(SealError::Unwrap(key_id.to_string()));
         }

@@ -341,10 +341,20 @@ impl Stack {
 
     /// Runs `worker replay <args>` against this stack's database.
     pub async fn replay(&self, args: &[&str]) -> anyhow::Result<ReplayRun> {
+        self.replay_with(args, &[]).await
+    }
+
+    /// [`Stack::replay`] with some of the environment changed.
+    pub async fn replay_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ReplayRun> {
         let output = Command::new(binary("worker")?)
             .arg("replay")
             .args(args)
             .envs(self.env())
+            .envs(env.iter().copied())
             .output()
             .await?;
         Ok(ReplayRun {

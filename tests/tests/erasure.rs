@@ -9,7 +9,10 @@
 //!   name and persona, while another user's are all there; the account cannot
 //!   log in, its name can be registered again, the export shows `"[erased]"`,
 //!   rebuild and verify pass with nothing of the user, and as-of history says
-//!   the user was erased.
+//!   the user was erased;
+//! - rotating the key-encryption key: `rotate-kek` rewraps every data key, a
+//!   second run finds nothing to do, and afterwards the new key alone opens
+//!   what was sealed, the old one nothing.
 
 use std::time::Duration;
 
@@ -297,5 +300,75 @@ async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Resul
         )
         .await?;
     assert_eq!(theirs.body["data"].as_array().map(Vec::len), Some(2));
+    stack.teardown().await
+}
+
+#[tokio::test]
+async fn rotating_the_key_encryption_key_keeps_every_text_readable() -> anyhow::Result<()> {
+    // The stack's key (see `Stack::env`), and a new one.
+    const OLD: &str = "c3lzdGVtLXRlc3Qta2V5LWVuY3J5cHRpb24ta2V5ISE=";
+    const NEW: &str = "bmV3LWtleS1lbmNyeXB0aW9uLWtleS1mb3ItdGVzdHM=";
+    let stack = Stack::start(StackOptions {
+        env: vec![("MEMORY_EVERY_MESSAGES".into(), "2".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (user, token, bot) = client.user_with_bot("rotated").await?;
+    client.chat(&token, bot, "I grow tomatoes").await?;
+    client.chat(&token, bot, "and basil").await?;
+    let remembered = memory(&client, &token, bot, 3).await?;
+    // Its first line: the export escapes the rest's line breaks.
+    let summary: String = remembered["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!summary.is_empty());
+
+    let rotating = [
+        ("DATA_KEY_ENCRYPTION_KEY", NEW),
+        ("DATA_KEY_ENCRYPTION_KEY_PREVIOUS", OLD),
+    ];
+    let first = stack.replay_with(&["rotate-kek"], &rotating).await?;
+    assert!(first.ok, "{}{}", first.stdout, first.stderr);
+    assert!(
+        first.stdout.contains("1 data keys rewrapped"),
+        "{}",
+        first.stdout
+    );
+    let again = stack.replay_with(&["rotate-kek"], &rotating).await?;
+    assert!(
+        again.stdout.contains("0 data keys rewrapped"),
+        "{}",
+        again.stdout
+    );
+
+    let export = |key: &'static str| {
+        let stack = &stack;
+        async move {
+            stack
+                .replay_with(
+                    &["export", "--user", &user.to_string()],
+                    &[("DATA_KEY_ENCRYPTION_KEY", key)],
+                )
+                .await
+        }
+    };
+    let with_new = export(NEW).await?;
+    assert!(with_new.ok, "{}", with_new.stderr);
+    assert!(
+        with_new.stdout.contains(&summary),
+        "the new key opens the memory"
+    );
+    let with_old = export(OLD).await?;
+    assert!(!with_old.ok, "the old key no longer opens anything");
+    assert!(
+        with_old.stderr.contains("cannot be unwrapped"),
+        "{}",
+        with_old.stderr
+    );
     stack.teardown().await
 }

@@ -129,6 +129,10 @@ enum Replay {
         #[arg(long, value_enum, default_value = "csv")]
         format: BillingFormat,
     },
+    /// Rewrap every data key under the key-encryption key in
+    /// `DATA_KEY_ENCRYPTION_KEY`, opening those still under the one in
+    /// `DATA_KEY_ENCRYPTION_KEY_PREVIOUS`. Safe to rerun or interrupt.
+    RotateKek,
     /// Rebuild the prompt of a reply from the log, print it turn by turn, and
     /// check it against the digest the reply recorded. Exits 1 when it differs.
     Explain {
@@ -276,6 +280,23 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             billing::write_lines(&lines, format, &mut out)?;
             tracing::info!(lines = lines.len(), "usage summed from the log");
+        }
+        Replay::RotateKek => {
+            let keyring =
+                events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
+            let done = keyring
+                .rotate(|so_far| {
+                    eprintln!(
+                        "rotate-kek: {} rewrapped, {} already current",
+                        so_far.rewrapped, so_far.current
+                    )
+                })
+                .await?;
+            println!(
+                "rotate-kek: {} data keys rewrapped under the current key-encryption key, {} \
+                 already under it; DATA_KEY_ENCRYPTION_KEY_PREVIOUS can now be removed",
+                done.rewrapped, done.current
+            );
         }
         Replay::Explain { message } => {
             let keyring =

@@ -269,34 +269,26 @@ impl Keyring {
 
     /// Destroys every key of `scope`: what they sealed is unreadable for good.
     pub async fn destroy(&self, scope: &str) -> Result<u64, SealError> {
-        let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM data_keys WHERE scope = ?")
-            .bind(scope)
-            .fetch_all(&self.pool)
-            .await?;
-        let deleted = sqlx::query("DELETE FROM data_keys WHERE scope = ?")
-            .bind(scope)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if let Ok(mut cache) = self.cache.lock() {
-            for key in &keys {
-                cache.pop(key);
-            }
-        }
-        Ok(deleted)
+        self.destroy_where("scope = ?", scope).await
     }
 
     /// Destroys every key of every scope that starts with `prefix` (all of a
     /// user's conversations' memories: `memory:<user>:`).
     pub async fn destroy_all_under(&self, prefix: &str) -> Result<u64, SealError> {
         let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
+        self.destroy_where("scope LIKE ?", &pattern).await
+    }
+
+    /// Deletes the keys whose scope matches `condition` (one placeholder, bound
+    /// to `value`), and forgets them here.
+    async fn destroy_where(&self, condition: &str, value: &str) -> Result<u64, SealError> {
         let keys: Vec<String> =
-            sqlx::query_scalar("SELECT key_id FROM data_keys WHERE scope LIKE ?")
-                .bind(&pattern)
+            sqlx::query_scalar(&format!("SELECT key_id FROM data_keys WHERE {condition}"))
+                .bind(value)
                 .fetch_all(&self.pool)
                 .await?;
-        let deleted = sqlx::query("DELETE FROM data_keys WHERE scope LIKE ?")
-            .bind(&pattern)
+        let deleted = sqlx::query(&format!("DELETE FROM data_keys WHERE {condition}"))
+            .bind(value)
             .execute(&self.pool)
             .await?
             .rows_affected();

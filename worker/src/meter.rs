@@ -41,9 +41,12 @@ pub fn prompt_tokens(prompt: &Prompt) -> usize {
 
 /// One call's running account.
 #[derive(Debug)]
-pub struct Meter {
+pub struct Meter<'p> {
+    prompt: &'p Prompt,
     started: Instant,
-    prompt_tokens: u32,
+    /// Counted the first time an estimate needs it: a provider that reports
+    /// usage, with no budget to weigh, never costs the tokenizer's work.
+    prompt_tokens: std::sync::OnceLock<u32>,
     attempts: u32,
     failed_prompt_tokens: u32,
     failed_completion_tokens: u32,
@@ -59,13 +62,14 @@ fn tokens(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-impl Meter {
+impl<'p> Meter<'p> {
     /// A call about to send `prompt`.
-    pub fn new(prompt: &Prompt) -> Self {
+    pub fn new(prompt: &'p Prompt) -> Self {
         let now = Instant::now();
         Self {
             started: now,
-            prompt_tokens: tokens(prompt_tokens(prompt)),
+            prompt,
+            prompt_tokens: std::sync::OnceLock::new(),
             attempts: 0,
             failed_prompt_tokens: 0,
             failed_completion_tokens: 0,
@@ -78,7 +82,9 @@ impl Meter {
 
     /// The prompt's tokens, as counted here.
     pub fn prompt_tokens(&self) -> u32 {
-        self.prompt_tokens
+        *self
+            .prompt_tokens
+            .get_or_init(|| tokens(prompt_tokens(self.prompt)))
     }
 
     /// An attempt starts; the one before it, if any, failed.
@@ -111,7 +117,7 @@ impl Meter {
         let (prompt, completion) = match self.reported {
             Some(counted) => counted,
             None if self.text.is_empty() => (0, 0),
-            None => (self.prompt_tokens, tokens(count_tokens(&self.text))),
+            None => (self.prompt_tokens(), tokens(count_tokens(&self.text))),
         };
         self.failed_prompt_tokens = self.failed_prompt_tokens.saturating_add(prompt);
         self.failed_completion_tokens = self.failed_completion_tokens.saturating_add(completion);
@@ -125,7 +131,7 @@ impl Meter {
         let (prompt_tokens, completion_tokens, estimated) = match self.reported {
             Some((prompt, completion)) => (prompt, completion, false),
             None if self.attempts == 0 => (0, 0, false),
-            None => (self.prompt_tokens, tokens(count_tokens(&self.text)), true),
+            None => (self.prompt_tokens(), tokens(count_tokens(&self.text)), true),
         };
         Usage {
             model: model.to_string(),
@@ -181,7 +187,8 @@ mod tests {
 
     #[test]
     fn the_provider_count_wins_and_failed_attempts_are_kept_apart() {
-        let mut meter = Meter::new(&prompt());
+        let asked = prompt();
+        let mut meter = Meter::new(&asked);
         meter.attempt();
         meter.wrote("Half an ans");
         meter.attempt();
@@ -191,14 +198,15 @@ mod tests {
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (30, 4));
         assert!(!usage.estimated);
         assert_eq!(usage.attempts, 2);
-        assert_eq!(usage.failed_prompt_tokens, meter.prompt_tokens);
+        assert_eq!(usage.failed_prompt_tokens, meter.prompt_tokens());
         assert_eq!(
             usage.failed_completion_tokens as usize,
             count_tokens("Half an ans")
         );
         assert!(usage.first_token_ms.is_some());
 
-        let mut unreported = Meter::new(&prompt());
+        let asked = prompt();
+        let mut unreported = Meter::new(&asked);
         unreported.attempt();
         unreported.wrote("Partly written");
         let usage = unreported.usage("m");
@@ -213,7 +221,8 @@ mod tests {
 
     #[test]
     fn a_refused_attempt_costs_nothing_but_is_counted() {
-        let mut meter = Meter::new(&prompt());
+        let asked = prompt();
+        let mut meter = Meter::new(&asked);
         meter.attempt();
         meter.attempt();
         let usage = meter.failed_usage("m");

@@ -166,7 +166,7 @@ impl Model {
         prompt: &Prompt,
         settings: &CallSettings,
         deltas: Option<&DeltaSink>,
-        meter: &mut Meter,
+        meter: &mut Meter<'_>,
     ) -> Result<String, ModelFailure> {
         let started = std::time::Instant::now();
         let outcome = self.complete_untimed(prompt, settings, deltas, meter).await;
@@ -186,7 +186,7 @@ impl Model {
         prompt: &Prompt,
         settings: &CallSettings,
         deltas: Option<&DeltaSink>,
-        meter: &mut Meter,
+        meter: &mut Meter<'_>,
     ) -> Result<String, ModelFailure> {
         let mut delay = self.retry_base;
         let mut attempt = 1;
@@ -231,7 +231,7 @@ impl Model {
         prompt: &Prompt,
         settings: &CallSettings,
         deltas: Option<&DeltaSink>,
-        meter: &mut Meter,
+        meter: &mut Meter<'_>,
     ) -> Result<String, AttemptError> {
         if let Some(sink) = deltas {
             let _ = sink.send(Streamed::Attempt);

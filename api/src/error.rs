@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use events::episode::Episode;
+use events::sealing::SealError;
 use events::store::AppendError;
 use serde_json::json;
 
@@ -202,6 +203,16 @@ impl From<AppendError> for ApiError {
                 "The conversation changed while this request was handled; please retry.".into(),
             ),
             AppendError::Database(e) => e.into(),
+            AppendError::Sealing(e) => e.into(),
+        }
+    }
+}
+
+impl From<SealError> for ApiError {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::Database(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }
@@ -225,8 +236,7 @@ impl From<DomainError> for ApiError {
             },
             DomainError::Busy(msg) => ApiError::Conflict(msg),
             DomainError::Append(e) => e.into(),
-            DomainError::Sealed(events::sealing::SealError::Database(e)) => e.into(),
-            DomainError::Sealed(e) => ApiError::Internal(e.to_string()),
+            DomainError::Sealed(e) => e.into(),
             DomainError::Database(e) => e.into(),
             DomainError::Encode(e) => ApiError::Internal(e.to_string()),
         }

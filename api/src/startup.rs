@@ -85,6 +85,7 @@ impl Application {
         let sessions = Arc::new(RevokedSessions::new(config.access_ttl));
         sessions.load(&pool).await.map_err(StartupError::Sessions)?;
         password::warm_up().await;
+        let keyring = events::sealing::Keyring::new(pool.clone(), config.kek.clone());
         let state = AppState::new(Shared {
             jwt: Arc::new(JwtKeys::new(
                 config.jwt_secret.expose_secret(),
@@ -95,7 +96,8 @@ impl Application {
                 pool.clone(),
                 Arc::new(ReadModels),
                 config.database.commit_timeout,
-            ),
+            )
+            .sealing_with(keyring.clone()),
             relay: OutboxRelay::new(pool.clone(), publisher)
                 .with_retention(config.database.outbox_retention),
             feed: ChatFeed::new(
@@ -111,7 +113,7 @@ impl Application {
             streams: Arc::new(OpenStreams::default()),
             legacy_requests: Arc::new(AtomicU64::new(0)),
             draining: CancellationToken::new(),
-            keyring: events::sealing::Keyring::new(pool.clone(), config.kek.clone()),
+            keyring,
             config: Arc::new(config),
             pool,
         });

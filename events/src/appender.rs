@@ -61,6 +61,20 @@ pub enum AppendError {
     Duplicate(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A personal field could not be sealed; nothing was written.
+    #[error(transparent)]
+    Sealing(crate::sealing::SealError),
+}
+
+impl From<crate::sealing::SealError> for AppendError {
+    /// A database failure while sealing is a database failure of the append
+    /// (an outage is waited out the same way).
+    fn from(e: crate::sealing::SealError) -> Self {
+        match e {
+            crate::sealing::SealError::Database(e) => AppendError::Database(e),
+            other => AppendError::Sealing(other),
+        }
+    }
 }
 
 /// Updates read models from freshly appended events, inside the append's transaction.

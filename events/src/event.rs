@@ -7,10 +7,13 @@
 //! the bot remembers of it (`ConversationSummarized`, `UserProfileUpdated`,
 //! `MemoryErased`), and the costs of dropped calls (`ModelCallStopped`);
 //! `session-<session_id>` holds one login's `SessionStarted`, `SessionRefreshed`
-//! and `SessionRevoked`; `user-<user_id>` holds `UserErased`.
+//! and `SessionRevoked`; `user-<user_id>` holds `UserErased`; `maintenance`
+//! holds what operators' tools did to the log (`HistoryEncrypted`).
 //!
-//! Events are immutable once written; the one exception is erasure, which blanks
-//! an erased user's plaintext texts in place (see `api::domain::erasure`). Each carries the `schema_version` it was
+//! Events are immutable once written, with two sanctioned exceptions for
+//! texts written in the clear by releases before sealing: erasure blanks an
+//! erased user's (see `api::domain::erasure`), and `worker replay
+//! encrypt-history` seals them (see [`crate::sealing`]). Each carries the `schema_version` it was
 //! written with; [`DomainEvent::decode`] brings older shapes up to today's through
 //! [`crate::upcast`], so the whole log still replays after a type changes.
 
@@ -38,6 +41,9 @@ pub mod stream {
     pub fn session(session_id: uuid::Uuid) -> String {
         format!("session-{session_id}")
     }
+
+    /// What operators' tools did to the log.
+    pub const MAINTENANCE: &str = "maintenance";
 
     pub fn user(user_id: UserId) -> String {
         format!("user-{user_id}")
@@ -345,6 +351,20 @@ pub struct UserErased {
     pub user_id: UserId,
 }
 
+/// `worker replay encrypt-history` sealed the personal texts that earlier
+/// releases wrote in the clear: what it did, in counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEncrypted {
+    /// The log was sealed through this global position.
+    pub through_position: i64,
+    /// Events with a text sealed by this run.
+    pub events_sealed: u64,
+    /// Texts sealed by this run.
+    pub fields_sealed: u64,
+    /// Texts sealed by every run so far.
+    pub fields_sealed_in_all: u64,
+}
+
 /// A login: the refresh token it issued may be spent once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionStarted {
@@ -391,6 +411,7 @@ pub enum DomainEvent {
     UserProfileUpdated(UserProfileUpdated),
     MemoryErased(MemoryErased),
     UserErased(UserErased),
+    HistoryEncrypted(HistoryEncrypted),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,6 +447,7 @@ impl DomainEvent {
     pub const USER_PROFILE_UPDATED: &'static str = "UserProfileUpdated";
     pub const MEMORY_ERASED: &'static str = "MemoryErased";
     pub const USER_ERASED: &'static str = "UserErased";
+    pub const HISTORY_ENCRYPTED: &'static str = "HistoryEncrypted";
 
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -446,6 +468,7 @@ impl DomainEvent {
             DomainEvent::UserProfileUpdated(_) => Self::USER_PROFILE_UPDATED,
             DomainEvent::MemoryErased(_) => Self::MEMORY_ERASED,
             DomainEvent::UserErased(_) => Self::USER_ERASED,
+            DomainEvent::HistoryEncrypted(_) => Self::HISTORY_ENCRYPTED,
         }
     }
 
@@ -492,7 +515,8 @@ impl DomainEvent {
             | DomainEvent::SessionRevoked(_)
             | DomainEvent::MemoryErased(_)
             | DomainEvent::ConversationCleared(_)
-            | DomainEvent::UserErased(_) => None,
+            | DomainEvent::UserErased(_)
+            | DomainEvent::HistoryEncrypted(_) => None,
         }
     }
 
@@ -515,6 +539,7 @@ impl DomainEvent {
             DomainEvent::UserProfileUpdated(e) => serde_json::to_value(e),
             DomainEvent::MemoryErased(e) => serde_json::to_value(e),
             DomainEvent::UserErased(e) => serde_json::to_value(e),
+            DomainEvent::HistoryEncrypted(e) => serde_json::to_value(e),
         }
     }
 
@@ -629,6 +654,9 @@ impl DomainEvent {
             }
             Self::MEMORY_ERASED => DomainEvent::MemoryErased(Deserialize::deserialize(payload)?),
             Self::USER_ERASED => DomainEvent::UserErased(Deserialize::deserialize(payload)?),
+            Self::HISTORY_ENCRYPTED => {
+                DomainEvent::HistoryEncrypted(Deserialize::deserialize(payload)?)
+            }
             _ => return Ok(None),
         }))
     }

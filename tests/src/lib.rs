@@ -198,13 +198,23 @@ where
     }
 }
 
-/// The rows of a conversation straight from the read model (works while the api is down).
+/// The key-encryption key every process of a test stack gets (see `Stack::env`,
+/// which passes it in base64).
+pub const TEST_KEK: &[u8; 32] = b"system-test-key-encryption-key!!";
+
+/// A keyring that opens what a test stack sealed.
+pub fn test_keyring(pool: &MySqlPool) -> events::sealing::Keyring {
+    events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_bytes(TEST_KEK))
+}
+
+/// The rows of a conversation straight from the read model (works while the api
+/// is down), their texts opened.
 pub async fn history_rows(
     pool: &MySqlPool,
     user_id: i64,
     bot_id: i64,
 ) -> anyhow::Result<Vec<events::projections::HistoryRow>> {
-    Ok(events::projections::ChatHistoryProjection::read(
+    let mut rows = events::projections::ChatHistoryProjection::read(
         pool,
         user_id,
         bot_id,
@@ -213,7 +223,30 @@ pub async fn history_rows(
         usize::MAX,
     )
     .await?
-    .rows)
+    .rows;
+    test_keyring(pool).open_rows(&mut rows).await?;
+    Ok(rows)
+}
+
+/// The payloads of every event of a type, oldest first, straight from the log,
+/// their texts opened.
+pub async fn event_payloads(
+    pool: &MySqlPool,
+    event_type: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let keyring = test_keyring(pool);
+    let mut events = sqlx::query(&format!(
+        "{} WHERE event_type = ? ORDER BY global_position",
+        events::store::SELECT_EVENTS
+    ))
+    .bind(event_type)
+    .try_map(|row: sqlx::mysql::MySqlRow| events::store::recorded_from_row(&row))
+    .fetch_all(pool)
+    .await?;
+    for event in &mut events {
+        keyring.open_event(event).await?;
+    }
+    Ok(events.into_iter().map(|e| e.payload).collect())
 }
 
 /// The ids of the user's messages in a conversation, oldest first.

@@ -4,15 +4,18 @@
 //!   the texts are in no dump of the database and no export (which shows
 //!   `"[erased]"`), while later memory works under a new key, a rebuild and
 //!   `verify` pass, and a tampered ciphertext is refused by event and field;
-//! - account deletion: after `DELETE /users/users/<id>/`, a dump holds none of
-//!   the texts the user sent or was answered, nor their memory or their bot's
-//!   name and persona, while another user's are all there; the account cannot
+//! - account deletion: every text is sealed at rest, so no dump holds one in the
+//!   clear; after `DELETE /users/users/<id>/` the user's can be opened nowhere,
+//!   while another user's still read as they were; the account cannot
 //!   log in, its name can be registered again, the export shows `"[erased]"`,
 //!   rebuild and verify pass with nothing of the user, and as-of history says
 //!   the user was erased;
 //! - rotating the key-encryption key: `rotate-kek` rewraps every data key, a
 //!   second run finds nothing to do, and afterwards the new key alone opens
-//!   what was sealed, the old one nothing.
+//!   what was sealed, the old one nothing;
+//! - `encrypt-history` on a log an earlier release wrote in the clear leaves no
+//!   text of it in the clear (in the log or a dump), every view reads as
+//!   before, the run is recorded with its counts, and a rerun does nothing.
 
 use std::time::Duration;
 
@@ -219,10 +222,33 @@ async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Resul
     client.chat(&token, bot, "MARKER-QX-A1 my diary").await?;
     client.chat(&token, bot, "MARKER-QX-A2 my secrets").await?;
     memory(&client, &token, bot, 3).await?;
-    let (_, other, other_bot) = client.user_with_bot("bystander").await?;
+    // Texts an earlier release wrote in the clear (before `encrypt-history`):
+    // erasure blanks them in place.
+    system_tests::seed::seed_conversation(&stack.pool()?, (user, bot), 2, |i| {
+        (
+            format!("MARKER-QX-C{i} plain"),
+            format!("MARKER-QX-D{i} plain"),
+        )
+    })
+    .await?;
+    let (other_user, other, other_bot) = client.user_with_bot("bystander").await?;
     client
         .chat(&other, other_bot, "MARKER-QX-B1 still mine")
         .await?;
+    // At rest, every text is sealed: no dump holds a marker in the clear, even
+    // before the erasure.
+    let before = dump(&stack).await?;
+    for sealed in ["MARKER-QX-A", "MARKER-QX-B1", "PERSONA-QX-41", "NAME-QX-42"] {
+        assert!(
+            !before.contains(sealed),
+            "{sealed} is in the clear in the dump"
+        );
+    }
+    assert!(before.contains("sealed:v1:"), "the texts are there, sealed");
+    let mine = client
+        .get(&format!("/chat/history?chatbot_id={bot}"), Some(&token))
+        .await?;
+    assert!(mine.body.to_string().contains("MARKER-QX-A1"), "{mine:?}");
 
     // Only the account's user, with its password.
     let path = format!("/users/users/{user}/");
@@ -241,10 +267,29 @@ async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Resul
     assert_eq!(erased.body, json!({ "code": 200, "msg": "OK" }));
 
     let dumped = dump(&stack).await?;
-    for gone in ["MARKER-QX-A", "PERSONA-QX-41", "NAME-QX-42"] {
+    for gone in [
+        "MARKER-QX-A",
+        "MARKER-QX-C",
+        "MARKER-QX-D",
+        "PERSONA-QX-41",
+        "NAME-QX-42",
+    ] {
         assert!(!dumped.contains(gone), "{gone} is in the dump");
     }
-    assert!(dumped.contains("MARKER-QX-B1"), "another user's texts stay");
+    // Another user's texts stay, readable where they are shown and exported.
+    let theirs = client
+        .get(
+            &format!("/chat/history?chatbot_id={other_bot}"),
+            Some(&other),
+        )
+        .await?;
+    assert!(
+        theirs.body.to_string().contains("MARKER-QX-B1"),
+        "{theirs:?}"
+    );
+    let (ok, exported, err) =
+        replay(&stack, &["export", "--user", &other_user.to_string()]).await?;
+    assert!(ok && exported.contains("MARKER-QX-B1"), "{err}");
 
     // The account is gone: its token, its login; its name is free again.
     let stale = client.get("/chat/list", Some(&token)).await?;
@@ -347,7 +392,8 @@ async fn rotating_the_key_encryption_key_keeps_every_text_readable() -> anyhow::
     let first = stack.replay_with(&["rotate-kek"], &rotating).await?;
     assert!(first.ok, "{}{}", first.stdout, first.stderr);
     assert!(
-        first.stdout.contains("1 data keys rewrapped"),
+        // The user's key and their conversation's memory key.
+        first.stdout.contains("2 data keys rewrapped"),
         "{}",
         first.stdout
     );
@@ -372,8 +418,8 @@ async fn rotating_the_key_encryption_key_keeps_every_text_readable() -> anyhow::
     let with_new = export(NEW).await?;
     assert!(with_new.ok, "{}", with_new.stderr);
     assert!(
-        with_new.stdout.contains(&summary),
-        "the new key opens the memory"
+        with_new.stdout.contains(&summary) && with_new.stdout.contains("I grow tomatoes"),
+        "the new key opens the memory and the messages"
     );
     let with_old = export(OLD).await?;
     assert!(!with_old.ok, "the old key no longer opens anything");
@@ -382,5 +428,195 @@ async fn rotating_the_key_encryption_key_keeps_every_text_readable() -> anyhow::
         "{}",
         with_old.stderr
     );
+    stack.teardown().await
+}
+
+/// Every personal text of the log as stored: `(event type, field, text)`.
+async fn stored_texts(pool: &sqlx::MySqlPool) -> anyhow::Result<Vec<(String, String, String)>> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT event_type, CAST(payload AS CHAR) FROM events")
+            .fetch_all(pool)
+            .await?;
+    let mut texts = Vec::new();
+    for (event_type, payload) in rows {
+        let payload: Value = serde_json::from_str(&payload)?;
+        let fields: &[&str] = match event_type.as_str() {
+            "BotCreated" | "BotUpdated" => &["name", "persona"],
+            "UserMessagePosted" | "BotReplyGenerated" | "BotReplyStopped" => &["content"],
+            "ConversationSummarized" => &["summary"],
+            "UserProfileUpdated" => &["profile"],
+            _ => &[],
+        };
+        for field in fields {
+            if let Some(text) = payload[*field].as_str() {
+                texts.push((event_type.clone(), field.to_string(), text.to_string()));
+            }
+        }
+    }
+    Ok(texts)
+}
+
+#[tokio::test]
+async fn encrypt_history_seals_what_earlier_releases_wrote_in_the_clear() -> anyhow::Result<()> {
+    use events::event::{BotKind, BotUpdated, ConversationSummarized, DomainEvent, EventMetadata};
+    use events::store::{EventStore, ExpectedVersion};
+
+    // No read cache: the views after the run are read afresh.
+    let stack = Stack::start(StackOptions {
+        env: vec![("READ_CACHE_TTL_MS".into(), "0".into())],
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let pool = stack.pool()?;
+    let (user, token, bot) = client.user_with_bot("historic").await?;
+    // What an earlier release wrote: a store that seals nothing, with the live
+    // read models, as that release's api and worker did.
+    system_tests::seed::seed_conversation(&pool, (user, bot), 30, |i| {
+        (
+            format!("OLD-MSG-{i:02} asked"),
+            format!("OLD-REPLY-{i:02} said"),
+        )
+    })
+    .await?;
+    let earlier = EventStore::new(
+        pool.clone(),
+        std::sync::Arc::new(events::projections::ReadModels),
+    );
+    let edit = DomainEvent::BotUpdated(BotUpdated {
+        bot_id: bot,
+        user_id: user,
+        name: Some("OLD-NAME-QZ".into()),
+        kind: Some(BotKind::Cosplay),
+        persona: Some("OLD-PERSONA-QZ".into()),
+        ..Default::default()
+    });
+    earlier
+        .append_to_stream(
+            &events::event::stream::bot(bot),
+            ExpectedVersion::Any,
+            &[edit.to_new_event(EventMetadata::default())?],
+        )
+        .await?;
+    let remembered = DomainEvent::ConversationSummarized(ConversationSummarized {
+        user_id: user,
+        bot_id: bot,
+        summary: "OLD-SUMMARY-QZ".into(),
+        covers_version: 60,
+        usage: None,
+    });
+    earlier
+        .append_to_stream(
+            &events::event::stream::chat(user, bot),
+            ExpectedVersion::Any,
+            &[remembered.to_new_event(EventMetadata::default())?],
+        )
+        .await?;
+    // And today's release on top of it.
+    client
+        .chat(&token, bot, "NEW-MSG sealed from the start")
+        .await?;
+    assert!(
+        dump(&stack).await?.contains("OLD-MSG-07"),
+        "written in the clear"
+    );
+
+    let views = |client: Client, token: String| async move {
+        let mut seen = Vec::new();
+        for path in [
+            format!("/chat/history?chatbot_id={bot}&limit=100"),
+            "/chat/list".to_string(),
+            format!("/chat/memory?chatbot_id={bot}"),
+        ] {
+            seen.push(client.get(&path, Some(&token)).await?.body);
+        }
+        seen.push(
+            client
+                .post_json("/bots/list", &json!({}), Some(&token))
+                .await?
+                .body,
+        );
+        anyhow::Ok(seen)
+    };
+    let before = views(client.clone(), token.clone()).await?;
+    assert!(
+        before[0].to_string().contains("OLD-MSG-07"),
+        "{}",
+        before[0]
+    );
+    assert!(
+        before[2].to_string().contains("OLD-SUMMARY-QZ"),
+        "{}",
+        before[2]
+    );
+
+    let run = stack.replay(&["encrypt-history", "--batch", "25"]).await?;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    // 30 messages, 30 replies, a name, a persona and a summary.
+    assert!(
+        run.stdout
+            .contains("63 texts in 62 events sealed by this run"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("match the log"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("encrypt-history: "),
+        "progress is shown: {}",
+        run.stderr
+    );
+
+    // No text of the log is left in the clear, in the log or anywhere else.
+    for (event_type, field, text) in stored_texts(&pool).await? {
+        assert!(
+            text.is_empty() || text.starts_with("sealed:v1:"),
+            "{event_type}.{field} is in the clear: {text}"
+        );
+    }
+    let dumped = dump(&stack).await?;
+    for clear in [
+        "OLD-MSG-",
+        "OLD-REPLY-",
+        "OLD-NAME-QZ",
+        "OLD-PERSONA-QZ",
+        "OLD-SUMMARY-QZ",
+        "NEW-MSG",
+    ] {
+        assert!(!dumped.contains(clear), "{clear} is in the dump");
+    }
+    // Every view reads as before.
+    assert_eq!(views(client.clone(), token.clone()).await?, before);
+    // The run is in the log, with its counts; a rerun has nothing left to do.
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(payload AS CHAR) FROM events WHERE event_type = 'HistoryEncrypted'",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(recorded.len(), 1);
+    let recorded: Value = serde_json::from_str(&recorded[0])?;
+    assert_eq!(recorded["fields_sealed"], 63, "{recorded}");
+    assert_eq!(recorded["events_sealed"], 62, "{recorded}");
+    let again = stack.replay(&["encrypt-history"]).await?;
+    assert!(again.ok, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again
+            .stdout
+            .contains("0 texts in 0 events sealed by this run (63 by every run)"),
+        "{}",
+        again.stdout
+    );
+    // The export opens them all.
+    let exported = stack
+        .replay(&["export", "--user", &user.to_string()])
+        .await?;
+    assert!(exported.ok, "{}", exported.stderr);
+    for text in [
+        "OLD-MSG-29 asked",
+        "OLD-REPLY-00 said",
+        "OLD-NAME-QZ",
+        "OLD-SUMMARY-QZ",
+    ] {
+        assert!(exported.stdout.contains(text), "{text} in the export");
+    }
     stack.teardown().await
 }

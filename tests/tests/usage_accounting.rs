@@ -27,13 +27,7 @@ async fn replay(stack: &Stack, args: &[&str]) -> anyhow::Result<(bool, String)> 
 
 /// The payloads of every event of `event_type`, oldest first.
 async fn payloads(stack: &Stack, event_type: &str) -> anyhow::Result<Vec<Value>> {
-    let rows: Vec<sqlx::types::Json<Value>> = sqlx::query_scalar(
-        "SELECT payload FROM events WHERE event_type = ? ORDER BY global_position",
-    )
-    .bind(event_type)
-    .fetch_all(&stack.pool()?)
-    .await?;
-    Ok(rows.into_iter().map(|j| j.0).collect())
+    system_tests::event_payloads(&stack.pool()?, event_type).await
 }
 
 fn billed(usage: &Value) -> (i64, i64) {
@@ -483,12 +477,19 @@ async fn explain_rebuilds_every_reply_and_names_what_was_tampered_with() -> anyh
     // Tampering with a message after the fact: a later reply's prompt no
     // longer rebuilds, and explain says which part differs.
     let pool = stack.pool()?;
+    let tampered = payloads(&stack, "UserMessagePosted")
+        .await?
+        .into_iter()
+        .find(|m| m["content"] == "message number 98, with some words in it")
+        .and_then(|m| m["message_id"].as_str().map(str::to_string))
+        .ok_or_else(|| anyhow::anyhow!("no message number 98"))?;
     sqlx::query(
         "UPDATE events SET payload = JSON_SET(payload, '$.content', 'I never said that') \
          WHERE event_type = 'UserMessagePosted' AND stream_id = ? \
-         AND JSON_UNQUOTE(JSON_EXTRACT(payload, '$.content')) = 'message number 98, with some words in it'",
+         AND JSON_UNQUOTE(JSON_EXTRACT(payload, '$.message_id')) = ?",
     )
     .bind(events::event::stream::chat(user, bot))
+    .bind(&tampered)
     .execute(&pool)
     .await?;
     let (ok, output) = replay(&stack, &["explain", "--message", &last_message]).await?;

@@ -1,6 +1,8 @@
 //! A conversation as the worker needs it, read from the `chat_history` read model:
 //! which message to answer next, and the turns before it.
 //!
+//! Its texts are opened here (the read model keeps them sealed).
+//!
 //! Reading the read model rather than folding the event stream means that
 //! - the oldest unanswered message is found however long ago it was posted (a
 //!   backlog longer than any window is still answered in order);
@@ -14,6 +16,8 @@ use events::projections::history::Answer;
 use events::projections::{
     ChatHistoryProjection, ConversationMemory, Exchange, HistoryRow, MemoryProjection,
 };
+
+use events::sealing::{Keyring, SealError};
 
 use crate::prompt::{Role, Turn};
 
@@ -57,10 +61,10 @@ impl ConversationId {
     /// it is still waiting, and skipping it would leave it waiting forever.
     pub async fn turns_through(
         &self,
-        pool: &MySqlPool,
+        (pool, keyring): (&MySqlPool, &Keyring),
         after: i64,
         message: &HistoryRow,
-    ) -> Result<Option<Recent>, sqlx::Error> {
+    ) -> Result<Option<Recent>, SealError> {
         let seq = message.seq;
         let mut exchanges = ChatHistoryProjection::exchanges_through(
             pool,
@@ -70,6 +74,7 @@ impl ConversationId {
             RECENT_EXCHANGES,
         )
         .await?;
+        keyring.open_rows(&mut exchanges).await?;
         let settled = exchanges
             .last()
             .is_some_and(|last| last.seq == seq && last.is_settled());
@@ -78,7 +83,10 @@ impl ConversationId {
         if exchanges.last().is_none_or(|last| last.seq != seq) {
             exchanges.push(Exchange {
                 seq,
-                content: message.content.clone(),
+                content: keyring
+                    .open(&message.content, "content", None)
+                    .await?
+                    .into_text(),
                 created_at: message.created_at,
                 reply: None,
                 reply_status: None,

@@ -133,6 +133,15 @@ enum Replay {
     /// `DATA_KEY_ENCRYPTION_KEY`, opening those still under the one in
     /// `DATA_KEY_ENCRYPTION_KEY_PREVIOUS`. Safe to rerun or interrupt.
     RotateKek,
+    /// Seal, in place, the personal texts that releases before sealing wrote in
+    /// the clear; then rebuild the views from the sealed log, record the run
+    /// (`HistoryEncrypted`) and verify. Resumable, and safe to rerun: a rerun
+    /// finds nothing left to seal. Takes the replay lock.
+    EncryptHistory {
+        /// Events per batch (one transaction).
+        #[arg(long, default_value_t = 2000)]
+        batch: u32,
+    },
     /// Rebuild the prompt of a reply from the log, print it turn by turn, and
     /// check it against the digest the reply recorded. Exits 1 when it differs.
     Explain {
@@ -216,6 +225,7 @@ async fn outbox(action: Outbox) -> Result<(), Box<dyn std::error::Error>> {
 async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
     let settings = DatabaseSettings::from_env()?;
     let pool = events::db::connect_and_migrate_for_replay(&settings).await?;
+    let keyring = events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
     // Ctrl-C (or SIGTERM) stops a rebuild or verify between batches; the live
     // views are never touched before the swap.
     let cancel = events::shutdown::on_signal();
@@ -249,8 +259,6 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
                 upcast,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let keyring =
-                events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
             let written =
                 worker::replay::export::export((&pool, &keyring), &filter, format, &mut out)
                     .await?;
@@ -264,7 +272,8 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let format = RowFormat::from_param(Some(&format))?;
             let rows =
-                worker::replay::as_of::history_as_of(&pool, user, bot, as_of, format).await?;
+                worker::replay::as_of::history_as_of((&pool, &keyring), user, bot, as_of, format)
+                    .await?;
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         Replay::Usage {
@@ -281,9 +290,36 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             billing::write_lines(&lines, format, &mut out)?;
             tracing::info!(lines = lines.len(), "usage summed from the log");
         }
+        Replay::EncryptHistory { batch } => {
+            let mut display = worker::replay::progress::ProgressDisplay::new("encrypt-history");
+            let run = worker::replay::encrypt_history::encrypt_history(
+                (&pool, &keyring),
+                batch,
+                &cancel,
+                |run| {
+                    display.update(events::projections::shadow::Progress {
+                        position: run.position,
+                        head: run.head,
+                        events: run.scanned,
+                    })
+                },
+            )
+            .await;
+            display.finish();
+            let run = run?;
+            println!(
+                "encrypt-history: {} texts in {} events sealed by this run ({} by every run), \
+                 the log is sealed through position {}; the views were rebuilt from it",
+                run.fields_sealed, run.events_sealed, run.fields_sealed_in_all, run.position
+            );
+            let report =
+                worker::replay::verify(&pool, batch, settings.session_retention, &cancel).await?;
+            println!("{}", worker::replay::describe(&report));
+            if !report.is_identical() {
+                return Err("the live views differ from the log (listed above)".into());
+            }
+        }
         Replay::RotateKek => {
-            let keyring =
-                events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
             let done = keyring
                 .rotate(|so_far| {
                     eprintln!(
@@ -299,8 +335,6 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         Replay::Explain { message } => {
-            let keyring =
-                events::sealing::Keyring::new(pool.clone(), events::sealing::Kek::from_env()?);
             let explanation = worker::replay::explain::explain((&pool, &keyring), &message).await?;
             print!("{}", worker::replay::explain::describe(&explanation));
             if !explanation.matches() {

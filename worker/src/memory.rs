@@ -38,7 +38,7 @@ use crate::meter::Meter;
 use crate::model::{CallSettings, Model, ModelFailure};
 use crate::prompt::{Prompt, Role, Turn};
 use events::budget::{Admission, Purpose};
-use events::sealing::{memory_scope, Keyring};
+use events::sealing::Keyring;
 
 /// Most history rows one refresh reads (the context budget usually binds first).
 const MAX_ROWS: u32 = 400;
@@ -202,7 +202,7 @@ impl MemoryKeeper {
         let pool = self.store.pool();
         let sealed = MemoryProjection::find(pool, job.user_id, job.bot_id).await?;
         let memory = self.keyring.open_memory(sealed).await?;
-        let rows = ChatHistoryProjection::rows_after(
+        let mut rows = ChatHistoryProjection::rows_after(
             pool,
             job.user_id,
             job.bot_id,
@@ -210,6 +210,7 @@ impl MemoryKeeper {
             MAX_ROWS,
         )
         .await?;
+        self.keyring.open_rows(&mut rows).await?;
         // The previous texts plus the messages since, within the context budget:
         // what does not fit waits for the next refresh.
         let mut budget = self
@@ -314,13 +315,8 @@ impl MemoryKeeper {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-        // What is remembered is sealed under the conversation's memory key,
-        // which `forget` destroys.
-        let scope = memory_scope(job.user_id, job.bot_id);
-        let mut events = events;
-        for (event, field) in events.iter_mut().zip(["summary", "profile"]) {
-            self.keyring.seal_field(&scope, event, field).await?;
-        }
+        // The store seals what is remembered under the conversation's memory
+        // key, which `forget` destroys.
         let recorded = self.record(job, covers, &events).await;
         if let Some(reservation) = reservation {
             if let Err(e) = events::budget::release(self.store.pool(), reservation).await {

@@ -43,7 +43,7 @@ use events::outbox::OutboxRelay;
 use events::projections::{
     BotsProjection, ChatHistoryProjection, ConversationMemory, MessageStatus,
 };
-use events::sealing::Keyring;
+use events::sealing::{Keyring, SealError};
 use events::store::{AppendError, EventStore, ExpectedVersion};
 
 use crate::conversation::ConversationId;
@@ -74,6 +74,11 @@ pub enum RespondError {
     Encode(#[from] serde_json::Error),
     #[error("the read model holds a malformed message id {0:?}")]
     MalformedId(String),
+    /// A text of the conversation cannot be opened: tampered with (never
+    /// answered from), or the key-encryption key is not the one it needs (a
+    /// configuration to mend; tried again).
+    #[error(transparent)]
+    Sealed(SealError),
     /// The worker is shutting down: the message goes back to the queue.
     #[error("the worker is stopping")]
     Stopping,
@@ -81,6 +86,15 @@ pub enum RespondError {
     /// outage with its lease run out): try the delivery again shortly.
     #[error("the conversation's lease could be neither taken nor handed to a holder")]
     Contended,
+}
+
+impl From<SealError> for RespondError {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::Database(e) => RespondError::Database(e),
+            other => RespondError::Sealed(other),
+        }
+    }
 }
 
 impl RespondError {
@@ -93,6 +107,7 @@ impl RespondError {
                 | RespondError::Append(_)
                 | RespondError::Stopping
                 | RespondError::Contended
+                | RespondError::Sealed(SealError::Unwrap(_))
         )
     }
 
@@ -521,7 +536,7 @@ impl Responder {
                 .persist("read the conversation and its memory", || async {
                     let memory = conversation.memory(pool).await?;
                     let turns = conversation
-                        .turns_through(pool, memory.erased_through, &next)
+                        .turns_through((pool, &self.keyring), memory.erased_through, &next)
                         .await?;
                     Ok((memory, turns))
                 })
@@ -660,7 +675,9 @@ impl Responder {
             })
             .await?;
         let bot = match bot {
-            Some(bot) if bot.deleted_at.is_none() && bot.user_id == conversation.user_id => bot,
+            Some(bot) if bot.deleted_at.is_none() && bot.user_id == conversation.user_id => {
+                self.keyring.open_row(bot).await?
+            }
             // Posted just as the bot was deleted: answered without calling the model.
             _ => {
                 return Ok((

@@ -48,11 +48,13 @@ impl Worker {
         let publisher = Arc::new(Publisher::new(config.bus.clone(), "worker-publisher"));
         let relay = OutboxRelay::new(pool.clone(), publisher)
             .with_retention(config.database.outbox_retention);
+        let keyring = Keyring::new(pool.clone(), config.kek.clone());
         let store = EventStore::with_commit_timeout(
             pool,
             Arc::new(ReadModels),
             config.database.commit_timeout,
-        );
+        )
+        .sealing_with(keyring.clone());
         let model = Arc::new(Model::from_settings(&config.model)?);
         tracing::info!(
             model = model.name(),
@@ -60,7 +62,7 @@ impl Worker {
             "worker ready"
         );
         Ok(Self {
-            keyring: Keyring::new(store.pool().clone(), config.kek.clone()),
+            keyring,
             config,
             relay,
             store,

@@ -190,6 +190,9 @@ pub async fn update_bot(
     let Some(mut bot) = BotsProjection::find_owned(store.pool(), user_id, bot_id).await? else {
         return Err(DomainError::BotNotFound);
     };
+    if let Some(keyring) = store.keyring() {
+        bot = keyring.open_row(bot).await?;
+    }
     let kind = changes.kind.unwrap_or(bot.kind());
     match kind {
         BotKind::Assistant if changes.persona.as_ref().is_some_and(|p| !p.is_empty()) => {

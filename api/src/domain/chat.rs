@@ -166,10 +166,13 @@ pub async fn post_message(
     {
         Ok(events) => Ok(Posted::New { message_id, events }),
         Err(AppendError::Duplicate(key)) => {
-            let existing = store
+            let mut existing = store
                 .find_by_idempotency_key(&key)
                 .await?
                 .ok_or(DomainError::Append(AppendError::Duplicate(key)))?;
+            if let Some(keyring) = store.keyring() {
+                keyring.open_event(&mut existing).await?;
+            }
             match DomainEvent::decode(&existing) {
                 // A retry must be the same message: a key reused for other content
                 // is a client bug, and answering with the first reply would hide it.

@@ -1,14 +1,15 @@
 //! Deleting an account, and everything its user wrote (`DELETE /users/users/<id>/`).
 //!
-//! The log is immutable, so erasure is crypto-shredding where texts are sealed
-//! (the user's memory keys are destroyed) and, for texts still stored in the
-//! clear, blanking them in place: the one sanctioned rewrite of stored events,
-//! so that erasure is never partial. In order:
+//! The log is immutable, so erasure is crypto-shredding: destroying the user's
+//! keys makes every text they sealed unreadable. Texts written before sealing
+//! (until `worker replay encrypt-history` has run) are still in the clear;
+//! those are blanked in place, the sanctioned rewrite of stored events, so
+//! that erasure is never partial. In order:
 //! 1. every session is revoked (its tokens stop working on every api);
-//! 2. the user's data keys are destroyed;
-//! 3. their texts in the log are replaced by `"[erased]"` (the outbox holds
-//!    only positions):
-//!    messages, replies, memory texts, and their bots' names and personas;
+//! 2. the user's data keys are destroyed (theirs, and their memories');
+//! 3. their texts still in the clear in the log are replaced by `"[erased]"`
+//!    (the outbox holds only positions): messages, replies, memory texts, and
+//!    their bots' names and personas;
 //! 4. `UserErased` is appended (no personal data): every read-model row of
 //!    theirs goes, now and in any rebuild;
 //! 5. the account's row goes, so its username can be registered again.
@@ -17,7 +18,7 @@ use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use events::event::{stream, DomainEvent, EventMetadata, UserErased, UserId};
-use events::sealing::{Keyring, ERASED};
+use events::sealing::{Keyring, Scope, ERASED};
 use events::store::{EventStore, ExpectedVersion, RecordedEvent};
 
 use super::sessions;
@@ -40,6 +41,7 @@ pub async fn erase_account(
     let pool = store.pool();
     let (revoked, mut published) =
         sessions::revoke_all(store, user, REASON_ACCOUNT_ERASED, metadata.clone()).await?;
+    keyring.destroy(&Scope::User(user).to_string()).await?;
     keyring
         .destroy_all_under(&format!("memory:{user}:"))
         .await?;
@@ -84,7 +86,8 @@ async fn blank_texts(pool: &MySqlPool, user: UserId) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
-/// Sets `field` to `"[erased]"` in the payloads of the events `filter` picks.
+/// Sets `field` to `"[erased]"` in the payloads of the events `filter` picks,
+/// where it is still in the clear (a sealed text is erased with its key).
 async fn blank(
     pool: &MySqlPool,
     field: &str,
@@ -94,11 +97,13 @@ async fn blank(
     let path = format!("$.{field}");
     sqlx::query(&format!(
         "UPDATE events SET payload = JSON_SET(payload, ?, ?) \
-         WHERE {filter} AND JSON_CONTAINS_PATH(payload, 'one', ?)"
+         WHERE {filter} AND JSON_CONTAINS_PATH(payload, 'one', ?) \
+         AND JSON_UNQUOTE(JSON_EXTRACT(payload, ?)) NOT LIKE 'sealed:v1:%'"
     ))
     .bind(&path)
     .bind(ERASED)
     .bind(value)
+    .bind(&path)
     .bind(&path)
     .execute(pool)
     .await?;

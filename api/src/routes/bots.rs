@@ -168,7 +168,7 @@ pub async fn detail(
     )
     .await?;
     match BotsProjection::find_owned(&state.pool, user, bot_id).await? {
-        Some(bot) => Ok(ok(json!([bot_detail(&bot)]))),
+        Some(bot) => Ok(ok(json!([bot_detail(&state.keyring.open_row(bot).await?)]))),
         None => Err(ApiError::BotModule(DETAILS_NOT_FOUND.into())),
     }
 }
@@ -198,7 +198,9 @@ pub async fn list(
         .map_err(ApiError::into_bot_module)?;
     let page = Page::parse(body.after, body.limit).map_err(ApiError::into_bot_module)?;
     let turn = state.heavy_reads.turn(user).await;
-    let bots = BotsProjection::list(&state.pool, user, page.after.unwrap_or(0), page.limit).await?;
+    let mut bots =
+        BotsProjection::list(&state.pool, user, page.after.unwrap_or(0), page.limit).await?;
+    state.keyring.open_rows(&mut bots).await?;
     let body = ok(Value::Array(bots.iter().map(bot_summary).collect())).0;
     Ok(turn.answer(Bytes::from(body.to_string())))
 }

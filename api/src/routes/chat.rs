@@ -204,18 +204,21 @@ pub(super) async fn reply_or_pending(
     };
     // The reply may have been read before this process heard of it on the bus.
     state.read_cache.invalidate(user);
-    match reply {
-        Some(reply) => match reply.status {
-            MessageStatus::Failed => Err(ApiError::BadGateway(reply.content)),
-            MessageStatus::Stopped => Ok(Json(json!({
-                "code": 200, "msg": MessageStatus::Stopped.as_str(), "data": reply.content,
-            }))
-            .into_response()),
-            MessageStatus::Done | MessageStatus::Pending => {
-                Ok(chat_ok(json!(reply.content)).into_response())
-            }
-        },
-        None => Ok(pending()),
+    let Some(reply) = reply else {
+        return Ok(pending());
+    };
+    let content = state
+        .keyring
+        .open(&reply.content, "content", None)
+        .await?
+        .into_text();
+    match reply.status {
+        MessageStatus::Failed => Err(ApiError::BadGateway(content)),
+        MessageStatus::Stopped => Ok(Json(json!({
+            "code": 200, "msg": MessageStatus::Stopped.as_str(), "data": content,
+        }))
+        .into_response()),
+        MessageStatus::Done | MessageStatus::Pending => Ok(chat_ok(json!(content)).into_response()),
     }
 }
 
@@ -379,6 +382,8 @@ pub async fn history(
                 }
             }
             _ => {
+                let mut rows = rows;
+                state.keyring.open_rows(&mut rows).await?;
                 let empty = rows.is_empty();
                 let body = chat_ok_bytes(history_rows(rows, format));
                 if let Some(key) = key.filter(|_| !empty) {
@@ -421,9 +426,11 @@ pub async fn list(
     }
     let ticket = state.read_cache.ticket(user);
     let turn = state.heavy_reads.turn(user).await;
-    let rows = ChatListProjection::list(&state.pool, user, page.after, page.limit, LIST_MAX_BYTES)
-        .await?
-        .rows;
+    let mut rows =
+        ChatListProjection::list(&state.pool, user, page.after, page.limit, LIST_MAX_BYTES)
+            .await?
+            .rows;
+    state.keyring.open_rows(&mut rows).await?;
     let empty = rows.is_empty();
     let body = chat_ok_bytes(chat_list_rows(rows, format));
     if let Some(key) = key.filter(|_| !empty) {

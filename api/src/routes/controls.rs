@@ -65,6 +65,10 @@ pub async fn stop(
         }
         controls::Stop::Nothing(row) => row,
     };
+    let row = match row {
+        Some(row) => Some(state.keyring.open_row(row).await?),
+        None => None,
+    };
     Ok(chat_ok(row.map_or(Value::Null, |row| {
         history_row(row, RowFormat::Object)
     })))

@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 use events::event::{stream, BotId, UserId};
 use events::projections::{BotsProjection, ChatHistoryProjection, HistoryRow, MessageStatus};
+use events::sealing::SealError;
 
 use crate::auth::Caller;
 use crate::domain::required;
@@ -188,7 +189,7 @@ struct Tail {
 impl Tail {
     /// Queues the next page of rows after the cursor; once there are no more, the
     /// stream is live, and the text so far of replies being written is queued.
-    async fn read_page(&mut self) -> Result<(), sqlx::Error> {
+    async fn read_page(&mut self) -> Result<(), SealError> {
         let page = ChatHistoryProjection::read(
             &self.state.pool,
             self.user,
@@ -201,13 +202,20 @@ impl Tail {
         self.behind = page.more;
         for row in page.rows {
             self.cursor = row.seq;
-            self.queue.push_back(row_event(row));
+            self.push_row(row).await?;
         }
         if !self.behind {
             for reply in self.state.feed.live().in_progress(&self.stream_id) {
                 self.catch_up(reply);
             }
         }
+        Ok(())
+    }
+
+    /// Queues a row, its text opened.
+    async fn push_row(&mut self, row: HistoryRow) -> Result<(), SealError> {
+        let row = self.state.keyring.open_row(row).await?;
+        self.queue.push_back(row_event(row));
         Ok(())
     }
 
@@ -307,7 +315,10 @@ fn events(tail: Tail) -> impl Stream<Item = Result<Event, Infallible>> {
                                     tail.sent.remove(&reply_to);
                                 }
                             }
-                            tail.queue.push_back(row_event((*row).clone()));
+                            if let Err(e) = tail.push_row((*row).clone()).await {
+                                tracing::warn!(error = %e, "ending a stream: cannot open a row");
+                                return None;
+                            }
                         }
                         Some(row) if row.seq <= tail.cursor => {}
                         _ => tail.behind = true,

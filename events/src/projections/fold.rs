@@ -93,7 +93,7 @@ impl Touched {
                 | BotReplyStopped(event::BotReplyStopped { bot_id, .. }) => {
                     touched.bots.insert(*bot_id);
                 }
-                ModelCallStopped(_) | UserErased(_) => {}
+                ModelCallStopped(_) | UserErased(_) | HistoryEncrypted(_) => {}
                 ReplyRegenerationRequested(_) => {}
                 ConversationCleared(event::ConversationCleared {
                     user_id,
@@ -228,7 +228,7 @@ impl Fold {
                 self.message(event, decoded, e.user_id, e.bot_id, &e.content);
                 self.set_status(e.reply_to.to_string(), MessageStatus::Stopped);
             }
-            DomainEvent::ModelCallStopped(_) => {}
+            DomainEvent::ModelCallStopped(_) | DomainEvent::HistoryEncrypted(_) => {}
             DomainEvent::UserErased(e) => self.erase_user(e.user_id),
             DomainEvent::ReplyRegenerationRequested(e) => self.reopen(e),
             DomainEvent::ConversationCleared(e) => {

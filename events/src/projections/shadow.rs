@@ -2,8 +2,9 @@
 //! replaying the log, that a rebuild swaps in and a verify compares against the
 //! live ones. The live tables are never written here.
 //!
-//! Only one rebuild or verify runs against a database at a time (a named lock that
-//! the server frees if the process dies), since both use the same shadow tables.
+//! Only one rebuild or verify runs against a database at a time (the
+//! [`ReplayLock`], a named lock that the server frees if the process dies), since
+//! both use the same shadow tables.
 //! Whatever happens, the next run starts by dropping and recreating them, so an
 //! interrupted run leaves nothing the next one could trip over.
 
@@ -19,7 +20,8 @@ use crate::store::EventStamp;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(
-        "another `worker replay rebuild` or `verify` is running against this database; \
+        "another `worker replay rebuild`, `verify` or `encrypt-history` is running against \
+         this database; \
          wait for it to finish (or stop it) and run this again"
     )]
     AlreadyRunning,
@@ -52,12 +54,45 @@ pub struct Progress {
     pub events: u64,
 }
 
+/// The replay lock: one replay tool at a time runs against a database
+/// (`rebuild`, `verify`, `encrypt-history`).
+pub struct ReplayLock {
+    /// Holds the named lock. Kept out of the pool, so that however this value is
+    /// dropped, the connection closes and the server frees the lock with it.
+    conn: MySqlConnection,
+}
+
+impl ReplayLock {
+    /// Takes the lock, or says who has it.
+    pub async fn take(pool: &MySqlPool) -> Result<Self, ReplayError> {
+        let mut conn = pool.acquire().await?.detach();
+        let locked: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT GET_LOCK({}, 0)",
+            crate::db::lock_name_sql("rebuild")
+        ))
+        .fetch_one(&mut conn)
+        .await?;
+        if locked != Some(1) {
+            return Err(ReplayError::AlreadyRunning);
+        }
+        Ok(Self { conn })
+    }
+
+    /// Frees the lock.
+    pub async fn release(&mut self) {
+        let _ = sqlx::query(&format!(
+            "SELECT RELEASE_LOCK({})",
+            crate::db::lock_name_sql("rebuild")
+        ))
+        .execute(&mut self.conn)
+        .await;
+    }
+}
+
 /// Shadow tables being filled, owned by the one replay allowed at a time.
 pub struct Shadow {
     pool: MySqlPool,
-    /// Holds the named lock. Kept out of the pool, so that however this value is
-    /// dropped, the connection closes and the server frees the lock with it.
-    lock: MySqlConnection,
+    lock: ReplayLock,
     batch: u32,
     pub progress: Progress,
 }
@@ -65,16 +100,7 @@ pub struct Shadow {
 impl Shadow {
     /// Takes the replay lock and creates empty shadow tables.
     pub async fn create(pool: &MySqlPool, batch: u32) -> Result<Self, ReplayError> {
-        let mut lock = pool.acquire().await?.detach();
-        let locked: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT GET_LOCK({}, 0)",
-            crate::db::lock_name_sql("rebuild")
-        ))
-        .fetch_one(&mut lock)
-        .await?;
-        if locked != Some(1) {
-            return Err(ReplayError::AlreadyRunning);
-        }
+        let lock = ReplayLock::take(pool).await?;
         drop_tables(pool).await?;
         for (live, shadow) in Tables::pairs() {
             sqlx::query(&format!("CREATE TABLE {shadow} LIKE {live}"))
@@ -152,12 +178,7 @@ impl Shadow {
 
     /// Frees the lock (the tables stay, e.g. after they were swapped in).
     pub async fn release(&mut self) {
-        let _ = sqlx::query(&format!(
-            "SELECT RELEASE_LOCK({})",
-            crate::db::lock_name_sql("rebuild")
-        ))
-        .execute(&mut self.lock)
-        .await;
+        self.lock.release().await;
     }
 }
 

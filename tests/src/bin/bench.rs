@@ -96,6 +96,72 @@ fn report(name: &str, figures: &Figures, original: f64) {
     );
 }
 
+/// CPU time a process has used so far (user and system).
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // utime and stime are fields 14 and 15; the name (field 2) may hold spaces.
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The processes running a program (by its `comm` name).
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// CPU used so far by every process a message goes through, by role: the
+/// apis, the workers, MariaDB, RabbitMQ, and this process (the load generator
+/// and the fake model).
+fn cpu_split(stack: &Stack) -> Vec<(&'static str, Duration)> {
+    let sum = |pids: Vec<u32>| pids.into_iter().map(cpu_time).sum::<Duration>();
+    vec![
+        ("mariadbd", sum(pids_named("mariadbd"))),
+        (
+            "worker",
+            sum(stack.workers.iter().filter_map(|w| w.pid()).collect()),
+        ),
+        ("RabbitMQ", sum(pids_named("beam.smp"))),
+        (
+            "api",
+            sum(stack.apis.iter().filter_map(|a| a.pid()).collect()),
+        ),
+        ("load generator + fake model", cpu_time(std::process::id())),
+    ]
+}
+
+/// CPU per message, summed over every process and split by process.
+fn report_cpu(before: &[(&str, Duration)], after: &[(&str, Duration)], messages: usize) {
+    let per_message = |used: Duration| used.as_secs_f64() * 1000.0 / messages.max(1) as f64;
+    let parts: Vec<(&str, f64)> = before
+        .iter()
+        .zip(after)
+        .map(|((name, b), (_, a))| (*name, per_message(a.saturating_sub(*b))))
+        .collect();
+    let total: f64 = parts.iter().map(|(_, ms)| ms).sum();
+    let split = parts
+        .iter()
+        .map(|(name, ms)| format!("{name} {ms:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("  CPU per message: {total:.2} ms ({split}) over {messages} messages");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // BENCH_SCENARIOS=history,healthz,uncached,list,chat,fanout,slow,stop picks scenarios
@@ -252,8 +318,11 @@ async fn main() -> anyhow::Result<()> {
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(16);
+        let before = cpu_split(&stack);
         let figures = load(clients, duration, post.clone()).await;
+        let after = cpu_split(&stack);
         report("new_chat, instant model, 16 clients", &figures, 40.0);
+        report_cpu(&before, &after, figures.requests);
     }
     if wanted("fanout") {
         fanout(&stack).await?;
@@ -283,20 +352,7 @@ fn api_figures(pid: u32) -> anyhow::Result<(u64, u64, Duration)> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // utime and stime are fields 14 and 15; the name (field 2) may hold spaces.
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<u64> = after_name
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    // Linux reports CPU time in clock ticks of 1/100 s.
-    Ok((
-        kib("VmRSS:") / 1024,
-        kib("VmHWM:") / 1024,
-        Duration::from_millis(ticks * 10),
-    ))
+    Ok((kib("VmRSS:") / 1024, kib("VmHWM:") / 1024, cpu_time(pid)))
 }
 
 /// Stops, one at a time, each sent to the second api while the first api's

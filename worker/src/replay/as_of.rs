@@ -14,13 +14,14 @@ use events::event::{stream, BotId, DomainEvent, UserId};
 use events::projections::fold::Fold;
 use events::projections::rows::{history_rows, RowFormat};
 use events::projections::shadow::ReplayError::Unreadable;
+use events::sealing::Keyring;
 use events::store::{recorded_from_row, SELECT_EVENTS};
 
 use super::ReplayError;
 
 /// The conversation's rows at `as_of`, in the route's shape.
 pub async fn history_as_of(
-    pool: &MySqlPool,
+    (pool, keyring): (&MySqlPool, &Keyring),
     user: UserId,
     bot: BotId,
     as_of: DateTime<Utc>,
@@ -83,5 +84,7 @@ pub async fn history_as_of(
             }
         }
     }
-    Ok(history_rows(fold.into_history(), format))
+    let mut rows = fold.into_history();
+    keyring.open_rows(&mut rows).await?;
+    Ok(history_rows(rows, format))
 }

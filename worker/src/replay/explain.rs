@@ -84,12 +84,13 @@ pub async fn explain(
     }
     let bot = bots
         .bots
-        .get(&reply.bot_id)
+        .remove(&reply.bot_id)
         .ok_or_else(|| ReplayError::NotFound(format!("bot {} is not in the log", reply.bot_id)))?;
+    let bot = keyring.open_row(bot).await?;
     let profile = BotProfile {
-        name: bot.chatbot_name.clone(),
         kind: bot.kind(),
-        persona: bot.chatbot_persona.clone(),
+        name: bot.chatbot_name,
+        persona: bot.chatbot_persona,
     };
     // The conversation just before the reply: the turns as the worker read them.
     let chat = read_stream(
@@ -124,7 +125,8 @@ pub async fn explain(
         }
         conversation.apply(&event.stamp(), &decoded);
     }
-    let rows = conversation.into_history();
+    let mut rows = conversation.into_history();
+    keyring.open_rows(&mut rows).await?;
     let exchanges = exchanges(&rows, &snapshot);
     let prompt = build_prompt(
         &profile,

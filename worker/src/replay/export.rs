@@ -101,30 +101,15 @@ pub async fn export(
         let Some(last) = events.last() else { break };
         position = last.global_position;
         for mut event in events {
-            open_sealed(keyring, &mut event).await?;
+            // Personal texts as their readers see them: the text, or
+            // "[erased]"; one that does not authenticate is refused by name.
+            keyring.open_event(&mut event).await?;
             sink.write(&exported(event, filter.upcast)?)?;
             written += 1;
         }
     }
     sink.finish()?;
     Ok(written)
-}
-
-/// Sealed text fields as their readers see them: the text, or `"[erased]"`
-/// when its key was destroyed. One that does not authenticate is refused, by
-/// event and field.
-async fn open_sealed(keyring: &Keyring, event: &mut RecordedEvent) -> Result<(), ReplayError> {
-    let serde_json::Value::Object(fields) = &mut event.payload else {
-        return Ok(());
-    };
-    for (name, value) in fields.iter_mut() {
-        let Some(text) = value.as_str().filter(|t| events::sealing::is_sealed(t)) else {
-            continue;
-        };
-        let opened = keyring.open(text, name, Some(event.event_id)).await?;
-        *value = serde_json::Value::String(opened.into_text());
-    }
-    Ok(())
 }
 
 enum Sink<'w, W: Write> {

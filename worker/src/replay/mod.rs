@@ -8,13 +8,17 @@
 //! - `history --as-of`: one conversation as it stood at an instant;
 //! - `usage`: what each user's model calls cost per day and model, for billing;
 //! - `explain --message`: a reply's prompt rebuilt from the log and checked
-//!   against the digest the reply recorded.
+//!   against the digest the reply recorded;
+//! - `rotate-kek`: every data key rewrapped under a new key-encryption key;
+//! - `encrypt-history`: the texts earlier releases wrote in the clear, sealed
+//!   in place.
 //!
 //! The replay machinery itself lives in `events::projections` (`shadow`, `rebuild`,
 //! `verify`); this module drives it and reports.
 
 pub mod as_of;
 pub mod billing;
+pub mod encrypt_history;
 pub mod explain;
 pub mod export;
 pub mod progress;
@@ -48,6 +52,8 @@ pub enum ReplayError {
     Encode(#[from] serde_json::Error),
     #[error(transparent)]
     Sealed(#[from] events::sealing::SealError),
+    #[error("cannot record the run in the log: {0}")]
+    Append(#[from] events::store::AppendError),
 }
 
 pub async fn rebuild(

@@ -8,9 +8,13 @@
 //! data key makes every copy of what it sealed unreadable: in the log, in
 //! replicas, in backups and in exports, which show `"[erased]"` instead.
 //!
-//! Keys belong to a scope; today one: a conversation's memory
-//! (`memory:<user>:<bot>`), which `chat/memory/forget` destroys, so that what
-//! was remembered before is gone, and new memory gets a new key.
+//! Keys belong to a [`Scope`]: a user (`user:<id>`: their messages, the
+//! replies to them, their bots' names and personas), destroyed with the
+//! account; and a conversation's memory (`memory:<user>:<bot>`), which
+//! `chat/memory/forget` destroys alone, so that what was remembered before is
+//! gone, and new memory gets a new key. Which fields of which events are
+//! personal is [`personal`]'s to say: the store seals every append with it, and
+//! every reader opens with it.
 //!
 //! A sealed field is a string `sealed:v1:<key id>:<event id>:<base64 nonce and
 //! ciphertext>`. Read models keep the sealed text as the events have it (a
@@ -32,8 +36,9 @@ use uuid::Uuid;
 
 use crate::config::{env_opt, ConfigError};
 use crate::event::{BotId, UserId};
-use crate::projections::ConversationMemory;
-use crate::record::NewEvent;
+
+mod personal;
+pub use personal::{SealedField, SealedText};
 
 /// What an erased text reads as.
 pub const ERASED: &str = "[erased]";
@@ -58,9 +63,30 @@ pub enum SealError {
     Database(#[from] sqlx::Error),
 }
 
+/// Whose a data key is: what destroying it erases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A user's texts; destroyed only with the account, so this process may
+    /// keep using the key it knows (a text sealed under a key destroyed
+    /// meanwhile is erased with the rest, as it should be).
+    User(UserId),
+    /// A conversation's memory; `forget` destroys it and the next memory gets
+    /// a new key, so its current key is looked up each time.
+    Memory(UserId, BotId),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::User(user) => write!(f, "user:{user}"),
+            Scope::Memory(user, bot) => write!(f, "memory:{user}:{bot}"),
+        }
+    }
+}
+
 /// A conversation's memory: the scope `forget` destroys.
 pub fn memory_scope(user: UserId, bot: BotId) -> String {
-    format!("memory:{user}:{bot}")
+    Scope::Memory(user, bot).to_string()
 }
 
 /// The key-encryption key, from `DATA_KEY_ENCRYPTION_KEY` (base64 of 32 bytes),
@@ -143,12 +169,18 @@ pub struct Rotation {
     pub current: u64,
 }
 
+/// A data key's id, and the key.
+type DataKey = (String, Arc<Aes256Gcm>);
+
 /// Data keys: made, unwrapped (cached), destroyed.
 #[derive(Clone)]
 pub struct Keyring {
     pool: MySqlPool,
     kek: Kek,
+    /// Unwrapped keys, by id.
     cache: Arc<Mutex<LruCache<String, Arc<Aes256Gcm>>>>,
+    /// Each user's key to seal with, so that sealing a message makes no query.
+    sealing: Arc<Mutex<LruCache<UserId, DataKey>>>,
 }
 
 /// A text as a reader gets it.
@@ -180,6 +212,9 @@ impl Keyring {
             cache: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(CACHED_KEYS).unwrap_or(NonZeroUsize::MIN),
             ))),
+            sealing: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(CACHED_KEYS).unwrap_or(NonZeroUsize::MIN),
+            ))),
         }
     }
 
@@ -187,11 +222,11 @@ impl Keyring {
     /// current key (made if it has none).
     pub async fn seal(
         &self,
-        scope: &str,
+        scope: Scope,
         (event_id, field): (Uuid, &str),
         text: &str,
     ) -> Result<String, SealError> {
-        let (key_id, key) = self.current_key(scope).await?;
+        let (key_id, key) = self.sealing_key(scope).await?;
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let aad = associated(&event_id.to_string(), field);
@@ -297,11 +332,42 @@ impl Keyring {
                 cache.pop(key);
             }
         }
+        if let Ok(mut sealing) = self.sealing.lock() {
+            let destroyed: Vec<UserId> = sealing
+                .iter()
+                .filter(|(_, (key_id, _))| keys.contains(key_id))
+                .map(|(user, _)| *user)
+                .collect();
+            for user in destroyed {
+                sealing.pop(&user);
+            }
+        }
         Ok(deleted)
     }
 
+    /// The key to seal `scope`'s texts with: a user's from memory once known,
+    /// a memory's looked up each time (see [`Scope`]).
+    async fn sealing_key(&self, scope: Scope) -> Result<DataKey, SealError> {
+        let Scope::User(user) = scope else {
+            return self.current_key(&scope.to_string()).await;
+        };
+        if let Some(known) = self
+            .sealing
+            .lock()
+            .ok()
+            .and_then(|mut s| s.get(&user).cloned())
+        {
+            return Ok(known);
+        }
+        let current = self.current_key(&scope.to_string()).await?;
+        if let Ok(mut sealing) = self.sealing.lock() {
+            sealing.put(user, current.clone());
+        }
+        Ok(current)
+    }
+
     /// The scope's newest key, made (and stored, wrapped) if it has none.
-    async fn current_key(&self, scope: &str) -> Result<(String, Arc<Aes256Gcm>), SealError> {
+    async fn current_key(&self, scope: &str) -> Result<DataKey, SealError> {
         let existing: Option<(String, Vec<u8>)> = sqlx::query_as(
             "SELECT key_id, wrapped FROM data_keys WHERE scope = ? ORDER BY created_at DESC LIMIT 1",
         )
@@ -450,43 +516,6 @@ impl Keyring {
             cache.put(key_id.to_string(), key.clone());
         }
         Ok(key)
-    }
-}
-
-impl Keyring {
-    /// A conversation's memory as its readers use it: its texts opened (the
-    /// read model keeps them sealed); an erased text is no memory.
-    pub async fn open_memory(
-        &self,
-        mut memory: ConversationMemory,
-    ) -> Result<ConversationMemory, SealError> {
-        for (text, field) in [
-            (&mut memory.summary, "summary"),
-            (&mut memory.profile, "profile"),
-        ] {
-            if let Some(sealed) = text.take() {
-                *text = match self.open(&sealed, field, None).await? {
-                    Opened::Text(opened) => Some(opened),
-                    Opened::Erased => None,
-                };
-            }
-        }
-        Ok(memory)
-    }
-
-    /// Seals the string field `field` of `event`'s payload under `scope`.
-    pub async fn seal_field(
-        &self,
-        scope: &str,
-        event: &mut NewEvent,
-        field: &str,
-    ) -> Result<(), SealError> {
-        let Some(text) = event.payload.get(field).and_then(|v| v.as_str()) else {
-            return Ok(());
-        };
-        let sealed = self.seal(scope, (event.event_id, field), text).await?;
-        event.payload[field] = serde_json::Value::String(sealed);
-        Ok(())
     }
 }
 

@@ -1,0 +1,5 @@
+// `sqlx::migrate!` embeds the migrations at compile time: a new file in
+// migrations/ must rebuild this crate.
+fn main() {
+    println!("cargo:rerun-if-changed=../migrations");
+}

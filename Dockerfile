@@ -8,7 +8,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 chatbot
+    && useradd --system --uid 10001 chatbot \
+    && mkdir /keys && chown chatbot /keys
 COPY --from=build /src/target/release/api /src/target/release/worker /usr/local/bin/
 USER chatbot
 ENV BIND_ADDR=0.0.0.0:8000

@@ -472,6 +472,30 @@ impl DomainEvent {
         }
     }
 
+    /// The user whose data the event is about; `None` for an operator's.
+    pub fn user_id(&self) -> Option<UserId> {
+        Some(match self {
+            DomainEvent::BotCreated(e) => e.user_id,
+            DomainEvent::BotUpdated(e) => e.user_id,
+            DomainEvent::BotDeleted(e) => e.user_id,
+            DomainEvent::UserMessagePosted(e) => e.user_id,
+            DomainEvent::BotReplyGenerated(e) => e.user_id,
+            DomainEvent::BotReplyFailed(e) => e.user_id,
+            DomainEvent::BotReplyStopped(e) => e.user_id,
+            DomainEvent::ModelCallStopped(e) => e.user_id,
+            DomainEvent::ReplyRegenerationRequested(e) => e.user_id,
+            DomainEvent::ConversationCleared(e) => e.user_id,
+            DomainEvent::SessionStarted(e) => e.user_id,
+            DomainEvent::SessionRefreshed(e) => e.user_id,
+            DomainEvent::SessionRevoked(e) => e.user_id,
+            DomainEvent::ConversationSummarized(e) => e.user_id,
+            DomainEvent::UserProfileUpdated(e) => e.user_id,
+            DomainEvent::MemoryErased(e) => e.user_id,
+            DomainEvent::UserErased(e) => e.user_id,
+            DomainEvent::HistoryEncrypted(_) => return None,
+        })
+    }
+
     /// The schema version written for new events of this type.
     pub fn schema_version(&self) -> u16 {
         crate::upcast::current_version(self.event_type())

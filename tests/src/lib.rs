@@ -201,6 +201,8 @@ where
 /// The key-encryption key every process of a test stack gets (see `Stack::env`,
 /// which passes it in base64).
 pub const TEST_KEK: &[u8; 32] = b"system-test-key-encryption-key!!";
+/// [`TEST_KEK`] as the processes read it.
+pub const TEST_KEK_BASE64: &str = "c3lzdGVtLXRlc3Qta2V5LWVuY3J5cHRpb24ta2V5ISE=";
 
 /// A keyring that opens what a test stack sealed.
 pub fn test_keyring(pool: &MySqlPool) -> events::sealing::Keyring {

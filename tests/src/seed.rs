@@ -1,7 +1,7 @@
 //! A synthetic event log, written in bulk through the event store (not HTTP), for
 //! replay benchmarks and tests: users with sessions and bots, one conversation per
 //! bot with messages, replies, an occasional failure, memory every six messages, and
-//! a few deleted bots. The live views are left empty (the store runs with
+//! a few deleted bots, their texts sealed (or not, as before sealing). The live views are left empty (the store runs with
 //! [`crate::NoProjection`]); a rebuild fills them.
 
 use std::sync::Arc;
@@ -22,6 +22,9 @@ pub struct SeedPlan {
     pub bots_per_user: i64,
     /// The log's size, roughly (it is filled conversation by conversation).
     pub events: u64,
+    /// Texts sealed, as today's release writes them; or in the clear, as
+    /// releases before sealing did.
+    pub sealed: bool,
 }
 
 /// Appends the plan's events; returns how many were written.
@@ -30,7 +33,10 @@ pub async fn seed_log(
     plan: SeedPlan,
     mut progress: impl FnMut(u64),
 ) -> anyhow::Result<u64> {
-    let store = EventStore::new(pool.clone(), Arc::new(crate::NoProjection));
+    let mut store = EventStore::new(pool.clone(), Arc::new(crate::NoProjection));
+    if plan.sealed {
+        store = store.sealing_with(crate::test_keyring(pool));
+    }
     let conversations = (plan.users * plan.bots_per_user).max(1) as u64;
     let deletions = conversations / 20;
     let overhead = plan.users as u64 * 2 + conversations + deletions;

@@ -191,7 +191,7 @@ impl Stack {
             // 32 bytes, base64: the key-encryption key of the sealed texts.
             (
                 "DATA_KEY_ENCRYPTION_KEY",
-                "c3lzdGVtLXRlc3Qta2V5LWVuY3J5cHRpb24ta2V5ISE=".to_string(),
+                crate::TEST_KEK_BASE64.to_string(),
             ),
             ("OPENAI_API_KEY", "test-key".to_string()),
             ("OPENAI_BASE_URL", self.model.base_url.clone()),

@@ -679,6 +679,7 @@ async fn an_interrupted_rebuild_leaves_the_live_views_and_a_second_run_is_refuse
         users: 20,
         bots_per_user: 5,
         events: 20_000,
+        sealed: true,
     };
     seed_log(&pool, plan, |_| {}).await?;
     let env = vec![(
@@ -769,6 +770,7 @@ async fn on_a_terminal_the_rebuild_draws_a_progress_bar() -> anyhow::Result<()> 
         users: 10,
         bots_per_user: 2,
         events: 4_000,
+        sealed: true,
     };
     seed_log(&pool, plan, |_| {}).await?;
     // `script` gives the command a pseudo-terminal and records what it drew.

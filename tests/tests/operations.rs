@@ -1,5 +1,6 @@
-//! What an operator sees (review items 18, 27, 28, 29, 30): production refuses a
-//! published secret, processes wait for a database that is not up yet, broker
+//! What an operator sees (review items 18, 27, 28, 29, 30; issue 25): production
+//! refuses a published secret and a missing key-encryption key (which it also
+//! takes from a file), processes wait for a database that is not up yet, broker
 //! blips reconnect fast every time, SIGTERM waits its grace period once, and
 //! handled conditions are not logged as errors.
 
@@ -10,7 +11,7 @@ use serde_json::json;
 use system_tests::{eventually, free_port, wait_until_answered, Client, Stack, StackOptions};
 
 #[tokio::test]
-async fn production_refuses_a_short_or_published_jwt_secret() -> anyhow::Result<()> {
+async fn production_refuses_a_short_or_published_jwt_secret_or_no_data_key() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {
         apis: 0,
         workers: 0,
@@ -30,9 +31,32 @@ async fn production_refuses_a_short_or_published_jwt_secret() -> anyhow::Result<
         assert!(!ok, "{secret:?} is refused");
         assert!(api.log_text().contains("JWT_SECRET"), "{}", api.log_text());
     }
+    let strong = "q3J8vR1xL0sT6yW2nB5mK9pD4fH7gZ1c-long-enough-and-random";
+    // No key-encryption key: neither process starts, and both say which.
+    for program in ["api", "worker"] {
+        let mut process = stack.start_process(
+            program,
+            &format!("no-kek-{program}"),
+            &[
+                ("APP_ENV", "production"),
+                ("JWT_SECRET", strong),
+                ("DATA_KEY_ENCRYPTION_KEY", ""),
+            ],
+        )?;
+        let ok = process.wait(Duration::from_secs(20)).await?;
+        assert!(!ok, "{program} starts without a key-encryption key");
+        let log = process.log_text();
+        assert!(
+            log.contains("DATA_KEY_ENCRYPTION_KEY") && log.contains("APP_ENV=production"),
+            "{log}"
+        );
+    }
+    // A key from a file (a mounted secret) is one.
+    let kek_file = std::env::temp_dir().join(format!("kek-{}", uuid::Uuid::now_v7()));
+    std::fs::write(&kek_file, "c3lzdGVtLXRlc3Qta2V5LWVuY3J5cHRpb24ta2V5ISE=\n")?;
+    let kek_path = kek_file.to_string_lossy().into_owned();
     let port = free_port()?;
     let bind = format!("127.0.0.1:{port}");
-    let strong = "q3J8vR1xL0sT6yW2nB5mK9pD4fH7gZ1c-long-enough-and-random";
     let mut api = stack.start_process(
         "api",
         "strong",
@@ -40,12 +64,15 @@ async fn production_refuses_a_short_or_published_jwt_secret() -> anyhow::Result<
             ("APP_ENV", "production"),
             ("JWT_SECRET", strong),
             ("BIND_ADDR", &bind),
+            ("DATA_KEY_ENCRYPTION_KEY", ""),
+            ("DATA_KEY_ENCRYPTION_KEY_FILE", &kek_path),
         ],
     )?;
     Client::new(format!("http://{bind}"))
         .wait_for_ok("/readyz", None, Duration::from_secs(30))
         .await?;
     assert!(api.is_running());
+    let _ = std::fs::remove_file(&kek_file);
     stack.teardown().await
 }
 

@@ -43,6 +43,40 @@ pub enum ReplayError {
     Database(#[from] sqlx::Error),
 }
 
+/// Connections writing the shadow tables side by side, each for its share of
+/// the users.
+const LANES: usize = 2;
+/// Tries of one lane's share when the server picks it as a deadlock's victim
+/// (two lanes may lock neighbouring gaps of an index).
+const LANE_TRIES: usize = 5;
+
+/// Writes one lane's share of a batch in its own transaction (read committed:
+/// no gap locks taken by its reads), again if it is a deadlock's victim.
+async fn write_share(pool: &MySqlPool, share: &DecodedBatch) -> Result<(), sqlx::Error> {
+    if share.is_empty() {
+        return Ok(());
+    }
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut conn = pool.acquire().await?;
+        // Without GLOBAL or SESSION: for the next transaction alone.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let written = match bulk::apply_batch(&mut tx, &Tables::SHADOW, share).await {
+            Ok(()) => tx.commit().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Err(sqlx::Error::Database(e))
+                if tries < LANE_TRIES && matches!(e.code().as_deref(), Some("40001")) => {}
+            other => return other,
+        }
+    }
+}
+
 /// Where a replay stands, for a progress display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -141,7 +175,9 @@ impl Shadow {
             self.batch,
             batches,
         ));
-        let mut conn = self.pool.acquire().await?;
+        // Each lane writes its users' events on its own connection, side by
+        // side: every read-model row belongs to one user, so lanes never write
+        // the same row, and each commits its share of a batch on its own.
         let outcome = loop {
             let batch = tokio::select! {
                 batch = incoming.recv() => batch,
@@ -152,12 +188,25 @@ impl Shadow {
                 Ok(batch) => batch,
                 Err(e) => break Err(e),
             };
-            if let Err(e) = write_batch(&mut conn, &batch).await {
+            let last = batch.last().map(|(stamp, _)| stamp.global_position);
+            let events = batch.len();
+            let mut shares: Vec<DecodedBatch> = (0..LANES).map(|_| Vec::new()).collect();
+            for (stamp, event) in batch {
+                let lane = event
+                    .user_id()
+                    .map_or(0, |user| user.rem_euclid(LANES as i64) as usize);
+                shares[lane].push((stamp, event));
+            }
+            let written = futures::future::try_join_all(
+                shares.iter().map(|share| write_share(&self.pool, share)),
+            )
+            .await;
+            if let Err(e) = written {
                 break Err(e.into());
             }
-            if let Some((last, _)) = batch.last() {
-                self.progress.position = last.global_position;
-                self.progress.events += batch.len() as u64;
+            if let Some(last) = last {
+                self.progress.position = last;
+                self.progress.events += events as u64;
             }
             report(self.progress);
         };
@@ -243,12 +292,6 @@ async fn read_batch(pool: &MySqlPool, after: i64, limit: u32) -> Result<DecodedB
             Ok((stamp, decoded))
         })
         .collect()
-}
-
-async fn write_batch(conn: &mut MySqlConnection, batch: &DecodedBatch) -> Result<(), sqlx::Error> {
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    bulk::apply_batch(&mut tx, &Tables::SHADOW, batch).await?;
-    tx.commit().await
 }
 
 async fn drop_tables(pool: &MySqlPool) -> Result<(), sqlx::Error> {

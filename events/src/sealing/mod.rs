@@ -25,7 +25,7 @@
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -117,22 +117,45 @@ impl Kek {
         Ok(kek)
     }
 
+    /// The current key: `DATA_KEY_ENCRYPTION_KEY`, or the file named by
+    /// `DATA_KEY_ENCRYPTION_KEY_FILE` (a secret mounted into a container).
+    /// Required when `APP_ENV=production`, as `JWT_SECRET` is; elsewhere a
+    /// fixed development key stands in, with a warning.
     fn current_from_env() -> Result<Self, ConfigError> {
+        const NAME: &str = "DATA_KEY_ENCRYPTION_KEY";
         let production = std::env::var("APP_ENV").is_ok_and(|env| env == "production");
-        let Some(value) = env_opt("DATA_KEY_ENCRYPTION_KEY") else {
-            // Not yet refused in production: the compose rehearsal sets only
-            // JWT_SECRET. It will be, as JWT_SECRET is (see the README).
-            if production {
-                tracing::error!("DATA_KEY_ENCRYPTION_KEY is not set in production: sealed texts are protected by the development key, which anyone can read; set it (`openssl rand -base64 32`) and back it up");
-            } else {
-                tracing::warn!("DATA_KEY_ENCRYPTION_KEY is not set: using the development key; never do this in production");
+        let value = match (env_opt(NAME), env_opt("DATA_KEY_ENCRYPTION_KEY_FILE")) {
+            (Some(value), _) => Some(value),
+            (None, Some(path)) => {
+                Some(
+                    std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                        name: "DATA_KEY_ENCRYPTION_KEY_FILE",
+                        value: path.clone(),
+                        reason: format!("cannot be read: {e}"),
+                    })?,
+                )
             }
+            (None, None) => None,
+        };
+        let Some(value) = value else {
+            if production {
+                return Err(ConfigError::Invalid {
+                    name: NAME,
+                    value: String::new(),
+                    reason:
+                        "must be set when APP_ENV=production (or DATA_KEY_ENCRYPTION_KEY_FILE): \
+                             32 random bytes in base64, e.g. `openssl rand -base64 32`; back it up \
+                             apart from the database, since nothing sealed opens without it"
+                            .into(),
+                });
+            }
+            tracing::warn!("DATA_KEY_ENCRYPTION_KEY is not set: using the development key; never do this in production");
             return Ok(Self::from_bytes(&DEVELOPMENT_KEK));
         };
-        let bytes = decode_key("DATA_KEY_ENCRYPTION_KEY", &value)?;
+        let bytes = decode_key(NAME, &value)?;
         if production && bytes.as_slice() == DEVELOPMENT_KEK.as_slice() {
             return Err(ConfigError::Invalid {
-                name: "DATA_KEY_ENCRYPTION_KEY",
+                name: NAME,
                 value: "(hidden)".into(),
                 reason: "is the development key, which anyone can read".into(),
             });
@@ -261,45 +284,41 @@ impl Keyring {
         field: &str,
         of_event: Option<Uuid>,
     ) -> Result<Opened, SealError> {
-        let Some(rest) = text.strip_prefix(PREFIX) else {
+        let Some(sealed) = Sealed::parse(text, field, of_event)? else {
             return Ok(Opened::Text(text.to_string()));
         };
-        let malformed = || SealError::Malformed {
-            event_id: of_event.map(|e| e.to_string()).unwrap_or_default(),
-            field: field.to_string(),
-        };
-        let mut parts = rest.splitn(3, ':');
-        let (Some(key_id), Some(event_id), Some(body)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed());
-        };
-        let tampered = || SealError::Tampered {
-            event_id: event_id.to_string(),
-            field: field.to_string(),
-        };
-        if of_event.is_some_and(|e| e.to_string() != event_id) {
-            return Err(tampered());
+        match self.key(sealed.key_id).await? {
+            Some(key) => sealed.open_with(&key, field).map(Opened::Text),
+            None => Ok(Opened::Erased),
         }
-        let body = BASE64.decode(body).map_err(|_| malformed())?;
-        if body.len() < 12 {
-            return Err(malformed());
+    }
+
+    /// Opens many texts, looking each key up once: a conversation's texts
+    /// mostly share one.
+    pub(crate) async fn open_all(
+        &self,
+        texts: Vec<(&mut String, &'static str)>,
+    ) -> Result<(), SealError> {
+        let mut last: Option<(String, Option<Arc<Aes256Gcm>>)> = None;
+        for (text, field) in texts {
+            let Some(sealed) = Sealed::parse(text, field, None)? else {
+                continue;
+            };
+            let key = match &last {
+                Some((id, key)) if id == sealed.key_id => key.clone(),
+                _ => {
+                    let key = self.key(sealed.key_id).await?;
+                    last = Some((sealed.key_id.to_string(), key.clone()));
+                    key
+                }
+            };
+            let opened = match key {
+                Some(key) => sealed.open_with(&key, field)?,
+                None => ERASED.to_string(),
+            };
+            *text = opened;
         }
-        let Some(key) = self.key(key_id).await? else {
-            return Ok(Opened::Erased);
-        };
-        let aad = associated(event_id, field);
-        let plain = key
-            .decrypt(
-                &nonce_of(&body[..12]),
-                Payload {
-                    msg: &body[12..],
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| tampered())?;
-        String::from_utf8(plain)
-            .map(Opened::Text)
-            .map_err(|_| tampered())
+        Ok(())
     }
 
     /// Destroys every key of `scope`: what they sealed is unreadable for good.
@@ -516,6 +535,65 @@ impl Keyring {
             cache.put(key_id.to_string(), key.clone());
         }
         Ok(key)
+    }
+}
+
+/// A sealed text, taken apart: which key sealed it, for which event, and the
+/// nonce and ciphertext.
+struct Sealed<'t> {
+    key_id: &'t str,
+    event_id: &'t str,
+    body: Vec<u8>,
+}
+
+impl<'t> Sealed<'t> {
+    /// `None` for a plain text; an error for a malformed one, or one sealed
+    /// for another event than `of_event`.
+    fn parse(
+        text: &'t str,
+        field: &str,
+        of_event: Option<Uuid>,
+    ) -> Result<Option<Self>, SealError> {
+        let Some(rest) = text.strip_prefix(PREFIX) else {
+            return Ok(None);
+        };
+        let malformed = || SealError::Malformed {
+            event_id: of_event.map(|e| e.to_string()).unwrap_or_default(),
+            field: field.to_string(),
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(key_id), Some(event_id), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        if of_event.is_some_and(|e| e.to_string() != event_id) {
+            return Err(SealError::Tampered {
+                event_id: event_id.to_string(),
+                field: field.to_string(),
+            });
+        }
+        let body = BASE64.decode(body).map_err(|_| malformed())?;
+        if body.len() < 12 {
+            return Err(malformed());
+        }
+        Ok(Some(Self {
+            key_id,
+            event_id,
+            body,
+        }))
+    }
+
+    fn open_with(mut self, key: &Aes256Gcm, field: &str) -> Result<String, SealError> {
+        let tampered = || SealError::Tampered {
+            event_id: self.event_id.to_string(),
+            field: field.to_string(),
+        };
+        let nonce = nonce_of(&self.body[..12]);
+        let aad = associated(self.event_id, field);
+        let mut text = self.body.split_off(12);
+        key.decrypt_in_place(&nonce, aad.as_bytes(), &mut text)
+            .map_err(|_| tampered())?;
+        String::from_utf8(text).map_err(|_| tampered())
     }
 }
 

@@ -163,14 +163,8 @@ impl Keyring {
     /// Opens the texts of read-model rows in place (an erased one reads
     /// `"[erased]"`).
     pub async fn open_rows<T: SealedText>(&self, rows: &mut [T]) -> Result<(), SealError> {
-        for row in rows {
-            for (text, field) in row.sealed_texts() {
-                if is_sealed(text) {
-                    *text = self.open(text, field, None).await?.into_text();
-                }
-            }
-        }
-        Ok(())
+        let texts: Vec<_> = rows.iter_mut().flat_map(SealedText::sealed_texts).collect();
+        self.open_all(texts).await
     }
 
     /// One row, opened.

@@ -25,6 +25,7 @@ async fn run_worker(database_url: &str, args: &[&str]) -> anyhow::Result<Run> {
         .arg("replay")
         .args(args)
         .env("DATABASE_URL", database_url)
+        .env("DATA_KEY_ENCRYPTION_KEY", system_tests::TEST_KEK_BASE64)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -76,6 +77,9 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
     let batch = std::env::var("REPLAY_BENCH_BATCH").unwrap_or_else(|_| "2000".into());
+    // REPLAY_BENCH_SEALED=0: a log in the clear, as releases before sealing
+    // wrote, to see what sealing costs a rebuild.
+    let sealed = std::env::var("REPLAY_BENCH_SEALED").map_or(true, |v| v != "0");
     for events in sizes {
         let isolation = Isolation::new();
         let pool = isolation.migrated_pool().await?;
@@ -83,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             users: 1000,
             bots_per_user: 10,
             events,
+            sealed,
         };
         let started = Instant::now();
         let mut last_print = Instant::now();
@@ -102,10 +107,11 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
         println!(
-            "log: {written} events over {} conversations and {} users, {:.0} MiB on disk \
-             (events table with its indexes); seeded in {:.1} s",
+            "log: {written} events over {} conversations and {} users, texts {}, {:.0} MiB \
+             on disk (events table with its indexes); seeded in {:.1} s",
             plan.users * plan.bots_per_user,
             plan.users,
+            if sealed { "sealed" } else { "in the clear" },
             on_disk as f64 / 1048576.0,
             seeding.as_secs_f64()
         );

@@ -66,6 +66,17 @@ pub enum AppendError {
     Sealing(crate::sealing::SealError),
 }
 
+impl AppendError {
+    /// The events are about a user whose account was erased meanwhile: there
+    /// is nothing to record, now or later.
+    pub fn is_user_erased(&self) -> bool {
+        matches!(
+            self,
+            AppendError::Sealing(crate::sealing::SealError::Erased(_))
+        )
+    }
+}
+
 impl From<crate::sealing::SealError> for AppendError {
     /// A database failure while sealing is a database failure of the append
     /// (an outage is waited out the same way).

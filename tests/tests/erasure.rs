@@ -221,6 +221,10 @@ async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Resul
         .await?;
     client.chat(&token, bot, "MARKER-QX-A1 my diary").await?;
     client.chat(&token, bot, "MARKER-QX-A2 my secrets").await?;
+    // A text that only looks sealed is a user's text like any other: sealed,
+    // and read back as written.
+    let lookalike = "sealed:v1:MARKER-QX-A3:not:sealed";
+    client.chat(&token, bot, lookalike).await?;
     memory(&client, &token, bot, 3).await?;
     // Texts an earlier release wrote in the clear (before `encrypt-history`):
     // erasure blanks them in place.
@@ -249,6 +253,7 @@ async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Resul
         .get(&format!("/chat/history?chatbot_id={bot}"), Some(&token))
         .await?;
     assert!(mine.body.to_string().contains("MARKER-QX-A1"), "{mine:?}");
+    assert!(mine.body.to_string().contains(lookalike), "{mine:?}");
 
     // Only the account's user, with its password.
     let path = format!("/users/users/{user}/");
@@ -297,6 +302,19 @@ async fn deleting_an_account_erases_everything_its_user_wrote() -> anyhow::Resul
     assert!(client.login("erasable", "pass word").await.is_err());
     let (again, _, _) = client.signup("erasable", "pass word").await?;
     assert_ne!(again, user);
+    // Nothing more is ever sealed for the erased user (a reply or a memory
+    // written as the account went): no key is made for them again.
+    let late = system_tests::test_keyring(&stack.pool()?)
+        .seal(
+            events::sealing::Scope::User(user),
+            (uuid::Uuid::now_v7(), "content"),
+            "written as the account went",
+        )
+        .await;
+    assert!(
+        matches!(late, Err(events::sealing::SealError::Erased(u)) if u == user),
+        "{late:?}"
+    );
 
     // The log keeps the events, with nothing of the user's in them.
     let (ok, exported, err) = replay(&stack, &["export", "--user", &user.to_string()]).await?;

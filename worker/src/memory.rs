@@ -317,7 +317,16 @@ impl MemoryKeeper {
         .collect::<Result<Vec<_>, _>>()?;
         // The store seals what is remembered under the conversation's memory
         // key, which `forget` destroys.
-        let recorded = self.record(job, covers, &events).await;
+        let recorded = match self.record(job, covers, &events).await {
+            Err(MemoryError::Append(e)) if e.is_user_erased() => {
+                tracing::info!(
+                    user_id = job.user_id,
+                    "the user was erased; their memory is not recorded"
+                );
+                Ok(())
+            }
+            other => other,
+        };
         if let Some(reservation) = reservation {
             if let Err(e) = events::budget::release(self.store.pool(), reservation).await {
                 tracing::debug!(error = %e, "could not release a budget reservation; it expires on its own");

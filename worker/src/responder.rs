@@ -101,6 +101,10 @@ impl RespondError {
     /// Worth another try later (the delivery is requeued), as opposed to a message
     /// that can never be answered (dead-lettered).
     pub fn is_transient(&self) -> bool {
+        // The user was erased meanwhile: the message is gone with them.
+        if matches!(self, RespondError::Append(e) if e.is_user_erased()) {
+            return false;
+        }
         matches!(
             self,
             RespondError::Database(_)

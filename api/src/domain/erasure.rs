@@ -6,7 +6,8 @@
 //! those are blanked in place, the sanctioned rewrite of stored events, so
 //! that erasure is never partial. In order:
 //! 1. every session is revoked (its tokens stop working on every api);
-//! 2. the user's data keys are destroyed (theirs, and their memories');
+//! 2. the user's data keys are destroyed (theirs, and their memories'), and a
+//!    tombstone keeps any new one from being made for them;
 //! 3. their texts still in the clear in the log are replaced by `"[erased]"`
 //!    (the outbox holds only positions): messages, replies, memory texts, and
 //!    their bots' names and personas;
@@ -18,7 +19,7 @@ use sqlx::MySqlPool;
 use uuid::Uuid;
 
 use events::event::{stream, DomainEvent, EventMetadata, UserErased, UserId};
-use events::sealing::{Keyring, Scope, ERASED};
+use events::sealing::{Keyring, ERASED};
 use events::store::{EventStore, ExpectedVersion, RecordedEvent};
 
 use super::sessions;
@@ -41,10 +42,7 @@ pub async fn erase_account(
     let pool = store.pool();
     let (revoked, mut published) =
         sessions::revoke_all(store, user, REASON_ACCOUNT_ERASED, metadata.clone()).await?;
-    keyring.destroy(&Scope::User(user).to_string()).await?;
-    keyring
-        .destroy_all_under(&format!("memory:{user}:"))
-        .await?;
+    keyring.erase_user(user).await?;
     blank_texts(pool, user).await?;
     let erased = DomainEvent::UserErased(UserErased { user_id: user });
     published.extend(
@@ -87,7 +85,8 @@ async fn blank_texts(pool: &MySqlPool, user: UserId) -> Result<(), sqlx::Error> 
 }
 
 /// Sets `field` to `"[erased]"` in the payloads of the events `filter` picks,
-/// where it is still in the clear (a sealed text is erased with its key).
+/// where it is still in the clear (a text sealed for its event is erased with
+/// its key; one that only starts like one is a user's text).
 async fn blank(
     pool: &MySqlPool,
     field: &str,
@@ -98,7 +97,7 @@ async fn blank(
     sqlx::query(&format!(
         "UPDATE events SET payload = JSON_SET(payload, ?, ?) \
          WHERE {filter} AND JSON_CONTAINS_PATH(payload, 'one', ?) \
-         AND JSON_UNQUOTE(JSON_EXTRACT(payload, ?)) NOT LIKE 'sealed:v1:%'"
+         AND JSON_UNQUOTE(JSON_EXTRACT(payload, ?)) NOT LIKE CONCAT('sealed:v1:%:', event_id, ':%')"
     ))
     .bind(&path)
     .bind(ERASED)

@@ -46,8 +46,9 @@ pub enum ReplayError {
 /// Connections writing the shadow tables side by side, each for its share of
 /// the users.
 const LANES: usize = 2;
-/// Tries of one lane's share when the server picks it as a deadlock's victim
-/// (two lanes may lock neighbouring gaps of an index).
+/// Tries of one lane's share when the server picks it as a deadlock's victim,
+/// or it waited too long for a lock (two lanes may lock neighbouring gaps of an
+/// index).
 const LANE_TRIES: usize = 5;
 
 /// Writes one lane's share of a batch in its own transaction (read committed:
@@ -70,8 +71,7 @@ async fn write_share(pool: &MySqlPool, share: &DecodedBatch) -> Result<(), sqlx:
             Err(e) => Err(e),
         };
         match written {
-            Err(sqlx::Error::Database(e))
-                if tries < LANE_TRIES && matches!(e.code().as_deref(), Some("40001")) => {}
+            Err(e) if tries < LANE_TRIES && crate::db::is_lock_contention(&e) => {}
             other => return other,
         }
     }

@@ -59,6 +59,10 @@ pub enum SealError {
     Malformed { event_id: String, field: String },
     #[error("the data key {0} cannot be unwrapped: is DATA_KEY_ENCRYPTION_KEY the key it was wrapped with?")]
     Unwrap(String),
+    /// The scope's user was erased: nothing more is sealed for them (a key
+    /// made now would outlive the erasure).
+    #[error("user {0} was erased: nothing more is recorded for them")]
+    Erased(UserId),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -227,6 +231,14 @@ pub fn is_sealed(text: &str) -> bool {
     text.starts_with(PREFIX)
 }
 
+/// Whether `text` is one sealed for event `event_id`, as the store seals
+/// them: a plain text that merely starts like one (anyone may write
+/// `sealed:v1:` in a message) names no event, or another.
+pub fn is_sealed_for(text: &str, event_id: Uuid) -> bool {
+    let mut parts = text.strip_prefix(PREFIX).unwrap_or_default().splitn(3, ':');
+    parts.nth(1).is_some_and(|id| id == event_id.to_string())
+}
+
 impl Keyring {
     pub fn new(pool: MySqlPool, kek: Kek) -> Self {
         Self {
@@ -364,11 +376,47 @@ impl Keyring {
         Ok(deleted)
     }
 
+    /// Destroys every key of `user`, theirs and their conversations' memories',
+    /// and leaves a tombstone in their scope, so that no key is ever made for
+    /// them again: a reply or a memory written as the account goes is refused
+    /// rather than sealed under a key that would outlive the erasure.
+    pub async fn erase_user(&self, user: UserId) -> Result<u64, SealError> {
+        let scope = Scope::User(user).to_string();
+        let destroyed = self.destroy(&scope).await?
+            + self.destroy_all_under(&format!("memory:{user}:")).await?;
+        sqlx::query(
+            "INSERT IGNORE INTO data_keys (key_id, scope, wrapped, created_at) \
+             VALUES (?, ?, '', NOW(6))",
+        )
+        .bind(format!("erased-{user}"))
+        .bind(&scope)
+        .execute(&self.pool)
+        .await?;
+        Ok(destroyed)
+    }
+
+    /// Refuses to seal for an erased user (see [`Keyring::erase_user`]).
+    async fn refuse_if_erased(&self, user: UserId) -> Result<(), SealError> {
+        let erased: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM data_keys WHERE scope = ? AND wrapped = '' LIMIT 1")
+                .bind(Scope::User(user).to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        match erased {
+            Some(_) => Err(SealError::Erased(user)),
+            None => Ok(()),
+        }
+    }
+
     /// The key to seal `scope`'s texts with: a user's from memory once known,
-    /// a memory's looked up each time (see [`Scope`]).
+    /// a memory's looked up each time (see [`Scope`]). None for an erased user.
     async fn sealing_key(&self, scope: Scope) -> Result<DataKey, SealError> {
-        let Scope::User(user) = scope else {
-            return self.current_key(&scope.to_string()).await;
+        let user = match scope {
+            Scope::Memory(user, _) => {
+                self.refuse_if_erased(user).await?;
+                return self.current_key(&scope.to_string()).await;
+            }
+            Scope::User(user) => user,
         };
         if let Some(known) = self
             .sealing
@@ -378,6 +426,7 @@ impl Keyring {
         {
             return Ok(known);
         }
+        self.refuse_if_erased(user).await?;
         let current = self.current_key(&scope.to_string()).await?;
         if let Ok(mut sealing) = self.sealing.lock() {
             sealing.put(user, current.clone());
@@ -388,7 +437,8 @@ impl Keyring {
     /// The scope's newest key, made (and stored, wrapped) if it has none.
     async fn current_key(&self, scope: &str) -> Result<DataKey, SealError> {
         let existing: Option<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT key_id, wrapped FROM data_keys WHERE scope = ? ORDER BY created_at DESC LIMIT 1",
+            "SELECT key_id, wrapped FROM data_keys WHERE scope = ? AND wrapped <> '' \
+             ORDER BY created_at DESC LIMIT 1",
         )
         .bind(scope)
         .fetch_optional(&self.pool)
@@ -488,6 +538,22 @@ impl Keyring {
             .ok_or_else(|| SealError::Unwrap(key_id.to_string()))
     }
 
+    /// Checks that the key-encryption key opens the newest data key (if there
+    /// is one): a tool run without the api's `DATA_KEY_ENCRYPTION_KEY` would
+    /// otherwise seal under keys the api cannot open.
+    pub async fn check_kek(&self) -> Result<(), SealError> {
+        let newest: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT key_id, wrapped FROM data_keys WHERE wrapped <> '' \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        match newest {
+            Some((key_id, wrapped)) => self.unwrap_raw(&key_id, &wrapped).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Rewraps every data key under the current key-encryption key (those
     /// under the previous one), a batch at a time, telling `progress` after
     /// each. Safe to run again, or to interrupt: a key is either under the old
@@ -497,7 +563,8 @@ impl Keyring {
         let mut after = String::new();
         loop {
             let batch: Vec<(String, Vec<u8>)> = sqlx::query_as(
-                "SELECT key_id, wrapped FROM data_keys WHERE key_id > ? ORDER BY key_id LIMIT 500",
+                "SELECT key_id, wrapped FROM data_keys WHERE key_id > ? AND wrapped <> '' \
+                 ORDER BY key_id LIMIT 500",
             )
             .bind(&after)
             .fetch_all(&self.pool)

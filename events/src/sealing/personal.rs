@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use uuid::Uuid;
 
-use super::{is_sealed, Keyring, Opened, Scope, SealError, ERASED};
+use super::{is_sealed, is_sealed_for, Keyring, Opened, Scope, SealError, ERASED};
 use crate::event::DomainEvent;
 use crate::projections::{Bot, ChatListRow, ConversationMemory, Exchange, HistoryRow};
 use crate::record::{NewEvent, RecordedEvent};
@@ -98,13 +98,15 @@ impl SealedText for Exchange {
 }
 
 impl Keyring {
-    /// Seals `event`'s personal fields (those already sealed are left).
+    /// Seals `event`'s personal fields.
     pub async fn seal_event(&self, event: &mut NewEvent) -> Result<(), SealError> {
         let Some((scope, fields)) = personal_fields(&event.event_type, &event.payload) else {
             return Ok(());
         };
         for field in fields {
-            let Some(text) = text_of(&event.payload, field).filter(|t| !is_sealed(t)) else {
+            // Always sealed: nothing arrives here sealed, and a text that
+            // looks sealed is a user's.
+            let Some(text) = text_of(&event.payload, field) else {
                 continue;
             };
             let sealed = self.seal(scope, (event.event_id, field), text).await?;
@@ -127,14 +129,21 @@ impl Keyring {
         };
         let mut sealed = Vec::new();
         for field in fields {
-            let Some(text) = text_of(payload, field).filter(|t| !is_sealed(t) && *t != ERASED)
+            let Some(text) =
+                text_of(payload, field).filter(|t| !is_sealed_for(t, event_id) && *t != ERASED)
             else {
                 continue;
+            };
+            // An erased user's text (one written as the account went) is
+            // blanked, as erasure blanks the rest: no key is made for them.
+            let sealed_text = match self.seal(scope, (event_id, field), text).await {
+                Err(SealError::Erased(_)) => ERASED.to_string(),
+                other => other?,
             };
             sealed.push(SealedField {
                 field,
                 plaintext: text.to_string(),
-                sealed: self.seal(scope, (event_id, field), text).await?,
+                sealed: sealed_text,
             });
         }
         Ok(sealed)

@@ -51,6 +51,9 @@ pub async fn encrypt_history(
     cancel: &CancellationToken,
     mut progress: impl FnMut(Encryption),
 ) -> Result<Encryption, ReplayError> {
+    // Sealing with a key-encryption key other than the api's would make data
+    // keys that the api cannot open.
+    keyring.check_kek().await?;
     let mut lock = ReplayLock::take(pool).await?;
     let sealed = seal_log((pool, keyring), batch.max(1), cancel, &mut progress).await;
     lock.release().await;

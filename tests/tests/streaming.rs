@@ -70,6 +70,34 @@ async fn deltas_arrive_in_order_then_the_final_reply() -> anyhow::Result<()> {
     stack.teardown().await
 }
 
+/// Issue 24: a reply written all at once goes out as a handful of deltas, not
+/// one per token: text that follows a publish within 50 ms waits to go with it.
+#[tokio::test]
+async fn a_fast_reply_is_a_handful_of_deltas_not_one_per_token() -> anyhow::Result<()> {
+    let stack = Stack::start(StackOptions {
+        env: replies_only(),
+        ..Default::default()
+    })
+    .await?;
+    let client = stack.client(0);
+    let (_, token, bot) = client.user_with_bot("coalesced").await?;
+    let mut sse = SseStream::open(&client.base, &stream_path(bot), Some(&token), None).await?;
+    let words = "one two three four five six seven eight nine ten eleven twelve";
+    client.post_later(&token, bot, words).await?;
+    let events = sse.until("reply", WAIT).await?;
+    let reply = events.last().map(|e| e.data.clone()).unwrap_or_default();
+    let content = reply["content"].as_str().unwrap_or_default();
+    let tokens = content.split_inclusive(' ').count();
+    let deltas = events.iter().filter(|e| e.event == "delta").count();
+    assert!(tokens >= 15, "{content}");
+    assert!(
+        (1..=tokens / 3).contains(&deltas),
+        "{deltas} deltas for {tokens} tokens: {events:?}"
+    );
+    assert!(content.starts_with(&deltas_text(&events)), "{events:?}");
+    stack.teardown().await
+}
+
 #[tokio::test]
 async fn a_client_joining_mid_reply_gets_the_text_so_far_then_the_rest() -> anyhow::Result<()> {
     let stack = Stack::start(StackOptions {

@@ -11,8 +11,9 @@
 //!   `read_all`). It knows nothing about chats: it stores typed rows and hands each
 //!   append's events to an [`store::InlineProjector`] inside the same transaction.
 //! - [`record`]: what the log stores: new and recorded events, their metadata.
-//! - [`sealing`]: crypto-shredding: personal text sealed under data keys kept
-//!   outside the log, which `forget` destroys.
+//! - [`sealing`]: crypto-shredding: every personal text sealed under data keys
+//!   kept outside the log (a user's, a conversation memory's), which account
+//!   deletion and `forget` destroy; the store seals, every reader opens.
 //! - [`appender`]: how an append goes (expected versions, the errors, the inline
 //!   projector it calls), and group commit: concurrent appends share one
 //!   transaction.

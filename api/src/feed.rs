@@ -1,10 +1,12 @@
 //! Reply notifications: how a waiting request learns that its answer is in.
 //!
 //! Every api process binds a private queue to the chat events on the bus and fans
-//! them out in-process over a broadcast channel. `new_chat` and history long-polls
-//! subscribe *before* they append or read, then re-read the read model whenever a
-//! notice concerns them. Notices only wake; the read model stays the source of
-//! truth.
+//! them out in-process, over one broadcast channel per conversation being waited
+//! on ([`Topics`], as mini-redis's pub/sub keys its channels by name): a notice
+//! wakes the waiters of its own conversation, not every waiter of the api.
+//! `new_chat` and history long-polls subscribe *before* they append or read, then
+//! re-read the read model whenever a notice concerns them. Notices only wake; the
+//! read model stays the source of truth.
 //!
 //! While the bus is healthy a waiter re-reads on its own only rarely (every
 //! `HEALTHY_RECHECK`, jittered, so 10,000 waiters are not 10,000 queries a
@@ -14,8 +16,9 @@
 //! The same queue carries `SessionRevoked`, which feeds the revoked-sessions view,
 //! and the reply deltas, which feed [`LiveReplies`] and streaming clients.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -130,9 +133,58 @@ impl Reply {
     }
 }
 
+/// Notices one conversation's waiters may miss before they re-read (they
+/// lag: nothing is lost but a wake-up).
+const NOTICES_PER_CONVERSATION: usize = 32;
+/// Subscriptions between two sweeps of the conversations nobody waits on.
+const SWEEP_EVERY: u64 = 1024;
+
+/// One broadcast channel per conversation (`chat-<user>-<bot>`) with waiters.
+#[derive(Default)]
+struct Topics {
+    senders: Mutex<HashMap<String, broadcast::Sender<Notice>>>,
+    subscriptions: AtomicU64,
+}
+
+impl Topics {
+    fn subscribe(&self, stream_id: &str) -> broadcast::Receiver<Notice> {
+        let sweep = self
+            .subscriptions
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY);
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if sweep {
+            senders.retain(|_, sender| sender.receiver_count() > 0);
+        }
+        senders
+            .entry(stream_id.to_string())
+            .or_insert_with(|| broadcast::channel(NOTICES_PER_CONVERSATION).0)
+            .subscribe()
+    }
+
+    /// Wakes the conversation's waiters, if it has any.
+    fn publish(&self, stream_id: &str, notice: Notice) {
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = senders
+            .get(stream_id)
+            .is_some_and(|sender| sender.send(notice).is_err());
+        if gone {
+            senders.remove(stream_id);
+        }
+    }
+
+    /// Wakes every waiter (after a reconnect, when anything may have been missed).
+    fn publish_to_all(&self, notice: &Notice) {
+        let senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        for sender in senders.values() {
+            let _ = sender.send(notice.clone());
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ChatFeed {
-    sender: broadcast::Sender<Notice>,
+    topics: Arc<Topics>,
     read_cache: Arc<ReadCache>,
     sessions: Arc<RevokedSessions>,
     live: Arc<LiveReplies>,
@@ -177,7 +229,7 @@ impl ChatFeed {
         live: Arc<LiveReplies>,
     ) -> Self {
         Self {
-            sender: broadcast::channel(4096).0,
+            topics: Arc::new(Topics::default()),
             read_cache,
             sessions,
             live,
@@ -190,9 +242,10 @@ impl ChatFeed {
         &self.live
     }
 
-    pub fn subscribe(&self) -> Waiter {
+    /// The notices of one conversation (`chat-<user>-<bot>`).
+    pub fn subscribe(&self, stream_id: &str) -> Waiter {
         Waiter {
-            notices: self.sender.subscribe(),
+            notices: self.topics.subscribe(stream_id),
             connected: self.connected.clone(),
         }
     }
@@ -229,7 +282,7 @@ impl ChatFeed {
             if connected {
                 self.read_cache.clear();
                 self.sessions.request_reload();
-                let _ = self.sender.send(Notice::Resync);
+                self.topics.publish_to_all(&Notice::Resync);
             }
         };
         supervisor
@@ -269,9 +322,12 @@ impl ChatFeed {
                 let decoded = DomainEvent::decode(&event).ok();
                 match &decoded {
                     Some(DomainEvent::BotDeleted(deleted)) => {
-                        let _ = self.sender.send(Notice::BotDeleted {
-                            bot_id: deleted.bot_id,
-                        });
+                        self.topics.publish(
+                            &stream::chat(deleted.user_id, deleted.bot_id),
+                            Notice::BotDeleted {
+                                bot_id: deleted.bot_id,
+                            },
+                        );
                         return;
                     }
                     Some(DomainEvent::BotUpdated(_)) => return,
@@ -279,18 +335,24 @@ impl ChatFeed {
                         // Its deltas are wanted again, and the old text is not.
                         self.live
                             .restart(again.message_id, again.attempt, event.event_id);
-                        let _ = self.sender.send(Notice::Regenerating {
-                            stream_id: event.stream_id,
-                            reply_to: again.message_id,
-                            attempt: event.event_id,
-                        });
+                        self.topics.publish(
+                            &event.stream_id,
+                            Notice::Regenerating {
+                                stream_id: event.stream_id.clone(),
+                                reply_to: again.message_id,
+                                attempt: event.event_id,
+                            },
+                        );
                         return;
                     }
                     Some(DomainEvent::ConversationCleared(_)) => {
-                        let _ = self.sender.send(Notice::Cleared {
-                            stream_id: event.stream_id,
-                            before: event.stream_version,
-                        });
+                        self.topics.publish(
+                            &event.stream_id,
+                            Notice::Cleared {
+                                stream_id: event.stream_id.clone(),
+                                before: event.stream_version,
+                            },
+                        );
                         return;
                     }
                     _ => {}
@@ -304,11 +366,14 @@ impl ChatFeed {
                     .and_then(|decoded| ChatHistoryProjection::row_of(&event.stamp(), decoded))
                     .map(Arc::new);
                 // No receivers is normal: nobody is waiting right now.
-                let _ = self.sender.send(Notice::Appended {
-                    stream_id: event.stream_id,
-                    reply,
-                    row,
-                });
+                self.topics.publish(
+                    &event.stream_id,
+                    Notice::Appended {
+                        stream_id: event.stream_id.clone(),
+                        reply,
+                        row,
+                    },
+                );
             }
             Err(e) => tracing::warn!(error = %e, "ignoring an undecodable notification"),
         }
@@ -326,13 +391,16 @@ impl ChatFeed {
         };
         let stream_id = stream::chat(delta.user_id, delta.bot_id);
         if self.live.apply(&stream_id, &delta) == Applied::Forward {
-            let _ = self.sender.send(Notice::Delta {
-                stream_id,
-                reply_to: delta.reply_to,
-                attempt: delta.attempt,
-                index: delta.index,
-                text: delta.text,
-            });
+            self.topics.publish(
+                &stream_id,
+                Notice::Delta {
+                    stream_id: stream_id.clone(),
+                    reply_to: delta.reply_to,
+                    attempt: delta.attempt,
+                    index: delta.index,
+                    text: delta.text,
+                },
+            );
         }
     }
 }

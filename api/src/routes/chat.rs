@@ -108,7 +108,9 @@ pub async fn new_chat(
     )?;
     within_budget(&state, user).await?;
     // Subscribe before appending, so the reply's notice cannot slip past.
-    let notices = state.feed.subscribe();
+    let notices = state
+        .feed
+        .subscribe(&stream::chat(command.user_id, command.bot_id));
     let caps = chat::UnansweredCaps {
         conversation: state.config.conversation_max_unanswered,
         user: state.config.user_max_unanswered,
@@ -340,7 +342,7 @@ pub async fn history(
     let stream_id = stream::chat(user, bot_id);
     let ticket = state.read_cache.ticket(user);
     // Subscribe before the first read, so that nothing appended in between is missed.
-    let mut notices = (!wait.is_zero()).then(|| state.feed.subscribe());
+    let mut notices = (!wait.is_zero()).then(|| state.feed.subscribe(&stream_id));
     let mut hangup = Hangup::for_caller(&caller, &state);
     // A notice that brings the very next row saves the read.
     let mut brought: Option<Vec<HistoryRow>> = None;

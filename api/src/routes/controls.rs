@@ -99,7 +99,9 @@ pub async fn regenerate(
     let wait = params.wait()?;
     let bot = required(body.chatbot_id, "chatbot_id")?;
     within_budget(&state, user).await?;
-    let notices = state.feed.subscribe();
+    let notices = state
+        .feed
+        .subscribe(&events::event::stream::chat(user, bot));
     let (message_id, attempt, events) =
         controls::regenerate(&state.store, (user, bot), metadata(correlation, user)).await?;
     tracing::info!(%message_id, "regeneration recorded");

@@ -145,7 +145,7 @@ pub async fn stream(
         })?;
     // Subscribe before the first read, so nothing appended in between is missed.
     let tail = Tail {
-        waiter: state.feed.subscribe(),
+        waiter: state.feed.subscribe(&stream::chat(user, bot)),
         hangup: Hangup::for_caller(&caller, &state),
         stream_id: stream::chat(user, bot),
         user,

@@ -480,6 +480,47 @@ async fn fanout(stack: &Stack) -> anyhow::Result<()> {
     let (rss_waiting, _, cpu_after) = api_figures(pid)?;
     let idle_cpu = (cpu_after - cpu_before).as_secs_f64() / idle_window.as_secs_f64() * 100.0;
 
+    // Replies streaming into 10 other conversations (each followed by a stream)
+    // while all of those wait: a notice should wake its own conversation's
+    // waiters, not the 2,000 others.
+    let (_, hot_token, _) = client.signup("fanout-hot", "pass word").await?;
+    let mut hot = Vec::new();
+    for n in 0..10 {
+        hot.push(
+            client
+                .create_bot(&hot_token, &format!("hot{n}"), 0, "")
+                .await?,
+        );
+    }
+    let streaming_window = Duration::from_secs(10);
+    for &bot in &hot {
+        let (base, sse_token) = (client.base.clone(), hot_token.clone());
+        tokio::spawn(async move {
+            let path = format!("/chat/stream?chatbot_id={bot}");
+            if let Ok(mut sse) = SseStream::open(&base, &path, Some(&sse_token), None).await {
+                let _ = sse.until("none", Duration::from_secs(15)).await;
+            }
+        });
+    }
+    stack.model.set_chunk_delay(Duration::from_millis(10));
+    let long_input = "word ".repeat(100);
+    let (_, _, cpu_before) = api_figures(pid)?;
+    let started = std::time::Instant::now();
+    let mut streamed = 0;
+    while started.elapsed() < streaming_window {
+        let posts = hot
+            .iter()
+            .map(|&bot| client.chat(&hot_token, bot, &long_input));
+        for posted in futures::future::join_all(posts).await {
+            posted?;
+            streamed += 1;
+        }
+    }
+    let (_, _, cpu_after) = api_figures(pid)?;
+    let streaming_cpu =
+        (cpu_after - cpu_before).as_secs_f64() / started.elapsed().as_secs_f64() * 100.0;
+    stack.model.set_chunk_delay(Duration::ZERO);
+
     // Replies at a steady 100 a second (10 every 100 ms), so the figure is the
     // delivery's latency rather than the queueing of one burst.
     let mut pace = tokio::time::interval(Duration::from_millis(100));
@@ -528,6 +569,10 @@ async fn fanout(stack: &Stack) -> anyhow::Result<()> {
         "fanout: {CONVERSATIONS} SSE streams + {CONVERSATIONS} long-polls on one api: RSS {rss_before} MiB \
          before, {rss_waiting} MiB while they wait, peak {rss_peak} MiB; api CPU while they wait \
          idle: {idle_cpu:.2}% of one core"
+    );
+    println!(
+        "fanout: {streamed} replies of about 100 words streamed into 10 other conversations \
+         meanwhile: api CPU {streaming_cpu:.1}% of one core"
     );
     for (kind, mut times) in delays {
         times.sort();

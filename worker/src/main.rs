@@ -222,6 +222,21 @@ async fn outbox(action: Outbox) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Runs `verify`, prints its verdict, and fails when the views differ.
+async fn verify_and_report(
+    pool: &sqlx::MySqlPool,
+    batch: u32,
+    session_retention: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let report = worker::replay::verify(pool, batch, session_retention, cancel).await?;
+    println!("{}", worker::replay::describe(&report));
+    if !report.is_identical() {
+        return Err("the live views differ from the log (listed above)".into());
+    }
+    Ok(())
+}
+
 async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
     let settings = DatabaseSettings::from_env()?;
     let pool = events::db::connect_and_migrate_for_replay(&settings).await?;
@@ -234,12 +249,7 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
             worker::replay::rebuild(&pool, batch, &cancel).await?;
         }
         Replay::Verify { batch } => {
-            let report =
-                worker::replay::verify(&pool, batch, settings.session_retention, &cancel).await?;
-            println!("{}", worker::replay::describe(&report));
-            if !report.is_identical() {
-                return Err("the live views differ from the log (listed above)".into());
-            }
+            verify_and_report(&pool, batch, settings.session_retention, &cancel).await?;
         }
         Replay::Export {
             stream,
@@ -312,12 +322,7 @@ async fn replay(action: Replay) -> Result<(), Box<dyn std::error::Error>> {
                  the log is sealed through position {}; the views were rebuilt from it",
                 run.fields_sealed, run.events_sealed, run.fields_sealed_in_all, run.position
             );
-            let report =
-                worker::replay::verify(&pool, batch, settings.session_retention, &cancel).await?;
-            println!("{}", worker::replay::describe(&report));
-            if !report.is_identical() {
-                return Err("the live views differ from the log (listed above)".into());
-            }
+            verify_and_report(&pool, batch, settings.session_retention, &cancel).await?;
         }
         Replay::RotateKek => {
             let done = keyring

@@ -139,8 +139,7 @@ pub fn is_sealed(text: &str) -> bool {
 /// them: a plain text that merely starts like one (anyone may write
 /// `sealed:v1:` in a message) names no event, or another.
 pub fn is_sealed_for(text: &str, event_id: Uuid) -> bool {
-    let mut parts = text.strip_prefix(PREFIX).unwrap_or_default().splitn(3, ':');
-    parts.nth(1).is_some_and(|id| id == event_id.to_string())
+    matches!(Sealed::parse(text, "", Some(event_id)), Ok(Some(_)))
 }
 
 impl Keyring {
@@ -357,8 +356,6 @@ impl Keyring {
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
         let key_id = Uuid::now_v7().simple().to_string();
-        let mut nonce = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut nonce);
         let wrapped = self.wrap(&key_id, &raw)?;
         sqlx::query(
             "INSERT INTO data_keys (key_id, scope, wrapped, created_at) VALUES (?, ?, ?, NOW(6))",

@@ -1,11 +1,9 @@
 //! The `bots` read model: every bot, with deleted ones kept but marked.
 
 use chrono::NaiveDateTime;
-use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::mysql::MySqlPool;
 
-use super::Tables;
-use crate::event::{BotId, BotKind, BotUpdated, DomainEvent, UserId};
-use crate::store::RecordedEvent;
+use crate::event::{BotId, BotKind, BotUpdated, UserId};
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Bot {
@@ -63,66 +61,6 @@ const SELECT_BOTS: &str = "SELECT chatbot_id, user_id, chatbot_name, chatbot_typ
 pub struct BotsProjection;
 
 impl BotsProjection {
-    pub async fn apply(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        event: &RecordedEvent,
-        decoded: &DomainEvent,
-    ) -> Result<(), sqlx::Error> {
-        match decoded {
-            DomainEvent::BotCreated(e) => {
-                sqlx::query(&format!(
-                    "INSERT INTO {} (chatbot_id, user_id, chatbot_name, chatbot_type, \
-                     chatbot_persona, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    tables.bots
-                ))
-                .bind(e.bot_id)
-                .bind(e.user_id)
-                .bind(&e.name)
-                .bind(u8::from(e.kind))
-                .bind(&e.persona)
-                .bind(event.recorded_at)
-                .bind(event.stream_version)
-                .execute(conn)
-                .await?;
-            }
-            DomainEvent::BotUpdated(e) => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET chatbot_name = COALESCE(?, chatbot_name), \
-                     chatbot_type = COALESCE(?, chatbot_type), \
-                     chatbot_persona = COALESCE(?, chatbot_persona), model = COALESCE(?, model), \
-                     temperature = COALESCE(?, temperature), \
-                     max_reply_tokens = COALESCE(?, max_reply_tokens), version = ? \
-                     WHERE chatbot_id = ?",
-                    tables.bots
-                ))
-                .bind(&e.name)
-                .bind(e.kind.map(u8::from))
-                .bind(&e.persona)
-                .bind(&e.model)
-                .bind(e.temperature)
-                .bind(e.max_reply_tokens)
-                .bind(event.stream_version)
-                .bind(e.bot_id)
-                .execute(conn)
-                .await?;
-            }
-            DomainEvent::BotDeleted(e) => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET deleted_at = ?, version = ? WHERE chatbot_id = ?",
-                    tables.bots
-                ))
-                .bind(event.recorded_at)
-                .bind(event.stream_version)
-                .bind(e.bot_id)
-                .execute(conn)
-                .await?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
     /// The caller's bot, unless it is deleted or belongs to someone else.
     pub async fn find_owned(
         pool: &MySqlPool,

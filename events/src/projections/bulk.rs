@@ -2,8 +2,9 @@
 //! load the rows the batch touches, fold the batch over them in memory
 //! ([`super::fold`]), write back what changed with multi-row statements.
 //!
-//! A rebuild replays the whole log this way into its shadow tables: a handful of
-//! round trips per thousand events instead of several per event.
+//! The appender applies each commit's events this way to the live tables, and a
+//! rebuild replays the whole log into its shadow tables: a handful of round trips
+//! per batch instead of several per event.
 //!
 //! The multi-row upserts read the new row with `VALUES(col)`. MySQL 8 deprecates
 //! that in favour of a row alias (`INSERT ... AS new ... UPDATE c = new.c`), but

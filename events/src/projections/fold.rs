@@ -1,14 +1,11 @@
-//! The read models as plain data, and how events change them in memory.
+//! The read models' rules: the rows as plain data, and how each event changes
+//! them in memory. This is the only place they are written down.
 //!
-//! The live tables are kept by SQL statements run inside each append (see the
-//! sibling modules). Replaying a whole log that way costs several round trips per
-//! event, so a rebuild instead loads the rows a batch of events touches, folds the
-//! batch over them here, and writes the result back in bulk ([`super::bulk`]). As-of
-//! history folds one conversation from nothing, with no database at all.
-//!
-//! These rules must give exactly what the SQL of the live projections gives: `worker
-//! replay verify` compares the two, row by row, and the system tests run it against
-//! live traffic.
+//! A batch of events is folded over the rows it touches ([`Touched`]), loaded
+//! before it; what the batch changed is then written back ([`super::bulk`]). Rows
+//! from earlier batches that the fold did not load (history rows, chat-list rows)
+//! are changed by what the [`Fold`] records for them: statuses, clears,
+//! withdrawals, renames. As-of history folds one conversation from nothing.
 
 use std::collections::{HashMap, HashSet};
 

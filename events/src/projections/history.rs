@@ -13,12 +13,11 @@
 //! while a reply is being written, and a clear stops what is pending first.
 
 use chrono::NaiveDateTime;
-use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::mysql::MySqlPool;
 
 use super::page::{Page, RowText};
-use super::Tables;
 use crate::event::{self, BotId, DomainEvent, UserId};
-use crate::store::{EventStamp, RecordedEvent};
+use crate::store::EventStamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageStatus {
@@ -156,95 +155,6 @@ impl ChatHistoryProjection {
             created_at: event.recorded_at,
             attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
         })
-    }
-
-    pub async fn apply(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        event: &RecordedEvent,
-        decoded: &DomainEvent,
-    ) -> Result<(), sqlx::Error> {
-        let (user_id, bot_id) = match decoded {
-            DomainEvent::UserMessagePosted(e) => (e.user_id, e.bot_id),
-            DomainEvent::BotReplyGenerated(e) => (e.user_id, e.bot_id),
-            DomainEvent::BotReplyFailed(e) => (e.user_id, e.bot_id),
-            DomainEvent::BotReplyStopped(e) => (e.user_id, e.bot_id),
-            DomainEvent::ReplyRegenerationRequested(e) => {
-                return Self::reopen(conn, tables, e).await;
-            }
-            DomainEvent::ConversationCleared(e) => {
-                sqlx::query(&format!(
-                    "DELETE FROM {} WHERE user_id = ? AND chatbot_id = ? AND seq < ?",
-                    tables.chat_history
-                ))
-                .bind(e.user_id)
-                .bind(e.bot_id)
-                .bind(event.stream_version)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(());
-            }
-            _ => return Ok(()),
-        };
-        let Some(row) = Self::row_of(&event.stamp(), decoded) else {
-            return Ok(());
-        };
-        sqlx::query(&format!(
-            "INSERT INTO {} (user_id, chatbot_id, seq, message_id, reply_to, by_user, \
-             content, status, created_at, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            tables.chat_history
-        ))
-        .bind(user_id)
-        .bind(bot_id)
-        .bind(row.seq)
-        .bind(&row.message_id)
-        .bind(&row.reply_to)
-        .bind(row.by_user)
-        .bind(&row.content)
-        .bind(&row.status)
-        .bind(row.created_at)
-        .bind(row.attempt)
-        .execute(&mut *conn)
-        .await?;
-        // An outcome gives the message it answers the same status.
-        if let Some(reply_to) = &row.reply_to {
-            sqlx::query(&format!(
-                "UPDATE {} SET status = ? WHERE message_id = ?",
-                tables.chat_history
-            ))
-            .bind(&row.status)
-            .bind(reply_to)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// A regeneration: the message's earlier outcome leaves the history, and the
-    /// message waits for its next attempt.
-    async fn reopen(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        e: &event::ReplyRegenerationRequested,
-    ) -> Result<(), sqlx::Error> {
-        let message_id = e.message_id.to_string();
-        sqlx::query(&format!(
-            "DELETE FROM {} WHERE reply_to = ?",
-            tables.chat_history
-        ))
-        .bind(&message_id)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(&format!(
-            "UPDATE {} SET status = ?, attempt = ? WHERE message_id = ?",
-            tables.chat_history
-        ))
-        .bind(MessageStatus::Pending.as_str())
-        .bind(e.attempt)
-        .bind(&message_id)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
     }
 
     /// A conversation's rows after `after`, oldest first: at most `limit` rows

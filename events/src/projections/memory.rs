@@ -6,11 +6,9 @@
 //! the same view whatever order the jobs finished in.
 
 use chrono::NaiveDateTime;
-use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::mysql::MySqlPool;
 
-use super::Tables;
-use crate::event::{self, BotId, DomainEvent, UserId};
-use crate::store::RecordedEvent;
+use crate::event::{BotId, UserId};
 
 #[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct ConversationMemory {
@@ -32,93 +30,7 @@ impl ConversationMemory {
 
 pub struct MemoryProjection;
 
-/// Which text an event sets.
-enum Text<'a> {
-    Summary(&'a str),
-    Profile(&'a str),
-}
-
 impl MemoryProjection {
-    pub async fn apply(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        event: &RecordedEvent,
-        decoded: &DomainEvent,
-    ) -> Result<(), sqlx::Error> {
-        let (user_id, bot_id, text, covers) = match decoded {
-            DomainEvent::ConversationSummarized(e) => (
-                e.user_id,
-                e.bot_id,
-                Text::Summary(&e.summary),
-                e.covers_version,
-            ),
-            DomainEvent::UserProfileUpdated(e) => (
-                e.user_id,
-                e.bot_id,
-                Text::Profile(&e.profile),
-                e.covers_version,
-            ),
-            // A clear that forgets erases as `MemoryErased` does.
-            DomainEvent::MemoryErased(event::MemoryErased { user_id, bot_id })
-            | DomainEvent::ConversationCleared(event::ConversationCleared {
-                user_id,
-                bot_id,
-                forget_memory: true,
-            }) => {
-                sqlx::query(&format!(
-                    "INSERT INTO {} (user_id, chatbot_id, erased_through, updated_at) \
-                     VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE summary = NULL, \
-                     summary_covers = NULL, profile = NULL, profile_covers = NULL, \
-                     erased_through = GREATEST(erased_through, ?), updated_at = ?",
-                    tables.memory
-                ))
-                .bind(user_id)
-                .bind(bot_id)
-                .bind(event.stream_version)
-                .bind(event.recorded_at)
-                .bind(event.stream_version)
-                .bind(event.recorded_at)
-                .execute(conn)
-                .await?;
-                return Ok(());
-            }
-            _ => return Ok(()),
-        };
-        let (column, value) = match text {
-            Text::Summary(s) => ("summary", s),
-            Text::Profile(p) => ("profile", p),
-        };
-        // Assignments apply left to right: the condition reads `*_covers`, so it
-        // is updated last. The new values are bound again rather than read with
-        // `VALUES()`, which MySQL 8 deprecates in `ON DUPLICATE KEY UPDATE`.
-        let newer = format!("? > COALESCE({column}_covers, 0) AND ? > erased_through");
-        sqlx::query(&format!(
-            "INSERT INTO {table} (user_id, chatbot_id, {column}, {column}_covers, updated_at) \
-             VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-             updated_at = IF({newer}, ?, updated_at), \
-             {column} = IF({newer}, ?, {column}), \
-             {column}_covers = IF({newer}, ?, {column}_covers)",
-            table = tables.memory
-        ))
-        .bind(user_id)
-        .bind(bot_id)
-        .bind(value)
-        .bind(covers)
-        .bind(event.recorded_at)
-        .bind(covers)
-        .bind(covers)
-        .bind(event.recorded_at)
-        .bind(covers)
-        .bind(covers)
-        .bind(value)
-        .bind(covers)
-        .bind(covers)
-        .bind(covers)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
     /// What the bot remembers of this conversation (empty when nothing).
     pub async fn find(
         pool: &MySqlPool,

@@ -1,16 +1,27 @@
 //! Read models built from the event log, and the queries that serve the GET routes.
 //!
-//! [`ReadModels`] is the [`InlineProjector`] the store calls inside every append, so a
-//! read model and its checkpoint always move together with the events (exactly once,
-//! and a request that appended can read its own write at once). Each of `bots`,
-//! `history`, `chat_list`, `sessions`, `memory` and `usage` owns one table: how events change
-//! it, and how it is read; `rows` is how history is shaped for clients, and `page` bounds what one
-//! read holds.
+//! The rules are written once, in `fold`: how each event changes rows held in
+//! memory. `bulk` applies a batch of events through them: it loads the rows the
+//! batch touches (one `SELECT … IN` per table), folds the batch, and writes back
+//! what changed with multi-row statements. Everything that writes a read model
+//! goes that way:
+//! - [`ReadModels`], the [`InlineProjector`] the appender calls inside every commit,
+//!   so a read model and its checkpoint always move with the events (exactly once,
+//!   and a request that appended can read its own write at once);
+//! - `shadow`, which replays the log into the `*_rebuild` tables that `rebuild`
+//!   swaps in and `verify` compares with the live ones;
+//! - as-of history, which folds one conversation from nothing, with no database.
 //!
-//! Replaying the log: `fold` is the same rules over rows in memory, `bulk` applies a
-//! batch through it with multi-row statements, `shadow` fills the `*_rebuild` tables,
-//! and `rebuild` swaps them in while `verify` compares them with the live ones.
+//! Since a commit holds a few events and a rebuild a thousand, the result must not
+//! depend on where the log is cut into batches: `batch_split` checks that on
+//! random logs, and `verify` on real ones.
+//!
+//! Each of `bots`, `history`, `chat_list`, `sessions`, `memory` and `usage` holds
+//! one table's rows and how they are read; `rows` is how history is shaped for
+//! clients, `page` bounds what one read holds, and `erasure` forgets a user.
 
+#[cfg(test)]
+mod batch_split;
 pub mod bots;
 pub mod bulk;
 pub mod chat_list;
@@ -84,29 +95,12 @@ impl Tables {
     }
 }
 
+/// The read models kept live: each batch the appender commits is folded into
+/// them inside its transaction, by the same rules a rebuild replays the log with.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReadModels;
 
 impl ReadModels {
-    /// Applies one event to every read model it concerns, in `tables`.
-    pub async fn apply_one(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        event: &RecordedEvent,
-    ) -> Result<(), sqlx::Error> {
-        let decoded = DomainEvent::decode(event).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if let DomainEvent::UserErased(e) = &decoded {
-            return erasure::forget_users(conn, tables, &[e.user_id]).await;
-        }
-        BotsProjection::apply(conn, tables, event, &decoded).await?;
-        ChatHistoryProjection::apply(conn, tables, event, &decoded).await?;
-        ChatListProjection::apply(conn, tables, event, &decoded).await?;
-        SessionsProjection::apply(conn, tables, event, &decoded).await?;
-        MemoryProjection::apply(conn, tables, event, &decoded).await?;
-        usage::UsageProjection::apply(conn, tables, &event.stamp(), &decoded).await?;
-        Ok(())
-    }
-
     pub async fn checkpoint(conn: &mut MySqlConnection) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT position FROM projection_checkpoint WHERE name = ?")
             .bind(CHECKPOINT_NAME)
@@ -122,16 +116,20 @@ impl InlineProjector for ReadModels {
         events: &'a [RecordedEvent],
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            for event in events {
-                Self::apply_one(conn, &Tables::LIVE, event).await?;
-            }
-            if let Some(last) = events.last() {
-                sqlx::query("UPDATE projection_checkpoint SET position = ? WHERE name = ?")
-                    .bind(last.global_position)
-                    .bind(CHECKPOINT_NAME)
-                    .execute(conn)
-                    .await?;
-            }
+            let Some(last) = events.last() else {
+                return Ok(());
+            };
+            let decoded = events
+                .iter()
+                .map(|event| Ok((event.stamp(), DomainEvent::decode(event)?)))
+                .collect::<Result<Vec<_>, crate::event::DecodeError>>()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            bulk::apply_batch(conn, &Tables::LIVE, &decoded).await?;
+            sqlx::query("UPDATE projection_checkpoint SET position = ? WHERE name = ?")
+                .bind(last.global_position)
+                .bind(CHECKPOINT_NAME)
+                .execute(conn)
+                .await?;
             Ok(())
         })
     }

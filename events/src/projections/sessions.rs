@@ -3,11 +3,9 @@
 //! an in-memory view of recent revocations instead (see the api's `sessions`).
 
 use chrono::NaiveDateTime;
-use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::mysql::MySqlPool;
 
-use super::Tables;
-use crate::event::{DomainEvent, UserId};
-use crate::store::RecordedEvent;
+use crate::event::UserId;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Session {
@@ -20,55 +18,6 @@ pub struct Session {
 pub struct SessionsProjection;
 
 impl SessionsProjection {
-    pub async fn apply(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        event: &RecordedEvent,
-        decoded: &DomainEvent,
-    ) -> Result<(), sqlx::Error> {
-        match decoded {
-            DomainEvent::SessionStarted(e) => {
-                sqlx::query(&format!(
-                    "INSERT INTO {} (session_id, user_id, refresh_jti, created_at, \
-                     last_active_at) VALUES (?, ?, ?, ?, ?)",
-                    tables.sessions
-                ))
-                .bind(e.session_id.to_string())
-                .bind(e.user_id)
-                .bind(&e.refresh_jti)
-                .bind(event.recorded_at)
-                .bind(event.recorded_at)
-                .execute(conn)
-                .await?;
-            }
-            DomainEvent::SessionRefreshed(e) => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET refresh_jti = ?, last_active_at = ? WHERE session_id = ?",
-                    tables.sessions
-                ))
-                .bind(&e.refresh_jti)
-                .bind(event.recorded_at)
-                .bind(e.session_id.to_string())
-                .execute(conn)
-                .await?;
-            }
-            DomainEvent::SessionRevoked(e) => {
-                sqlx::query(&format!(
-                    "UPDATE {} SET revoked_at = ?, revoked_reason = ? \
-                     WHERE session_id = ? AND revoked_at IS NULL",
-                    tables.sessions
-                ))
-                .bind(event.recorded_at)
-                .bind(&e.reason)
-                .bind(e.session_id.to_string())
-                .execute(conn)
-                .await?;
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
     pub async fn find(pool: &MySqlPool, session_id: &str) -> Result<Option<Session>, sqlx::Error> {
         sqlx::query_as(
             "SELECT session_id, user_id, refresh_jti, revoked_at FROM sessions WHERE session_id = ?",

@@ -9,9 +9,8 @@
 //! its call with no tokens.
 
 use chrono::{NaiveDate, NaiveDateTime};
-use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::mysql::MySqlPool;
 
-use super::Tables;
 use crate::event::{BotId, DomainEvent, Usage, UserId};
 use crate::store::EventStamp;
 
@@ -108,38 +107,6 @@ impl UsageProjection {
             completion_tokens: i64::try_from(completion).unwrap_or(i64::MAX),
         };
         Some((key, amounts))
-    }
-
-    pub async fn apply(
-        conn: &mut MySqlConnection,
-        tables: &Tables,
-        at: &EventStamp,
-        decoded: &DomainEvent,
-    ) -> Result<(), sqlx::Error> {
-        let Some(((user, day, bot, kind, model), add)) = Self::contribution(at, decoded) else {
-            return Ok(());
-        };
-        sqlx::query(&format!(
-            "INSERT INTO {} (user_id, day, chatbot_id, kind, model, calls, prompt_tokens, \
-             completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-             calls = calls + ?, prompt_tokens = prompt_tokens + ?, \
-             completion_tokens = completion_tokens + ?",
-            tables.usage
-        ))
-        .bind(user)
-        .bind(day)
-        .bind(bot)
-        .bind(kind)
-        .bind(model)
-        .bind(add.calls)
-        .bind(add.prompt_tokens)
-        .bind(add.completion_tokens)
-        .bind(add.calls)
-        .bind(add.prompt_tokens)
-        .bind(add.completion_tokens)
-        .execute(conn)
-        .await?;
-        Ok(())
     }
 
     /// The user's usage from `from` to `to` (UTC days, both included), of one

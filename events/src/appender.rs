@@ -19,9 +19,9 @@
 //!   unavailable. Its outcome is then unknown to the callers, which is why every
 //!   append a client may retry carries an idempotency key.
 //!
-//! The statements with a variable number of `IN (...)` terms are not prepared
-//! persistently: every distinct length would be another cached statement on every
-//! connection, and enough of them exceed the server's `max_prepared_stmt_count`.
+//! The statements with a variable number of rows or `IN (...)` terms take one of
+//! a few shapes ([`crate::statement_shape`]), so that the small ones of a quiet
+//! commit stay prepared without a prepared statement for every length.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -37,6 +37,7 @@ use sqlx::{Acquire, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::record::{NewEvent, RecordedEvent};
+use crate::statement_shape;
 
 /// What the appender believes the stream's current version is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,30 +374,13 @@ async fn commit(
         return Ok(outcomes);
     }
 
-    let mut insert = QueryBuilder::new(
-        "INSERT INTO events (global_position, event_id, stream_id, stream_version, \
-         event_type, schema_version, payload, metadata, idempotency_key, recorded_at) ",
-    );
-    insert.push_values(&accepted, |mut row, (r, key)| {
-        row.push_bind(r.global_position)
-            .push_bind(r.event_id.to_string())
-            .push_bind(&r.stream_id)
-            .push_bind(r.stream_version)
-            .push_bind(&r.event_type)
-            .push_bind(r.schema_version)
-            .push_bind(Json(&r.payload))
-            .push_bind(Json(&r.metadata))
-            .push_bind(key)
-            .push_bind(r.recorded_at);
-    });
-    insert.build().persistent(false).execute(&mut *tx).await?;
-
-    // `created_at` is the database's clock, which the relay's grace period uses too.
-    let mut outbox = QueryBuilder::new("INSERT INTO outbox (global_position, created_at) ");
-    outbox.push_values(&accepted, |mut row, (r, _)| {
-        row.push_bind(r.global_position).push("NOW(6)");
-    });
-    outbox.build().persistent(false).execute(&mut *tx).await?;
+    let mut rest = accepted.as_slice();
+    while !rest.is_empty() {
+        let (count, kept) = statement_shape::next_chunk(rest.len());
+        let (rows, after) = rest.split_at(count);
+        insert_events(&mut tx, rows, kept).await?;
+        rest = after;
+    }
 
     let events: Vec<RecordedEvent> = accepted.into_iter().map(|(r, _)| r).collect();
     projector.apply(&mut tx, &events).await?;
@@ -409,6 +393,39 @@ async fn commit(
     Ok(outcomes)
 }
 
+/// The events and their outbox rows.
+async fn insert_events(
+    tx: &mut sqlx::MySqlConnection,
+    rows: &[(RecordedEvent, Option<String>)],
+    kept: bool,
+) -> Result<(), sqlx::Error> {
+    let mut insert = QueryBuilder::new(
+        "INSERT INTO events (global_position, event_id, stream_id, stream_version, \
+         event_type, schema_version, payload, metadata, idempotency_key, recorded_at) ",
+    );
+    insert.push_values(rows, |mut row, (r, key)| {
+        row.push_bind(r.global_position)
+            .push_bind(r.event_id.to_string())
+            .push_bind(&r.stream_id)
+            .push_bind(r.stream_version)
+            .push_bind(&r.event_type)
+            .push_bind(r.schema_version)
+            .push_bind(Json(&r.payload))
+            .push_bind(Json(&r.metadata))
+            .push_bind(key)
+            .push_bind(r.recorded_at);
+    });
+    insert.build().persistent(kept).execute(&mut *tx).await?;
+
+    // `created_at` is the database's clock, which the relay's grace period uses too.
+    let mut outbox = QueryBuilder::new("INSERT INTO outbox (global_position, created_at) ");
+    outbox.push_values(rows, |mut row, (r, _)| {
+        row.push_bind(r.global_position).push("NOW(6)");
+    });
+    outbox.build().persistent(kept).execute(tx).await?;
+    Ok(())
+}
+
 /// The current version of every stream the batch appends to.
 async fn stream_versions(
     tx: &mut sqlx::MySqlConnection,
@@ -418,13 +435,14 @@ async fn stream_versions(
     let mut query = QueryBuilder::new(
         "SELECT stream_id, CAST(MAX(stream_version) AS SIGNED) FROM events WHERE stream_id IN ",
     );
-    query.push_tuples(&streams, |mut b, s| {
-        b.push_bind(*s);
+    let (streams, kept) = statement_shape::padded(streams);
+    query.push_tuples(streams, |mut b, s| {
+        b.push_bind(s);
     });
     query.push(" GROUP BY stream_id");
     query
         .build()
-        .persistent(false)
+        .persistent(kept)
         .try_map(|row: MySqlRow| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
         .fetch_all(tx)
         .await
@@ -445,12 +463,13 @@ async fn recorded_keys(
     }
     let mut query =
         QueryBuilder::new("SELECT idempotency_key FROM events WHERE idempotency_key IN ");
-    query.push_tuples(&keys, |mut b, k| {
-        b.push_bind(*k);
+    let (keys, kept) = statement_shape::padded(keys);
+    query.push_tuples(keys, |mut b, k| {
+        b.push_bind(k);
     });
     query
         .build()
-        .persistent(false)
+        .persistent(kept)
         // A binary collation reads back as bytes; keys were written as UTF-8.
         .try_map(|row: MySqlRow| {
             String::from_utf8(row.try_get::<Vec<u8>, _>(0)?)

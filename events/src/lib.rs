@@ -52,6 +52,7 @@ pub mod projections;
 pub mod record;
 pub mod sealing;
 pub mod shutdown;
+pub mod statement_shape;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -21,6 +21,7 @@ use super::history::MessageStatus;
 use super::usage::{self, UsageRow};
 use super::Tables;
 use crate::event::DomainEvent;
+use crate::statement_shape;
 use crate::store::EventStamp;
 
 /// Rows per statement. Far below the 65,535 placeholders a statement may hold: the
@@ -56,12 +57,13 @@ async fn load(
              WHERE chatbot_id IN ",
             tables.bots
         ));
-        query.push_tuples(&touched.bots, |mut b, id| {
+        let (keys, kept) = statement_shape::padded(&touched.bots);
+        query.push_tuples(keys, |mut b, id| {
             b.push_bind(*id);
         });
         let bots: Vec<super::Bot> = query
             .build_query_as()
-            .persistent(false)
+            .persistent(kept)
             .fetch_all(&mut *conn)
             .await?;
         fold.bots = bots.into_iter().map(|b| (b.chatbot_id, b)).collect();
@@ -72,12 +74,13 @@ async fn load(
              last_active_at FROM {} WHERE session_id IN ",
             tables.sessions
         ));
-        query.push_tuples(&touched.sessions, |mut b, id| {
+        let (keys, kept) = statement_shape::padded(&touched.sessions);
+        query.push_tuples(keys, |mut b, id| {
             b.push_bind(id);
         });
         let sessions: Vec<super::fold::SessionRow> = query
             .build_query_as()
-            .persistent(false)
+            .persistent(kept)
             .fetch_all(&mut *conn)
             .await?;
         fold.sessions = sessions
@@ -91,12 +94,13 @@ async fn load(
              erased_through, updated_at FROM {} WHERE (user_id, chatbot_id) IN ",
             tables.memory
         ));
-        query.push_tuples(&touched.memory, |mut b, (user, bot)| {
+        let (keys, kept) = statement_shape::padded(&touched.memory);
+        query.push_tuples(keys, |mut b, (user, bot)| {
             b.push_bind(*user).push_bind(*bot);
         });
         let memory: Vec<super::fold::MemoryRow> = query
             .build_query_as()
-            .persistent(false)
+            .persistent(kept)
             .fetch_all(&mut *conn)
             .await?;
         fold.memory = memory
@@ -110,7 +114,8 @@ async fn load(
              completion_tokens FROM {} WHERE (user_id, day, chatbot_id, kind, model) IN ",
             tables.usage
         ));
-        query.push_tuples(&touched.usage, |mut b, (user, day, bot, kind, model)| {
+        let (keys, kept) = statement_shape::padded(&touched.usage);
+        query.push_tuples(keys, |mut b, (user, day, bot, kind, model)| {
             b.push_bind(*user)
                 .push_bind(*day)
                 .push_bind(*bot)
@@ -119,7 +124,7 @@ async fn load(
         });
         let rows: Vec<UsageRow> = query
             .build_query_as()
-            .persistent(false)
+            .persistent(kept)
             .fetch_all(&mut *conn)
             .await?;
         for row in rows {
@@ -237,7 +242,6 @@ async fn write_history(
         .bind(user)
         .bind(bot)
         .bind(before)
-        .persistent(false)
         .execute(&mut *conn)
         .await?;
     }
@@ -247,10 +251,11 @@ async fn write_history(
             "DELETE FROM {} WHERE reply_to IN ",
             tables.chat_history
         ));
-        delete.push_tuples(chunk, |mut b, id| {
+        let (ids, kept) = statement_shape::padded(chunk);
+        delete.push_tuples(ids, |mut b, id| {
             b.push_bind(*id);
         });
-        delete.build().persistent(false).execute(&mut *conn).await?;
+        delete.build().persistent(kept).execute(&mut *conn).await?;
     }
     let history: Vec<_> = fold.history().collect();
     insert_rows(
@@ -295,10 +300,11 @@ async fn write_history(
             update
                 .push_bind(status.as_str())
                 .push(" WHERE message_id IN ");
-            update.push_tuples(chunk, |mut b, id| {
+            let (ids, kept) = statement_shape::padded(chunk);
+            update.push_tuples(ids, |mut b, id| {
                 b.push_bind(*id);
             });
-            update.build().persistent(false).execute(&mut *conn).await?;
+            update.build().persistent(kept).execute(&mut *conn).await?;
         }
     }
     for (message_id, attempt) in &fold.history_attempts {
@@ -308,7 +314,6 @@ async fn write_history(
         ))
         .bind(attempt)
         .bind(message_id)
-        .persistent(false)
         .execute(&mut *conn)
         .await?;
     }
@@ -330,7 +335,6 @@ async fn write_chat_list(
         .bind(name)
         .bind(user)
         .bind(bot)
-        .persistent(false)
         .execute(&mut *conn)
         .await?;
     }
@@ -344,10 +348,11 @@ async fn write_chat_list(
             "DELETE FROM {} WHERE (user_id, chatbot_id) IN ",
             tables.chat_list
         ));
-        delete.push_tuples(chunk, |mut b, (user, bot)| {
+        let (keys, kept) = statement_shape::padded(chunk);
+        delete.push_tuples(keys, |mut b, (user, bot)| {
             b.push_bind(*user).push_bind(*bot);
         });
-        delete.build().persistent(false).execute(&mut *conn).await?;
+        delete.build().persistent(kept).execute(&mut *conn).await?;
     }
     let listed: Vec<_> = listed
         .into_iter()
@@ -472,10 +477,12 @@ async fn insert_rows<'r, T>(
                 break;
             }
         }
+        let (count, kept) = statement_shape::next_chunk(end - start);
+        let end = start + count;
         let mut insert = QueryBuilder::<'r, MySql>::new(head);
         insert.push_values(&rows[start..end], |mut b, row| bind(&mut b, row));
         insert.push(tail);
-        insert.build().persistent(false).execute(&mut *conn).await?;
+        insert.build().persistent(kept).execute(&mut *conn).await?;
         start = end;
     }
     Ok(())

@@ -23,7 +23,6 @@ pub async fn forget_users(
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = ?"))
                 .bind(user)
-                .persistent(false)
                 .execute(&mut *conn)
                 .await?;
         }

@@ -427,19 +427,26 @@ async fn insert_events(
 }
 
 /// The current version of every stream the batch appends to.
+///
+/// One index dive per stream: a `MAX(...) ... WHERE stream_id IN (...) GROUP BY`
+/// would read every version of each stream (MariaDB scans the range), which grows
+/// with the conversation.
 async fn stream_versions(
     tx: &mut sqlx::MySqlConnection,
     batch: &[Append],
 ) -> Result<HashMap<String, i64>, sqlx::Error> {
     let streams: HashSet<&str> = batch.iter().map(|j| j.stream_id.as_str()).collect();
-    let mut query = QueryBuilder::new(
-        "SELECT stream_id, CAST(MAX(stream_version) AS SIGNED) FROM events WHERE stream_id IN ",
-    );
     let (streams, kept) = statement_shape::padded(streams);
-    query.push_tuples(streams, |mut b, s| {
-        b.push_bind(s);
-    });
-    query.push(" GROUP BY stream_id");
+    let mut query = QueryBuilder::new("");
+    for (i, stream) in streams.into_iter().enumerate() {
+        if i > 0 {
+            query.push(" UNION ALL ");
+        }
+        query
+            .push("(SELECT stream_id, stream_version FROM events WHERE stream_id = ")
+            .push_bind(stream)
+            .push(" ORDER BY stream_version DESC LIMIT 1)");
+    }
     query
         .build()
         .persistent(kept)

@@ -119,7 +119,7 @@ impl WorkerConfig {
             },
             token_budget: events::budget::DailyBudget::from_env()?.with_reservation_ttl(call_ttl),
             kek: events::sealing::Kek::from_env()?,
-            prefetch: env_or("WORKER_PREFETCH", 64)?,
+            prefetch: env_or("WORKER_PREFETCH", 256)?,
             user_max_model_calls: env_or("USER_MAX_MODEL_CALLS", 8)?,
             delivery_hold: Duration::from_secs(env_or("DELIVERY_HOLD_SECS", 600u64)?.max(1)),
             context_budget_chars: env_or("CONTEXT_BUDGET_CHARS", 12_000)?,

@@ -9,6 +9,7 @@ use serde_json::json;
 use system_tests::seed::{seed_log, SeedPlan};
 use system_tests::{Stack, StackOptions};
 
+use crate::cast::Cast;
 use crate::measure::{load, peak_rss, CpuUse};
 use crate::summary::{Row, Summary};
 
@@ -46,7 +47,7 @@ async fn at_size(
         apis: 0,
         workers: 0,
         env: vec![
-            ("RUST_LOG".into(), "warn".into()),
+            ("RUST_LOG".into(), crate::LOGS.into()),
             ("DB_MAX_CONNECTIONS".into(), "32".into()),
             ("READ_CACHE_TTL_MS".into(), "0".into()),
         ],
@@ -79,20 +80,12 @@ async fn at_size(
     stack.spawn_worker().await?;
 
     let client = stack.client(0);
-    let (_, reader, _) = client.signup("reader", "pass word").await?;
-    let talk = client.create_bot(&reader, "talk", 1, "Li Bai").await?;
-    for n in 0..25 {
-        client.chat(&reader, talk, &format!("message {n}")).await?;
-    }
-    let (_, writer, _) = client.signup("writer", "pass word").await?;
-    let mut bots = Vec::new();
-    for n in 0..64 {
-        bots.push(
-            client
-                .create_bot(&writer, &format!("w{n}"), 1, "Li Bai")
-                .await?,
-        );
-    }
+    let Cast {
+        reader,
+        talk,
+        writer,
+        writer_bots: bots,
+    } = Cast::sign_up(&client).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;

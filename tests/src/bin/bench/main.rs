@@ -23,6 +23,7 @@
 //!
 //! `BENCH_SECONDS` sets each timed scenario's length (10 by default).
 
+mod cast;
 mod fanout;
 mod growth;
 mod measure;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use serde_json::json;
 use system_tests::{Stack, StackOptions};
 
+use cast::Cast;
 use measure::{load, peak_rss, CpuUse, Figures};
 use summary::{Row, Summary};
 
@@ -45,6 +47,10 @@ const QUICK: &[&str] = &[
     "history", "healthz", "uncached", "list", "chat", "pipeline", "fanout", "slow", "stop",
 ];
 const LONG: &[&str] = &["workers", "growth", "memory"];
+
+/// Warnings only, but the consumer's line that says a worker is consuming, which
+/// the stack waits for before it counts a worker as started.
+pub const LOGS: &str = "warn,events::bus::consumer=info";
 
 fn report(name: &str, figures: &Figures, original: f64) {
     println!(
@@ -118,24 +124,19 @@ async fn quick(
             ("DB_MAX_CONNECTIONS".into(), "32".into()),
             ("WORKER_PREFETCH".into(), "256".into()),
             ("SSE_MAX_STREAMS_PER_USER".into(), "2000".into()),
-            ("RUST_LOG".into(), "warn,events::bus::consumer=info".into()),
+            ("RUST_LOG".into(), LOGS.into()),
         ],
         ..Default::default()
     })
     .await?;
     let client = stack.client(0);
     println!("setting up: a 50-message conversation and a user with 100 conversations...");
-    let (_, reader, _) = client.signup("reader", "pass word").await?;
-    let talk = client.create_bot(&reader, "talk", 1, "Li Bai").await?;
-    for n in 0..25 {
-        client
-            .post_json(
-                "/chat/new_chat",
-                &json!({ "chatbot_id": talk, "input": format!("message {n}") }),
-                Some(&reader),
-            )
-            .await?;
-    }
+    let Cast {
+        reader,
+        talk,
+        writer,
+        writer_bots,
+    } = Cast::sign_up(&client).await?;
     let (_, lister, _) = client.signup("lister", "pass word").await?;
     for n in 0..100 {
         let b = client
@@ -148,15 +149,6 @@ async fn quick(
                 Some(&lister),
             )
             .await?;
-    }
-    let (_, writer, _) = client.signup("writer", "pass word").await?;
-    let mut writer_bots = Vec::new();
-    for n in 0..64 {
-        writer_bots.push(
-            client
-                .create_bot(&writer, &format!("w{n}"), 1, "Li Bai")
-                .await?,
-        );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let history = client

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use system_tests::{Stack, StackOptions};
 
+use crate::cast::Cast;
 use crate::measure::{peak_rss, rss_mib};
 use crate::summary::{Row, Summary};
 
@@ -21,7 +22,7 @@ pub async fn memory(summary: &mut Summary) -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let stack = Stack::start(StackOptions {
-        env: vec![("RUST_LOG".into(), "warn".into())],
+        env: vec![("RUST_LOG".into(), crate::LOGS.into())],
         ..Default::default()
     })
     .await?;
@@ -35,20 +36,12 @@ pub async fn memory(summary: &mut Summary) -> anyhow::Result<()> {
     );
 
     let client = stack.client(0);
-    let (_, reader, _) = client.signup("reader", "pass word").await?;
-    let talk = client.create_bot(&reader, "talk", 1, "Li Bai").await?;
-    for n in 0..25 {
-        client.chat(&reader, talk, &format!("message {n}")).await?;
-    }
-    let (_, writer, _) = client.signup("writer", "pass word").await?;
-    let mut bots = Vec::new();
-    for n in 0..64 {
-        bots.push(
-            client
-                .create_bot(&writer, &format!("w{n}"), 1, "Li Bai")
-                .await?,
-        );
-    }
+    let Cast {
+        reader,
+        talk,
+        writer,
+        writer_bots: bots,
+    } = Cast::sign_up(&client).await?;
     let bots = Arc::new(bots);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)

@@ -31,6 +31,14 @@ pub async fn pipeline(
     })
     .await;
     let cpu = CpuUse::now(stack).per_message_since(&before, figures.requests);
+    println!(
+        "pipeline, {RATE} messages/s steady: post → reply p50 {:.1} ms, p99 {:.1} ms \
+         (targets 10 and 30), {} answered, {} errors; CPU per message {cpu}",
+        figures.percentile(0.5).as_secs_f64() * 1000.0,
+        figures.percentile(0.99).as_secs_f64() * 1000.0,
+        figures.requests,
+        figures.errors
+    );
     Row {
         cpu,
         rss: Some(peak_rss(stack)),

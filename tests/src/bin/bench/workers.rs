@@ -26,10 +26,7 @@ pub async fn workers(duration: Duration, summary: &mut Summary) -> anyhow::Resul
 }
 
 async fn run(workers: usize, prefetch: Option<u32>, duration: Duration) -> anyhow::Result<Row> {
-    let mut env = vec![
-        ("RUST_LOG".to_string(), "warn".to_string()),
-        ("DB_MAX_CONNECTIONS".into(), "32".into()),
-    ];
+    let mut env = vec![("RUST_LOG".to_string(), crate::LOGS.to_string())];
     if let Some(prefetch) = prefetch {
         env.push(("WORKER_PREFETCH".into(), prefetch.to_string()));
     }

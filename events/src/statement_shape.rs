@@ -62,6 +62,6 @@ mod tests {
         }
         assert_eq!(shapes.into_iter().collect::<Vec<_>>(), [1, 2, 4, 8]);
         assert_eq!(next_chunk(9), (9, false));
-        assert_eq!(padded(0..9).1, false);
+        assert!(!padded(0..9).1);
     }
 }

@@ -10,7 +10,7 @@ use system_tests::seed::{seed_log, SeedPlan};
 use system_tests::{Stack, StackOptions};
 
 use crate::cast::Cast;
-use crate::measure::{load, peak_rss, CpuUse};
+use crate::measure::{self, load, peak_rss, CpuUse};
 use crate::summary::{Row, Summary};
 
 pub async fn growth(duration: Duration, summary: &mut Summary) -> anyhow::Result<()> {
@@ -86,9 +86,7 @@ async fn at_size(
         writer,
         writer_bots: bots,
     } = Cast::sign_up(&client).await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = measure::http_client()?;
 
     let url = format!("{}/chat/history?chatbot_id={talk}", client.base);
     let history = load(64, duration, {

@@ -162,9 +162,7 @@ async fn quick(
         duration.as_secs()
     );
 
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = measure::http_client()?;
     let base = client.base.clone();
     let get = |url: String, token: Option<String>| {
         let http = http.clone();

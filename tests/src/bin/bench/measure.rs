@@ -32,6 +32,14 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// The load generator's HTTP client: a connection kept for each of up to 256
+/// clients at once.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+}
+
 /// Runs `clients` loops of `request(client_index)` for `duration`.
 pub async fn load<F, Fut>(clients: usize, duration: Duration, request: F) -> Figures
 where

@@ -230,6 +230,50 @@ impl FakeOpenAi {
         self.inner.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Waits until no call is open and none has begun for `quiet`: work the
+    /// callers start on their own (memory refreshes after replies) has ended.
+    /// Fails after `timeout`, naming the calls still open.
+    pub async fn wait_until_quiet(&self, quiet: Duration, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = (self.calls(), tokio::time::Instant::now());
+        loop {
+            let now = tokio::time::Instant::now();
+            if self.calls() != seen.0 || self.in_flight() > 0 {
+                seen = (self.calls(), now);
+            } else if now - seen.1 >= quiet {
+                return Ok(());
+            }
+            if now >= deadline {
+                anyhow::bail!(
+                    "after {timeout:?}, {} model calls are still open: {:?}",
+                    self.in_flight(),
+                    self.open_requests()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last message of each call neither answered, failed, nor hung up on.
+    fn open_requests(&self) -> Vec<String> {
+        let settled = |list: &Mutex<Vec<usize>>| list.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut closed = settled(&self.inner.answered_requests);
+        closed.extend(settled(&self.inner.failed_requests));
+        if let Ok(hung_up) = self.inner.hung_up.lock() {
+            closed.extend(hung_up.iter().map(|(i, _)| *i));
+        }
+        self.requests()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !closed.contains(i))
+            .map(|(_, r)| {
+                let last = r["messages"].as_array().and_then(|m| m.last()).cloned();
+                let text = last.map(|m| m["content"].to_string()).unwrap_or_default();
+                text.chars().take(120).collect()
+            })
+            .collect()
+    }
+
     /// The most watched calls that were in flight at once.
     pub fn peak_in_flight(&self) -> u64 {
         self.inner.watched_peak.load(Ordering::SeqCst)

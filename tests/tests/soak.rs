@@ -613,6 +613,14 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
     })
     .await?;
 
+    // Memory refreshes follow replies on their own queue: let them end before
+    // the calls are counted. A call still open after that is one a process
+    // never finished or hung up on.
+    stack
+        .model
+        .wait_until_quiet(Duration::from_secs(1), Duration::from_secs(30))
+        .await?;
+
     // Model calls: one answer per reply recorded (a regenerated one included),
     // plus the injected failures. A worker stopped mid-call can waste at most
     // the calls it was making (one per conversation it was answering); a user's
@@ -675,7 +683,6 @@ async fn soak_under_random_faults() -> anyhow::Result<()> {
         handed_out,
         "every model failure was an injected one"
     );
-    assert_eq!(stack.model.in_flight(), 0, "no model call is still open");
     assert_eq!(
         stack.model.calls() as i64,
         stack.model.answered() as i64 + stack.model.failed() as i64 + hung_up,

@@ -337,11 +337,29 @@ pub async fn bystanders(
     client: &Client,
     others: &[(i64, String, i64)],
 ) -> anyhow::Result<Vec<std::time::Duration>> {
+    let mut waits: Vec<_> = bystander_waits(client, others, None)
+        .await?
+        .into_iter()
+        .map(|(took, _)| took)
+        .collect();
+    waits.sort();
+    Ok(waits)
+}
+
+/// As [`bystanders`], with, for each message, how many other model calls began
+/// while it waited: how much of someone else's work overtook it. Unlike the time
+/// it waited, that does not grow when the machine is slow.
+pub async fn bystander_waits(
+    client: &Client,
+    others: &[(i64, String, i64)],
+    model: Option<&fake_openai::FakeOpenAi>,
+) -> anyhow::Result<Vec<(std::time::Duration, u64)>> {
+    let calls = || model.map_or(0, |m| m.calls());
     let mut waits = Vec::new();
     for round in 0..2 {
         for (i, (_, token, bot)) in others.iter().enumerate() {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let sent = std::time::Instant::now();
+            let (sent, calls_before) = (std::time::Instant::now(), calls());
             let reply = client
                 .post_json(
                     "/chat/new_chat",
@@ -350,9 +368,10 @@ pub async fn bystanders(
                 )
                 .await?;
             anyhow::ensure!(reply.status == 200, "{reply:?}");
-            waits.push(sent.elapsed());
+            // Its own call is not one that overtook it.
+            let overtaking = (calls() - calls_before).saturating_sub(u64::from(model.is_some()));
+            waits.push((sent.elapsed(), overtaking));
         }
     }
-    waits.sort();
     Ok(waits)
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use system_tests::{
-    answered_in_order, bystanders, user_message_ids, wait_until_answered, Client, Stack,
-    StackOptions,
+    answered_in_order, bystander_waits, bystanders, user_message_ids, wait_until_answered, Client,
+    Stack, StackOptions,
 };
 
 const MODEL_LATENCY: Duration = Duration::from_millis(200);
@@ -140,17 +140,31 @@ async fn a_user_flooding_many_bots_gets_a_fair_share_of_the_model_calls() -> any
     stack.spawn_worker().await?;
     stack.spawn_worker().await?;
 
-    let waits = bystanders(&client, &others).await?;
-    let slowest = waits.last().copied().unwrap_or_default();
+    let waits = bystander_waits(&client, &others, Some(&stack.model)).await?;
+    let slowest = waits
+        .iter()
+        .map(|(took, _)| *took)
+        .max()
+        .unwrap_or_default();
+    let overtaken = waits
+        .iter()
+        .map(|(_, calls)| *calls)
+        .max()
+        .unwrap_or_default();
     println!(
-        "{BOTS} bots x {PER_BOT} messages from one user: the other users' 20 replies took {:?} \
-         (median) to {slowest:?} (slowest); the flood had at most {} model calls in flight",
-        waits[waits.len() / 2],
+        "{BOTS} bots x {PER_BOT} messages from one user: the other users' 20 replies took up \
+         to {slowest:?}, and at most {overtaken} of the flood's model calls began while one \
+         waited; the flood had at most {} model calls in flight",
         stack.model.peak_in_flight()
     );
+    // Without fair shares a bystander's message waits behind the flood's queued
+    // deliveries, so most of the flood's 1,000 calls overtake it. With them it
+    // waits for a free call, while the flood goes on at its share: a few rounds of
+    // that share. Counted in calls, not seconds, it holds on a slow machine too.
     assert!(
-        slowest <= MODEL_LATENCY + Duration::from_secs(1),
-        "a bystander waited {slowest:?} behind another user's flood"
+        overtaken <= (BOTS * PER_BOT / 5) as u64,
+        "{overtaken} of the flood's model calls began while a bystander waited (slowest \
+         {slowest:?})"
     );
 
     let pool = stack.pool()?;

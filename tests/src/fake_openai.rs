@@ -237,9 +237,9 @@ impl FakeOpenAi {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut seen = (self.calls(), tokio::time::Instant::now());
         loop {
-            let now = tokio::time::Instant::now();
-            if self.calls() != seen.0 || self.in_flight() > 0 {
-                seen = (self.calls(), now);
+            let (now, calls) = (tokio::time::Instant::now(), self.calls());
+            if calls != seen.0 || self.in_flight() > 0 {
+                seen = (calls, now);
             } else if now - seen.1 >= quiet {
                 return Ok(());
             }

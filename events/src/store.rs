@@ -96,9 +96,7 @@ impl EventStore {
         let events = match &self.keyring {
             Some(keyring) => {
                 let mut copies = events.to_vec();
-                for event in &mut copies {
-                    keyring.seal_event(event).await?;
-                }
+                keyring.seal_events(&mut copies).await?;
                 sealed = copies;
                 &sealed[..]
             }

@@ -168,7 +168,7 @@ pub async fn handle_memory_job(keeper: MemoryKeeper, delivery: Delivery) {
             // that a crash in between repeats the job rather than losing it.
             Ok(()) if !job.idle_check => {
                 keeper
-                    .schedule_idle_check(&delivery.data, correlation_id(&delivery))
+                    .schedule_idle_check(&job, &delivery.data, correlation_id(&delivery))
                     .await
             }
             other => other,

@@ -48,6 +48,20 @@ impl ConversationId {
         ChatHistoryProjection::oldest_pending(pool, self.user_id, self.bot_id).await
     }
 
+    /// The oldest message that still waits for an outcome, and whether another
+    /// waited behind it when it was read: a drain that answers the last one
+    /// need not read again to find none (what becomes pending later is handed
+    /// to the lease, see `lease`).
+    pub async fn next_pending(&self, pool: &MySqlPool) -> Result<NextPending, sqlx::Error> {
+        let mut front = ChatHistoryProjection::pending(pool, self.user_id, self.bot_id, 2).await?;
+        let more = front.len() > 1;
+        front.truncate(1);
+        Ok(NextPending {
+            message: front.pop(),
+            more,
+        })
+    }
+
     /// What the bot remembers of this conversation.
     pub async fn memory(&self, pool: &MySqlPool) -> Result<ConversationMemory, sqlx::Error> {
         MemoryProjection::find(pool, self.user_id, self.bot_id).await
@@ -97,6 +111,14 @@ impl ConversationId {
             turns: turns(&exchanges, seq),
         }))
     }
+}
+
+/// The front of a conversation's unanswered messages.
+#[derive(Debug, Clone)]
+pub struct NextPending {
+    pub message: Option<HistoryRow>,
+    /// Another message waited behind `message`.
+    pub more: bool,
 }
 
 /// The turns a prompt is built from, and the seq of the first message among

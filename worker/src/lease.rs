@@ -51,7 +51,17 @@ pub struct Lease {
     /// Holders before this one that gave up part-way, in a row (until a reply
     /// is recorded: see [`Lease::made_progress`]).
     failures: std::sync::atomic::AtomicI64,
+    /// The hand-offs counted when this holder took the lease (see
+    /// [`Lease::handoffs_when_taken`]).
+    handoffs_when_taken: i64,
     _local: LocalSlot,
+}
+
+/// What the row said as a holder took the lease.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    failures: i64,
+    handoffs: i64,
 }
 
 /// What [`Lease::release_if_quiet`] did.
@@ -117,8 +127,8 @@ impl ConversationLeases {
         };
         let holder = uuid::Uuid::new_v4().simple().to_string();
         loop {
-            if let Some(failures) = self.try_take(stream_id, &holder).await? {
-                return Ok(Some(self.held(stream_id, holder, slot, failures)));
+            if let Some(taken) = self.try_take(stream_id, &holder).await? {
+                return Ok(Some(self.held(stream_id, holder, slot, taken)));
             }
             let pause = POLL.mul_f64(rand::thread_rng().gen_range(0.7..1.3));
             tokio::select! {
@@ -137,21 +147,22 @@ impl ConversationLeases {
             Err(_) => return Ok(None),
         }
         let holder = uuid::Uuid::new_v4().simple().to_string();
-        let Some(failures) = self.try_take(stream_id, &holder).await? else {
+        let Some(taken) = self.try_take(stream_id, &holder).await? else {
             return Ok(None);
         };
-        Ok(Some(self.held(stream_id, holder, slot, failures)))
+        Ok(Some(self.held(stream_id, holder, slot, taken)))
     }
 
     /// The lease `holder` just took, renewed from now on.
-    fn held(&self, stream_id: &str, holder: String, slot: LocalSlot, failures: i64) -> Lease {
+    fn held(&self, stream_id: &str, holder: String, slot: LocalSlot, taken: Taken) -> Lease {
         let lease = Lease {
             leases: self.clone(),
             stream_id: stream_id.to_string(),
             holder,
             renewing: CancellationToken::new(),
             lost: CancellationToken::new(),
-            failures: std::sync::atomic::AtomicI64::new(failures),
+            failures: std::sync::atomic::AtomicI64::new(taken.failures),
+            handoffs_when_taken: taken.handoffs,
             _local: slot,
         };
         lease.renew_in_background();
@@ -256,8 +267,9 @@ impl ConversationLeases {
     }
 
     /// Takes the lease if it is free, expired, or already ours: `Some` with the
-    /// failures its earlier holders left on it, `None` if another holds it.
-    async fn try_take(&self, stream_id: &str, holder: &str) -> Result<Option<i64>, sqlx::Error> {
+    /// failures its earlier holders left on it and its hand-offs so far, `None`
+    /// if another holds it.
+    async fn try_take(&self, stream_id: &str, holder: &str) -> Result<Option<Taken>, sqlx::Error> {
         // Assignments apply left to right: `holder` is decided first, and the
         // expiry moves only if the row is now ours.
         sqlx::query(
@@ -278,15 +290,16 @@ impl ConversationLeases {
         .bind(self.ttl_micros())
         .execute(&self.pool)
         .await?;
-        let current: Option<(String, i64)> = sqlx::query_as(
-            "SELECT holder, CAST(failures AS SIGNED) FROM conversation_leases WHERE stream_id = ?",
+        let current: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT holder, CAST(failures AS SIGNED), handoffs \
+             FROM conversation_leases WHERE stream_id = ?",
         )
         .bind(stream_id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(current
-            .filter(|(current, _)| current == holder)
-            .map(|(_, failures)| failures))
+            .filter(|(current, _, _)| current == holder)
+            .map(|(_, failures, handoffs)| Taken { failures, handoffs }))
     }
 }
 
@@ -356,6 +369,13 @@ impl Lease {
     /// expiry): stop answering, the new holder has the work.
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
+    }
+
+    /// How many hand-offs the lease had when this holder took it: read with the
+    /// take, so a holder's first look for work needs no read of its own (see
+    /// [`Lease::release_if_quiet`]).
+    pub fn handoffs_when_taken(&self) -> i64 {
+        self.handoffs_when_taken
     }
 
     /// How many hand-offs the lease has had so far (see [`Lease::release_if_quiet`]).

@@ -17,9 +17,16 @@
 //!   dropped and logged;
 //! - the read model only lets a text replace one that covers less, and never one
 //!   from before an erasure, so a replay ends the same however jobs interleaved.
+//!
+//! Every reply makes two jobs, and most idle checks are moot without a query
+//! (see [`IdleChecks`]): in a conversation that goes on, each reply's check
+//! finds a later one scheduled.
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use lru::LruCache;
 
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +96,40 @@ pub struct MemoryJob {
 /// The header that carries an idle check's delay, in milliseconds.
 pub const IDLE_AFTER_HEADER: &str = "x-idle-after-ms";
 
+/// Conversations whose newest idle check a worker remembers (about 40 bytes
+/// each).
+const REMEMBERED_CONVERSATIONS: usize = 10_000;
+
+/// The newest reply, per conversation, whose idle check this worker
+/// scheduled. An idle check is moot once a later reply's is scheduled: the
+/// conversation was not idle since, and that check looks again later. A
+/// conversation forgotten here (or another worker's) only costs the reads.
+#[derive(Clone)]
+struct IdleChecks(Arc<Mutex<LruCache<(UserId, BotId), i64>>>);
+
+impl IdleChecks {
+    fn new() -> Self {
+        let capacity = NonZeroUsize::new(REMEMBERED_CONVERSATIONS).unwrap_or(NonZeroUsize::MIN);
+        Self(Arc::new(Mutex::new(LruCache::new(capacity))))
+    }
+
+    fn moot(&self, job: &MemoryJob) -> bool {
+        job.idle_check
+            && self.0.lock().is_ok_and(|mut scheduled| {
+                scheduled
+                    .get(&(job.user_id, job.bot_id))
+                    .is_some_and(|newest| *newest > job.seq)
+            })
+    }
+
+    fn scheduled(&self, job: &MemoryJob) {
+        if let Ok(mut scheduled) = self.0.lock() {
+            let newest = scheduled.get_or_insert_mut((job.user_id, job.bot_id), || job.seq);
+            *newest = (*newest).max(job.seq);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MemoryKeeper {
     store: EventStore,
@@ -99,6 +140,7 @@ pub struct MemoryKeeper {
     settings: MemorySettings,
     context_budget_chars: usize,
     shutdown: CancellationToken,
+    idle_checks: IdleChecks,
 }
 
 impl MemoryKeeper {
@@ -120,12 +162,13 @@ impl MemoryKeeper {
             settings,
             context_budget_chars,
             shutdown,
+            idle_checks: IdleChecks::new(),
         }
     }
 
     /// Refreshes the conversation's memory if the job finds it due.
     pub async fn handle(&self, job: MemoryJob) -> Result<(), MemoryError> {
-        if !self.due(&job).await? {
+        if self.idle_checks.moot(&job) || !self.due(&job).await? {
             return Ok(());
         }
         let pool = self.store.pool();
@@ -159,6 +202,7 @@ impl MemoryKeeper {
     /// `MEMORY_IDLE_SECS` (see `events::bus`).
     pub async fn schedule_idle_check(
         &self,
+        job: &MemoryJob,
         body: &[u8],
         correlation_id: Option<String>,
     ) -> Result<(), MemoryError> {
@@ -172,11 +216,12 @@ impl MemoryKeeper {
                 AMQPValue::LongString(id.into()),
             );
         }
-        Ok(self
-            .relay
+        self.relay
             .publisher()
             .publish_idle_check(body, headers, self.settings.idle)
-            .await?)
+            .await?;
+        self.idle_checks.scheduled(job);
+        Ok(())
     }
 
     async fn due(&self, job: &MemoryJob) -> Result<bool, MemoryError> {

@@ -459,15 +459,20 @@ impl Responder {
     /// slot is held throughout, and freed when it ends.
     async fn drain(&self, drain: Drain, mut lease: Lease) -> Result<(), RespondError> {
         let conversation = drain.conversation;
+        let mut read_with_take = Some(lease.handoffs_when_taken());
         loop {
             // Read before looking for work: a hand-off after this makes the
             // release below fail, and the loop looks again.
-            let seen = match self
-                .persist("read the lease's hand-offs", || async {
-                    Ok(lease.handoffs().await?)
-                })
-                .await
-            {
+            let seen = match read_with_take.take() {
+                Some(seen) => Ok(seen),
+                None => {
+                    self.persist("read the lease's hand-offs", || async {
+                        Ok(lease.handoffs().await?)
+                    })
+                    .await
+                }
+            };
+            let seen = match seen {
                 Ok(seen) => seen,
                 Err(e) => return Err(Self::let_go(lease, e).await),
             };
@@ -510,7 +515,10 @@ impl Responder {
         let (conversation, correlation_id) = (drain.conversation, &drain.correlation_id);
         let pool = self.store.pool();
         let stream_id = stream::chat(conversation.user_id, conversation.bot_id);
-        loop {
+        // Whether a message may wait that was not seen yet: none did behind the
+        // last one answered, and one that comes later is handed to the lease.
+        let mut more = true;
+        while more {
             // A stopping worker leaves the rest to the next holder.
             if self.shutdown.is_cancelled() {
                 return Err(RespondError::Stopping);
@@ -520,12 +528,12 @@ impl Responder {
             if lease.is_lost() {
                 return Ok(Drained::Done);
             }
-            let next = self
+            let front = self
                 .persist("find the oldest unanswered message", || async {
-                    Ok(conversation.oldest_pending(pool).await?)
+                    Ok(conversation.next_pending(pool).await?)
                 })
                 .await?;
-            let Some(next) = next else {
+            let Some(next) = front.message else {
                 return Ok(Drained::Done);
             };
             if drain.should_give_way() {
@@ -562,6 +570,7 @@ impl Responder {
                 tracing::info!(%reply_to, "the message got its outcome meanwhile (stopped, or answered elsewhere)");
                 continue;
             };
+            more = front.more;
             let answering = Answering {
                 conversation,
                 reply_to,
@@ -640,6 +649,7 @@ impl Responder {
                 }
             }
         }
+        Ok(Drained::Done)
     }
 
     /// Calls the model (or explains why not) for one message: the reply or the

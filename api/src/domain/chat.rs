@@ -102,19 +102,22 @@ pub struct UnansweredCaps {
 }
 
 impl UnansweredCaps {
-    /// Refuses a new message past a cap. A retry of a message accepted earlier
-    /// (its `client_msg_id` is recorded) is never refused: it is answered as
-    /// before. Two posts racing at the cap may both pass it: a cap, not a quota.
+    /// Refuses a message to a bot that is not the user's (deleted, or never
+    /// theirs), and a new message past a cap. A retry of a message accepted
+    /// earlier (its `client_msg_id` is recorded) is never refused by a cap: it
+    /// is answered as before. Two posts racing at the cap may both pass it: a
+    /// cap, not a quota.
     async fn admit(&self, store: &EventStore, command: &PostMessage) -> Result<(), DomainError> {
         if self.conversation == 0 && self.user == 0 {
-            return Ok(());
+            return ensure_owned(store, command.user_id, command.bot_id).await;
         }
         let (in_conversation, in_all) = ChatHistoryProjection::count_unanswered(
             store.pool(),
             (command.user_id, command.bot_id),
             (self.conversation, self.user),
         )
-        .await?;
+        .await?
+        .ok_or(DomainError::BotNotFound)?;
         let checks = [
             (self.conversation, in_conversation, "in this conversation"),
             (self.user, in_all, "across your bots"),
@@ -144,7 +147,6 @@ pub async fn post_message(
     caps: UnansweredCaps,
     metadata: EventMetadata,
 ) -> Result<Posted, DomainError> {
-    ensure_owned(store, command.user_id, command.bot_id).await?;
     caps.admit(store, &command).await?;
     let message_id = Uuid::now_v7();
     let content = command.input.0;

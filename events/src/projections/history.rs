@@ -273,20 +273,22 @@ impl ChatHistoryProjection {
 
     /// How many of the user's messages wait for an answer in the conversation
     /// with `bot_id`, and across all of the user's bots, each counted up to its
-    /// `enough`. One round trip of two short index range reads, however long
-    /// the user's history.
+    /// `enough`; `None` when `bot_id` is not one of the user's live bots. One
+    /// round trip, of a key lookup and two short index range reads, however
+    /// long the user's history: a post checks both before it is recorded.
     pub async fn count_unanswered(
         pool: &MySqlPool,
         (user_id, bot_id): (UserId, BotId),
         (conversation_enough, user_enough): (u32, u32),
-    ) -> Result<(i64, i64), sqlx::Error> {
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
         let pending = MessageStatus::Pending.as_str();
         sqlx::query_as(
             "SELECT \
              (SELECT COUNT(*) FROM (SELECT 1 FROM chat_history \
                WHERE user_id = ? AND chatbot_id = ? AND status = ? LIMIT ?) AS conversation), \
              (SELECT COUNT(*) FROM (SELECT 1 FROM chat_history \
-               WHERE user_id = ? AND status = ? LIMIT ?) AS all_bots)",
+               WHERE user_id = ? AND status = ? LIMIT ?) AS all_bots) \
+             FROM bots WHERE chatbot_id = ? AND user_id = ? AND deleted_at IS NULL",
         )
         .bind(user_id)
         .bind(bot_id)
@@ -295,7 +297,9 @@ impl ChatHistoryProjection {
         .bind(user_id)
         .bind(pending)
         .bind(user_enough)
-        .fetch_one(pool)
+        .bind(bot_id)
+        .bind(user_id)
+        .fetch_optional(pool)
         .await
     }
 

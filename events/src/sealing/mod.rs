@@ -164,7 +164,16 @@ impl Keyring {
         (event_id, field): (Uuid, &str),
         text: &str,
     ) -> Result<String, SealError> {
-        let (key_id, key) = self.sealing_key(scope).await?;
+        let key = self.sealing_key(scope).await?;
+        Self::seal_under(&key, (event_id, field), text)
+    }
+
+    /// Seals `text` as field `field` of event `event_id` under `key`.
+    fn seal_under(
+        (key_id, key): &DataKey,
+        (event_id, field): (Uuid, &str),
+        text: &str,
+    ) -> Result<String, SealError> {
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
         let aad = associated(&event_id.to_string(), field);
@@ -313,7 +322,7 @@ impl Keyring {
 
     /// The key to seal `scope`'s texts with: a user's from memory once known,
     /// a memory's looked up each time (see [`Scope`]). None for an erased user.
-    async fn sealing_key(&self, scope: Scope) -> Result<DataKey, SealError> {
+    pub(super) async fn sealing_key(&self, scope: Scope) -> Result<DataKey, SealError> {
         let user = match scope {
             Scope::Memory(user, _) => {
                 self.refuse_if_erased(user).await?;

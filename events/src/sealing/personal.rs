@@ -2,7 +2,7 @@
 //! for every reader, as `upcast.rs` is for versions.
 //!
 //! - Writing: the event store seals every append's personal fields
-//!   ([`Keyring::seal_event`]): messages, replies (stopped ones too), bots' names
+//!   ([`Keyring::seal_events`]): messages, replies (stopped ones too), bots' names
 //!   and personas under their user's key; memory texts under the
 //!   conversation's memory key. Ids, types, versions, times, statuses and usage
 //!   stay in clear, so ordering, replay, `verify`, metrics and billing need no
@@ -14,6 +14,8 @@
 //!
 //! An empty text is left as it is: there is nothing in it to erase, and "no
 //! persona" must still read as none.
+
+use std::collections::hash_map::{Entry, HashMap};
 
 use serde_json::Value;
 
@@ -98,19 +100,27 @@ impl SealedText for Exchange {
 }
 
 impl Keyring {
-    /// Seals `event`'s personal fields.
-    pub async fn seal_event(&self, event: &mut NewEvent) -> Result<(), SealError> {
-        let Some((scope, fields)) = personal_fields(&event.event_type, &event.payload) else {
-            return Ok(());
-        };
-        for field in fields {
-            // Always sealed: nothing arrives here sealed, and a text that
-            // looks sealed is a user's.
-            let Some(text) = text_of(&event.payload, field) else {
+    /// Seals the personal fields of an append's events, looking each scope's
+    /// key up once: a memory refresh's two texts share one lookup.
+    pub async fn seal_events(&self, events: &mut [NewEvent]) -> Result<(), SealError> {
+        let mut keys = HashMap::new();
+        for event in events {
+            let Some((scope, fields)) = personal_fields(&event.event_type, &event.payload) else {
                 continue;
             };
-            let sealed = self.seal(scope, (event.event_id, field), text).await?;
-            event.payload[*field] = Value::String(sealed);
+            let key = match keys.entry(scope) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(slot) => slot.insert(self.sealing_key(scope).await?),
+            };
+            for field in fields {
+                // Always sealed: nothing arrives here sealed, and a text that
+                // looks sealed is a user's.
+                let Some(text) = text_of(&event.payload, field) else {
+                    continue;
+                };
+                let sealed = Self::seal_under(key, (event.event_id, field), text)?;
+                event.payload[*field] = Value::String(sealed);
+            }
         }
         Ok(())
     }

@@ -284,9 +284,13 @@ async fn quick(
             .unwrap_or(16);
         let pool = stack.pool()?;
         let events_before = system_tests::event_count(&pool).await?;
+        let statements_before = measure::statements(&pool).await?;
         let before = CpuUse::now(&stack);
         let figures = load(clients, duration, post.clone()).await;
         let cpu = CpuUse::now(&stack).per_message_since(&before, figures.requests);
+        let statements =
+            measure::statements_per_message(&pool, statements_before, figures.requests).await?;
+        let cpu = format!("{cpu}; {statements}");
         report("new_chat, instant model, 16 clients", &figures, 40.0);
         println!(
             "  CPU per message: {cpu} over {} messages",

@@ -219,3 +219,25 @@ impl CpuUse {
         format!("{total:.2} ms ({split})")
     }
 }
+
+/// Statements MariaDB has executed so far, from every client (`Questions`):
+/// what a message costs the database is mostly how many it takes.
+pub async fn statements(pool: &sqlx::MySqlPool) -> anyhow::Result<u64> {
+    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .fetch_one(pool)
+        .await?;
+    Ok(value.parse()?)
+}
+
+/// `18.4 statements`: those executed since `before`, per message.
+pub async fn statements_per_message(
+    pool: &sqlx::MySqlPool,
+    before: u64,
+    messages: usize,
+) -> anyhow::Result<String> {
+    let executed = statements(pool).await?.saturating_sub(before);
+    Ok(format!(
+        "{:.1} statements",
+        executed as f64 / messages.max(1) as f64
+    ))
+}

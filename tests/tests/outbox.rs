@@ -311,3 +311,45 @@ async fn sent_rows_are_pruned_after_the_retention() -> anyhow::Result<()> {
     pool.close().await;
     isolation.teardown().await
 }
+
+#[tokio::test]
+async fn the_backlog_gauge_reads_the_oldest_row_and_stops_counting_at_its_cap() -> anyhow::Result<()>
+{
+    let isolation = Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    assert_eq!(events::metrics::outbox_backlog(&pool).await?, (0, None));
+
+    // The oldest unsent row (by insertion) gives the age; sent rows do not count.
+    sqlx::query(
+        "INSERT INTO outbox (global_position, created_at, sent_at) VALUES \
+         (1, NOW(6) - INTERVAL 300 SECOND, NOW(6)), \
+         (2, NOW(6) - INTERVAL 90 SECOND, NULL), \
+         (3, NOW(6), NULL)",
+    )
+    .execute(&pool)
+    .await?;
+    let (rows, oldest) = events::metrics::outbox_backlog(&pool).await?;
+    assert_eq!(rows, 2);
+    assert!(
+        oldest.is_some_and(|age| (90..120).contains(&age)),
+        "{oldest:?}"
+    );
+
+    // Past the cap the gauge reads the cap, however long the backlog: here
+    // 100,000 more rows (five tables of ten digits, joined).
+    let digits = "(SELECT 0 AS n UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 \
+                  UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 \
+                  UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9)";
+    sqlx::query(&format!(
+        "INSERT INTO outbox (global_position, created_at) \
+         SELECT 10 + a.n + 10 * b.n + 100 * c.n + 1000 * d.n + 10000 * e.n, NOW(6) \
+         FROM {digits} AS a, {digits} AS b, {digits} AS c, {digits} AS d, {digits} AS e"
+    ))
+    .execute(&pool)
+    .await?;
+    assert_eq!(unsent(&pool).await?, 100_002);
+    let (rows, oldest) = events::metrics::outbox_backlog(&pool).await?;
+    assert_eq!(rows, events::metrics::BACKLOG_COUNTED);
+    assert!(oldest.is_some_and(|age| age >= 90), "{oldest:?}");
+    Ok(())
+}

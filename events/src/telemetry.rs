@@ -6,13 +6,18 @@
 //!
 //! lapin is silenced by default: it logs every broker blip at ERROR, and our
 //! publisher and consumer supervisor already report those conditions themselves,
-//! once per episode (see [`crate::episode`]).
+//! once per episode (see [`crate::episode`]). So is `pinky_swear`, the promises
+//! lapin answers with: it warns whenever a broker reply comes for a waiter that
+//! is gone, as when a stopping process drops what it was waiting on.
 
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
+/// What is logged when `RUST_LOG` is not set.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=off,pinky_swear=off";
+
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=off"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init` so that tests which build the app in-process more than once don't panic.

@@ -200,7 +200,7 @@ impl Stack {
             ("DB_MAX_CONNECTIONS", "8".to_string()),
             ("AMQP_HEARTBEAT_SECS", "5".to_string()),
             ("REPLY_WAIT_SECS", "20".to_string()),
-            ("RUST_LOG", "info,sqlx=warn,lapin=off".to_string()),
+            ("RUST_LOG", events::telemetry::DEFAULT_FILTER.to_string()),
             ("NO_COLOR", "1".to_string()),
             // Tests log in (and fail to) far more often than a person: the rate
             // limits' own tests turn them on.

@@ -638,3 +638,44 @@ async fn encrypt_history_seals_what_earlier_releases_wrote_in_the_clear() -> any
     }
     stack.teardown().await
 }
+
+/// Sealing looks a key up only for a text there is: an erased user's empty
+/// text (a reply stopped before its first word) is still recorded, while any
+/// word of theirs is refused rather than sealed under a new key.
+#[tokio::test]
+async fn an_erased_users_empty_text_is_recorded_and_their_words_are_refused() -> anyhow::Result<()>
+{
+    use events::event::{DomainEvent, EventMetadata, MessageSource, UserMessagePosted};
+    use events::sealing::{Kek, Keyring, SealError};
+
+    let isolation = system_tests::Isolation::new();
+    let pool = isolation.migrated_pool().await?;
+    let keyring = Keyring::new(pool.clone(), Kek::from_bytes(&[7u8; 32]));
+    keyring.erase_user(5).await?;
+    let posted = |content: &str| {
+        DomainEvent::UserMessagePosted(UserMessagePosted {
+            message_id: uuid::Uuid::now_v7(),
+            user_id: 5,
+            bot_id: 9,
+            content: content.into(),
+            client_msg_id: None,
+            source: MessageSource::Import,
+        })
+        .to_new_event(EventMetadata::default())
+    };
+
+    let mut empty = [posted("")?];
+    keyring.seal_events(&mut empty).await?;
+    assert_eq!(empty[0].payload["content"], "");
+
+    let mut words = [posted("")?, posted("still here")?];
+    assert!(matches!(
+        keyring.seal_events(&mut words).await,
+        Err(SealError::Erased(5))
+    ));
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM data_keys WHERE wrapped <> ''")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(keys, 0, "no key was made for the erased user");
+    Ok(())
+}

@@ -516,7 +516,9 @@ impl Responder {
         let pool = self.store.pool();
         let stream_id = stream::chat(conversation.user_id, conversation.bot_id);
         // Whether a message may wait that was not seen yet: none did behind the
-        // last one answered, and one that comes later is handed to the lease.
+        // last one answered, and one that comes later is handed to the lease by
+        // its delivery. (One whose delivery is held up, by a broker outage, is
+        // answered when the relay gets it out, not by this drain.)
         let mut more = true;
         while more {
             // A stopping worker leaves the rest to the next holder.

@@ -108,6 +108,13 @@ impl Keyring {
             let Some((scope, fields)) = personal_fields(&event.event_type, &event.payload) else {
                 continue;
             };
+            // No text, no key: an empty reply of an erased user is still recorded.
+            if fields
+                .iter()
+                .all(|field| text_of(&event.payload, field).is_none())
+            {
+                continue;
+            }
             let key = match keys.entry(scope) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(slot) => slot.insert(self.sealing_key(scope).await?),

@@ -111,8 +111,7 @@ pub async fn sample_until(pool: MySqlPool, every: Duration, stop: CancellationTo
         gauge!(DB_CONNECTIONS, "state" => "idle").set(idle as f64);
         gauge!(DB_CONNECTIONS, "state" => "in_use")
             .set((pool.size() as usize).saturating_sub(idle) as f64);
-        let backlog = outbox_backlog(&pool).await;
-        match backlog {
+        match outbox_backlog(&pool).await {
             Ok((rows, oldest)) => {
                 gauge!(OUTBOX_BACKLOG).set(rows as f64);
                 gauge!(OUTBOX_OLDEST).set(oldest.unwrap_or(0) as f64);

@@ -53,11 +53,10 @@ impl ConversationId {
     /// need not read again to find none (what becomes pending later is handed
     /// to the lease, see `lease`).
     pub async fn next_pending(&self, pool: &MySqlPool) -> Result<NextPending, sqlx::Error> {
-        let mut front = ChatHistoryProjection::pending(pool, self.user_id, self.bot_id, 2).await?;
+        let front = ChatHistoryProjection::pending(pool, self.user_id, self.bot_id, 2).await?;
         let more = front.len() > 1;
-        front.truncate(1);
         Ok(NextPending {
-            message: front.pop(),
+            message: front.into_iter().next(),
             more,
         })
     }
